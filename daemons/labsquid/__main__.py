@@ -1,0 +1,5 @@
+import sys
+
+from labsquid.cli import main
+
+sys.exit(main())

@@ -1,0 +1,218 @@
+"""The kid's end of the logfile daemon: spawn it, feed it, outlive it.
+
+squid's kid starts its logfile daemon with ``ipcCreate`` and calls
+``fatal()`` when it dies.  labsquid's kid instead:
+
+* writes through a non-blocking socket whose writability drives the sending
+  (epoll ``EPOLLOUT`` only while something is pending), so a slow disk never
+  blocks the loop;
+* keeps every line in a bounded ``LogQueue`` until the daemon acknowledges it
+  was written (labsquid's ``A``/``O`` extension of squid's protocol);
+* when the daemon dies, starts a new one within ``RESPAWN_DELAY`` and resends
+  what was not acknowledged, skipping what the dead daemon had in fact written;
+* counts lines it must drop when the queue is full and says so in a warning
+  (at most once per ``DROP_REPORT_INTERVAL``), never silently.
+
+The kid is the only writer (pool children send their lines to the kid), so a
+rotation happens exactly once and lines never interleave.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+import structlog
+
+from labsquid import process
+from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, Timer, is_would_block
+from labsquid.logfile import LogQueue, ProtocolError
+
+log = structlog.get_logger()
+
+RESPAWN_DELAY = 0.2
+DROP_REPORT_INTERVAL = 5.0
+
+
+def daemon_argv(program: str, path: str) -> list[str]:
+    """The daemon's command line; ``internal`` means labsquid's own program."""
+    if program == "internal":
+        return [sys.executable, "-m", "labsquid.logfile_daemon", path]
+    return [program, path]
+
+
+class AccessLogger:
+    def __init__(self, loop: EventLoop, path: str, program: str = "internal", *,
+                 rotate_count: int = 10, buffered: bool = False,
+                 max_bytes: int = 8 * 1024 * 1024) -> None:
+        self.loop = loop
+        self.path = path
+        self.program = program
+        self.rotate_count = rotate_count
+        self.buffered = buffered
+        self.queue = LogQueue(max_bytes=max_bytes)
+        self.pid: int | None = None
+        self.sock: socket.socket | None = None
+        self.restarts = 0
+        self.lines_logged = 0
+        self._respawn_timer: Timer | None = None
+        self._drop_timer: Timer | None = None
+        self._closing = False
+        self.on_idle: Callable[[], None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.pid = process.spawn(daemon_argv(self.program, self.path),
+                                     fd_map={0: theirs.fileno(), 1: theirs.fileno(), 2: devnull})
+        finally:
+            os.close(devnull)
+            theirs.close()
+        ours.setblocking(False)
+        self.sock = ours
+        self.loop.add(ours.fileno(), READ, self._on_event)
+        if self.restarts:
+            self.queue.daemon_restarted()
+        else:
+            # Settings go first in the stream; after a restart they are resent
+            # by the queue along with everything unacknowledged.
+            self.queue.command("r", str(self.rotate_count))
+            self.queue.command("b", "1" if self.buffered else "0")
+        self._want_write()
+        log.info("logfile_daemon_started", daemon_pid=self.pid, path=self.path,
+                 restarts=self.restarts)
+
+    def daemon_exited(self, status_text: str) -> None:
+        """Called by the kid's reaper when ``self.pid`` exited."""
+        self.pid = None
+        self._drop_socket()
+        if self._closing and self.queue.idle():
+            log.info("logfile_daemon_stopped", status=status_text)
+            self._check_idle()
+            return
+        # Died with lines still unwritten (even while closing): a new daemon
+        # takes them over.
+        self.restarts += 1
+        log.warning("logfile_daemon_died", status=status_text, restarts=self.restarts)
+        self._respawn_timer = self.loop.call_later(RESPAWN_DELAY, self._respawn)
+
+    def _respawn(self) -> None:
+        self._respawn_timer = None
+        if not self._closing and self.pid is None:
+            self.start()
+
+    def close(self) -> None:
+        """Shut down cleanly: EOF to the daemon once everything is acknowledged."""
+        self._closing = True
+        self._report_drops()
+        self._maybe_send_eof()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing and self.pid is None
+
+    # -- writing ------------------------------------------------------------
+    def write_line(self, line: str | bytes) -> None:
+        if self.queue.append(line):
+            self.lines_logged += 1
+        elif self._drop_timer is None:
+            self._drop_timer = self.loop.call_later(DROP_REPORT_INTERVAL, self._report_drops)
+        self._want_write()
+
+    def rotate(self) -> None:
+        self.queue.command("R")
+        self._want_write()
+
+    def flush(self) -> None:
+        self.queue.command("F")
+        self._want_write()
+
+    def _report_drops(self) -> None:
+        self._drop_timer = None
+        dropped = self.queue.take_dropped()
+        if dropped:
+            log.warning("access_log_lines_dropped", count=dropped,
+                        queue_bytes=self.queue.max_bytes,
+                        reason="logfile daemon queue full")
+
+    def _want_write(self) -> None:
+        if self.sock is None:
+            return
+        mask = READ | WRITE if self.queue.pending_output() else READ
+        self.loop.modify(self.sock.fileno(), mask)
+
+    def _on_event(self, mask: int) -> None:
+        if mask & WRITE:
+            self._send()
+        if self.sock is not None and mask & (READ | ERROR):
+            self._receive()
+
+    def _send(self) -> None:
+        assert self.sock is not None
+        data = self.queue.pending_output()
+        while data:
+            try:
+                sent = self.sock.send(data)
+            except OSError as exc:
+                if is_would_block(exc):
+                    break
+                return  # the daemon is gone; its exit is handled by the reaper
+            self.queue.consumed(sent)
+            data = self.queue.pending_output()
+        self._want_write()
+
+    def _receive(self) -> None:
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(65536)
+        except OSError as exc:
+            if is_would_block(exc):
+                return
+            data = b""
+        if not data:
+            # EOF: the daemon closed or died; stop watching until it is reaped.
+            self.loop.remove(self.sock.fileno())
+            return
+        before = self.queue.last_error
+        try:
+            self.queue.feed(data)
+        except ProtocolError as exc:
+            # A daemon that speaks nonsense cannot be trusted with our lines:
+            # replace it; what it did not acknowledge is resent.
+            log.error("logfile_daemon_protocol_error", error=str(exc), daemon_pid=self.pid)
+            if self.pid is not None:
+                os.kill(self.pid, signal.SIGKILL)
+            return
+        error = self.queue.last_error
+        if error is not None and error is not before:
+            log.error("access_log_write_failed", path=self.path, errno=error.errno,
+                      pending_bytes=error.pending)
+        self._check_idle()
+
+    def _maybe_send_eof(self) -> None:
+        if self.sock is not None and self._closing and self.queue.idle():
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _check_idle(self) -> None:
+        if self._closing:
+            self._maybe_send_eof()
+            if self.pid is None and self.on_idle is not None:
+                self.on_idle()
+
+    def _drop_socket(self) -> None:
+        if self.sock is not None:
+            self.loop.remove(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    def kill_now(self) -> None:
+        """Last resort at exit: the daemon still gets EOF and flushes what it has."""
+        self._drop_socket()

@@ -1,0 +1,201 @@
+"""The acl types that match request words and numbers, not addresses.
+
+Theory of operation
+-------------------
+Each ``compile_*`` takes every line of one acl (squid appends same-named lines)
+and returns a matcher closing over a structure built once for speed:
+
+* ``port``/``localport``: a frozenset of single ports plus a few ranges.
+* ``method``: a frozenset; methods are case-sensitive (RFC 9110 §9.1), so
+  ``get`` is an extension method, not GET.  A value must be an HTTP token.
+* ``proto``: a frozenset of squid's upper-case scheme names.  Squid ignores an
+  unknown name with a warning; we refuse it, since a typo there silently
+  changes what a rule matches.
+* ``dstdomain``: ``.example.com`` matches example.com and every subdomain,
+  ``example.com`` only itself; both sides are lower-cased and a trailing dot
+  on the host is dropped (``example.com.`` is the same site, and must not slip
+  past a deny).  An IP-literal host is compared as text: squid would try a
+  reverse lookup next, we never do (as with squid's ``-n``).
+* ``*_regex``: squid's ``-i``/``+i`` switch case-sensitivity for the patterns
+  that follow, on that line only.  Patterns of one case are joined into one
+  alternation when that is safe, so a check is one ``search`` per group.
+  Python's ``re`` stands in for POSIX extended regexes; they agree on the
+  patterns squid configs use (anchors, classes, alternation, repetition).
+  ``url_regex``/``urlpath_regex`` see the %-decoded URL/path as squid does.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from urllib.parse import unquote
+
+from labsquid.acl._base import AccessContext, Matcher, Problems, Values
+
+# squid 5's AnyP::ProtocolType names (PROTO_ prefix dropped)
+PROTOCOLS = frozenset({
+    "NONE", "HTTP", "FTP", "HTTPS", "COAP", "COAPS", "GOPHER", "WAIS", "CACHE_OBJECT", "ICP",
+    "HTCP", "URN", "WHOIS", "ICY", "TLS", "SSL", "AUTHORITY_FORM", "UNKNOWN",
+})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PORT = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
+_BACKREF = re.compile(r"\\[1-9]|\(\?P=")
+
+
+# -- ports ----------------------------------------------------------------------
+
+class PortSet:
+    __slots__ = ("_singles", "_ranges")
+
+    def __init__(self, singles: set[int], ranges: list[tuple[int, int]]) -> None:
+        self._singles = frozenset(singles)
+        self._ranges = tuple(sorted(ranges))
+
+    def __contains__(self, port: int) -> bool:
+        if port in self._singles:
+            return True
+        return any(low <= port <= high for low, high in self._ranges)
+
+
+def _port_set(lines: list[Values], label: str, problems: Problems) -> PortSet:
+    singles: set[int] = set()
+    ranges: list[tuple[int, int]] = []
+    for values in lines:
+        for token in values.values:
+            found = _PORT.fullmatch(token)
+            low = int(found.group(1)) if found else -1
+            high = int(found.group(2)) if found and found.group(2) else low
+            if not found or not 0 <= low <= high <= 65535:
+                kind = "port range" if "-" in token else "port"
+                problems.error(values.where, f"{label}: bad {kind} '{token}'")
+            elif low == high:
+                singles.add(low)
+            else:
+                ranges.append((low, high))
+    return PortSet(singles, ranges)
+
+
+def compile_port(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    ports = _port_set(lines, label, problems)
+    return lambda ctx: ctx.port in ports
+
+
+def compile_localport(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    ports = _port_set(lines, label, problems)
+    return lambda ctx: ctx.local_port in ports
+
+
+# -- words ----------------------------------------------------------------------
+
+def compile_method(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    methods: set[str] = set()
+    for values in lines:
+        for token in values.values:
+            if _TOKEN.fullmatch(token):
+                methods.add(token)
+            else:
+                problems.error(values.where, f"{label}: bad method '{token}'")
+    frozen = frozenset(methods)
+    return lambda ctx: ctx.method in frozen
+
+
+def compile_proto(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    protos: set[str] = set()
+    for values in lines:
+        for token in values.values:
+            if token.upper() in PROTOCOLS:
+                protos.add(token.upper())
+            else:
+                problems.error(values.where, f"{label}: unknown protocol '{token}'")
+    frozen = frozenset(protos)
+    return lambda ctx: ctx.proto.upper() in frozen
+
+
+def _host_key(host: str) -> str:
+    host = host.lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host[:-1] if host.endswith(".") else host
+
+
+def compile_dstdomain(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    exact: set[str] = set()
+    suffixes: set[str] = set()  # ".example.com" stored as "example.com"
+    for values in lines:
+        for token in values.values:
+            name = _host_key(token.lstrip("."))
+            if not name or any(c.isspace() or c in "/@" for c in name):
+                problems.error(values.where, f"{label}: bad domain '{token}'")
+            elif token.startswith("."):
+                suffixes.add(name)
+            else:
+                exact.add(name)
+    frozen_exact, frozen_suffixes = frozenset(exact), frozenset(suffixes)
+
+    def match(ctx: AccessContext) -> bool:
+        host = _host_key(ctx.host)
+        if host in frozen_exact or host in frozen_suffixes:
+            return True
+        # walk the parent domains: a.b.example.com -> b.example.com -> example.com -> com
+        dot = host.find(".")
+        while dot != -1:
+            if host[dot + 1:] in frozen_suffixes:
+                return True
+            dot = host.find(".", dot + 1)
+        return False
+
+    return match
+
+
+# -- regular expressions ----------------------------------------------------------
+
+def _regex_group(patterns: list[str], flags: int) -> list[re.Pattern[str]]:
+    """One compiled alternation when the patterns allow it, else one each."""
+    if len(patterns) > 1 and not any(_BACKREF.search(p) for p in patterns):
+        try:
+            return [re.compile("|".join(f"(?:{p})" for p in patterns), flags)]
+        except re.error:  # e.g. a named group used twice; fall back
+            pass
+    return [re.compile(p, flags) for p in patterns]
+
+
+def _regex_list(lines: list[Values], label: str, problems: Problems) -> list[re.Pattern[str]]:
+    by_case: dict[bool, list[str]] = {False: [], True: []}
+    for values in lines:
+        ignore_case = "-i" in values.options
+        for token in values.values:
+            if token in ("-i", "+i"):
+                ignore_case = token == "-i"
+                continue
+            try:
+                re.compile(token)
+            except re.error as exc:
+                problems.error(values.where,
+                               f"{label}: invalid regular expression '{token}': {exc}")
+                continue
+            by_case[ignore_case].append(token)
+    compiled: list[re.Pattern[str]] = []
+    for ignore_case, patterns in by_case.items():
+        if patterns:
+            compiled += _regex_group(patterns, re.IGNORECASE if ignore_case else 0)
+    return compiled
+
+
+@lru_cache(maxsize=1024)
+def _decoded(text: str) -> str:
+    return unquote(text, errors="surrogateescape")
+
+
+def compile_url_regex(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    patterns = tuple(_regex_list(lines, label, problems))
+    return lambda ctx: any(p.search(_decoded(ctx.url)) for p in patterns)
+
+
+def compile_urlpath_regex(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    patterns = tuple(_regex_list(lines, label, problems))
+    return lambda ctx: any(p.search(_decoded(ctx.path)) for p in patterns)
+
+
+def compile_dstdom_regex(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    patterns = tuple(_regex_list(lines, label, problems))
+    return lambda ctx: any(p.search(ctx.host.lower()) for p in patterns)

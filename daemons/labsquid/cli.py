@@ -1,0 +1,162 @@
+"""labsquid's command line, squid's options.
+
+    labsquid [-f FILE] [-N] [--foreground] [-s] [-Y] [-C] [-d LEVEL]
+             [-k reconfigure|rotate|shutdown|interrupt|kill|check|parse] [-z] [-v] [-h]
+
+The same program is every role: the master (default), the kid (``--kid
+NAME``, added by the master when it execs itself), and with ``-N`` a single
+process that is master and kid at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from labsquid import __version__
+from labsquid.config import Config, ConfigError
+
+SIGNALS = {
+    "reconfigure": signal.SIGHUP,
+    "rotate": signal.SIGUSR1,
+    "shutdown": signal.SIGTERM,
+    "interrupt": signal.SIGINT,
+    "kill": signal.SIGKILL,
+    "check": 0,
+}
+
+USAGE = """\
+Usage: labsquid [-hvzCNsY] [-d level] [-f config-file] [-k signal] [--foreground]
+       -h          Print help message.
+       -v          Print version details.
+       -f file     Use given config-file instead of /etc/labsquid/labsquid.conf
+                   (without -f and without that file: the embedded default config).
+       -k reconfigure|rotate|shutdown|interrupt|kill|check|parse
+                   Parse configuration file, then send signal to running copy
+                   (except -k parse) and exit.
+       -z          Create missing directories the config names, then exit.
+       -N          Master process runs in foreground and is a worker. No kids.
+       --foreground
+                   Parent process does not fork.
+       -d level    Write debugging to stderr also.
+       -s -Y -C    Accepted for compatibility with squid.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labsquid", add_help=False, usage=argparse.SUPPRESS)
+    p.add_argument("-h", action="store_true", dest="help")
+    p.add_argument("-v", action="store_true", dest="version")
+    p.add_argument("-f", dest="config")
+    p.add_argument("-k", dest="command", choices=[*SIGNALS, "parse"])
+    p.add_argument("-z", action="store_true", dest="create_dirs")
+    p.add_argument("-N", action="store_true", dest="no_daemon")
+    p.add_argument("--foreground", action="store_true")
+    p.add_argument("-d", type=int, dest="debug")
+    for flag in ("-s", "-Y", "-C"):
+        p.add_argument(flag, action="store_true")
+    p.add_argument("--kid", dest="kid")
+    return p
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+
+    def fail(message: str) -> None:
+        raise UsageError(message)
+
+    parser.error = fail  # type: ignore[method-assign]
+    return parser.parse_args(argv)
+
+
+def kid_args(argv: list[str]) -> list[str]:
+    """What the master passes on to its kid: everything but a ``--kid`` already there."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--kid":
+            skip = True
+            continue
+        out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        print(f"labsquid: {exc}\n{USAGE}", file=sys.stderr, end="")
+        return 2
+    if args.help:
+        print(USAGE, end="")
+        return 0
+    if args.version:
+        print(f"labsquid version {__version__}\n"
+              f"Python {sys.version.split()[0]}; squid-compatible configuration and CLI")
+        return 0
+
+    from labsquid import log as logsetup
+    from labsquid.settings import config_path
+
+    level = logsetup.level_from_debug(args.debug)
+    path = config_path(args.config)
+    if args.kid:
+        from labsquid.kid import kid_main
+
+        _set_title(f"({args.kid}) " + " ".join(argv))
+        return kid_main(path, args.kid, level)
+
+    config = _load_or_report(path, all_problems=args.command == "parse")
+    if config is None:
+        return 2
+    if args.command == "parse":
+        return 0
+    if args.command:
+        from labsquid.control import send_signal
+
+        return send_signal(config, args.command, SIGNALS[args.command])
+    if args.create_dirs:
+        from labsquid.control import create_dirs
+
+        return create_dirs(config)
+
+    from labsquid.run import run_service
+
+    _set_title("labsquid " + " ".join(argv))
+    return run_service(config, path, argv, args, level)
+
+
+def _load_or_report(path: str | None, all_problems: bool) -> Config | None:
+    from labsquid.settings import load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        problems = exc.problems if all_problems else exc.problems[:1]
+        for problem in problems:
+            print(f"FATAL: {problem}", file=sys.stderr)
+        if not all_problems and len(exc.problems) > 1:
+            print(f"labsquid: {len(exc.problems) - 1} more problem(s); "
+                  "'labsquid -k parse' lists them all", file=sys.stderr)
+        return None
+    except OSError as exc:
+        print(f"FATAL: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return None
+
+
+def _set_title(title: str) -> None:
+    import setproctitle
+
+    setproctitle.setproctitle(title.strip())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The directive table: what each directive is called, how its arguments are
+read, whether it sets one value or adds to a list, and its default.
+
+Theory of operation. A directive's `parse` gets the whole `Line` and returns
+the value (or raises `BadValue`). `SINGLE` directives keep the last value
+written, as in squid; `LIST` directives append one item per line; `MAP`
+directives add a (key, value) pair and refuse a key twice. Defaults are
+written in config syntax and go through the same parser, the way squid's
+cf.data.pre does it, so a default can never disagree with what the parser
+accepts. A LIST or MAP default is used only when the directive never appears.
+
+`labsquid_only` marks directives squid does not have; their defaults are ours.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._access import parse_acl, parse_acl_list, parse_http_access
+from ._lexer import Line
+from ._model import AccessLog, HttpPort
+from ._units import (
+    BadValue,
+    parse_choice,
+    parse_int,
+    parse_size,
+    parse_switch,
+    parse_time,
+)
+
+Parser = Callable[[Line], Any]
+
+# Formats squid defines itself; `logformat` may not redefine them.
+BUILTIN_LOGFORMATS = ("squid", "common", "combined", "referrer", "useragent")
+ACCESS_LOG_MODULES = ("daemon", "stdio")  # and `access_log none`
+POOL_DISPATCH_MODES = ("serial", "notify", "passfd", "shared", "reuseport")
+FORWARDED_FOR_MODES = ("on", "off", "transparent", "delete", "truncate")
+
+
+class Kind(enum.Enum):
+    SINGLE = "replace the value"
+    LIST = "append to the list"
+    MAP = "add a named entry"
+
+
+@dataclass(frozen=True)
+class Directive:
+    name: str
+    parse: Parser
+    kind: Kind
+    default: str | None  # config syntax; None: no default (empty LIST/MAP)
+    labsquid_only: bool = False
+    reads_value_files: bool = False  # `"path"` arguments name files of values
+
+
+# -- parser builders ---------------------------------------------------------
+
+
+def _exactly_one(line: Line) -> str:
+    if not line.args:
+        raise BadValue("missing value")
+    if len(line.args) > 1:
+        raise BadValue(f"unexpected '{' '.join(line.args[1:])}' after the value")
+    return line.args[0]
+
+
+def _text(line: Line) -> str:
+    return _exactly_one(line)
+
+
+def _text_or_none(line: Line) -> str | None:
+    value = _exactly_one(line)
+    return None if value == "none" else value
+
+
+def _switch(line: Line) -> bool:
+    return parse_switch(_exactly_one(line))
+
+
+def _count(minimum: int = 0, maximum: int | None = None) -> Parser:
+    return lambda line: parse_int(_exactly_one(line), minimum=minimum, maximum=maximum)
+
+
+def _choice(*choices: str) -> Parser:
+    return lambda line: parse_choice(_exactly_one(line), choices)
+
+
+def _time(default_unit: str = "second") -> Parser:
+    return lambda line: parse_time(line.args, default_unit)
+
+
+def _size(default_unit: str = "byte") -> Parser:
+    return lambda line: parse_size(line.args, default_unit)
+
+
+def _rest_of_line(line: Line) -> str:
+    text = line.rest(0)
+    if not text:
+        raise BadValue("missing value")
+    return text
+
+
+# -- directives with a structure of their own ----------------------------------
+
+
+def _pool_size(line: Line) -> int | None:
+    value = _exactly_one(line)
+    return None if value == "auto" else parse_int(value, minimum=1)
+
+
+def _workers(line: Line) -> int:
+    count = parse_int(_exactly_one(line), minimum=0)
+    if count != 1:
+        raise BadValue(
+            f"labsquid runs a single kid with a process pool, so workers must be 1, "
+            f"not {count}; use pool_size to set the number of pool processes"
+        )
+    return count
+
+
+def _split_host_port(token: str) -> tuple[str | None, str]:
+    if token.startswith("["):
+        address, bracket, after = token[1:].partition("]")
+        if not bracket or not after.startswith(":"):
+            raise BadValue(f"'{token}' is not [IPv6-ADDRESS]:PORT")
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            raise BadValue(f"'{address}' is not an IPv6 address") from None
+        return address, after[1:]
+    if ":" not in token:
+        return None, token
+    host, _, port = token.rpartition(":")
+    if not host:
+        raise BadValue(f"missing address before the ':' in '{token}'")
+    if ":" in host:
+        raise BadValue(f"write the IPv6 address in '{token}' in brackets: [ADDRESS]:PORT")
+    return host, port
+
+
+def _http_port(line: Line) -> HttpPort:
+    if not line.args:
+        raise BadValue("missing [ADDRESS:]PORT")
+    host, port_text = _split_host_port(line.args[0])
+    try:
+        port = parse_int(port_text, minimum=1, maximum=65535)
+    except BadValue as err:
+        raise BadValue(f"bad port in '{line.args[0]}': {err}") from None
+    options: dict[str, str | None] = {}
+    for token in line.args[1:]:
+        key, equals, value = token.partition("=")
+        options[key] = value if equals else None
+    return HttpPort(host, port, options, line.where)
+
+
+_ACCESS_LOG_OPTIONS = ("logformat", "buffer-size", "on-error", "rotate")
+
+
+def _access_log(line: Line) -> AccessLog:
+    """The line's pieces; `logformat` stays "" unless given as `logformat=NAME`.
+
+    squid's older form puts a bare format name right after the place, and
+    tells it from an acl name only by looking it up among the formats defined
+    so far. The parser cannot know those, so the builder settles it (see
+    `Builder._resolve_access_log`).
+    """
+    if not line.args:
+        raise BadValue("missing MODULE:PATH (or 'none')")
+    place, rest = line.args[0], list(line.args[1:])
+    if place == "none":  # no log at all: everything after it is acls
+        return AccessLog("none", None, "none", {}, parse_acl_list(rest), line.where)
+    module, path = _split_log_place(place)
+    options: dict[str, str] = {}
+    while rest and "=" in rest[0]:
+        key, _, value = rest.pop(0).partition("=")
+        if key not in _ACCESS_LOG_OPTIONS:
+            raise BadValue(f"unknown access_log option '{key}'")
+        options[key] = value
+    logformat = options.pop("logformat", "")
+    return AccessLog(module, path, logformat, options, parse_acl_list(rest), line.where)
+
+
+def _split_log_place(place: str) -> tuple[str, str]:
+    module, colon, path = place.partition(":")
+    if not colon:
+        return "stdio", place  # squid: a bare path is written with stdio
+    if module not in ACCESS_LOG_MODULES:
+        supported = ", ".join(ACCESS_LOG_MODULES)
+        raise BadValue(
+            f"unsupported logging module '{module}' (labsquid has {supported} and 'none')"
+        )
+    if not path:
+        raise BadValue(f"missing file name in '{place}'")
+    return module, path
+
+
+def _logformat(line: Line) -> tuple[str, str]:
+    if not line.args:
+        raise BadValue("missing format name")
+    name, text = line.args[0], line.rest(1)
+    if name in BUILTIN_LOGFORMATS:
+        raise BadValue(f"'{name}' is a built-in format and cannot be redefined")
+    if not text:
+        raise BadValue(f"missing format text for '{name}'")
+    return name, text
+
+
+# -- the table -------------------------------------------------------------------
+
+_S, _L, _M = Kind.SINGLE, Kind.LIST, Kind.MAP
+
+DIRECTIVES: dict[str, Directive] = {
+    d.name: d
+    for d in [
+        # network
+        Directive("http_port", _http_port, _L, "3128"),
+        # files and identity
+        Directive("pid_filename", _text_or_none, _S, "/run/labsquid/labsquid.pid"),
+        Directive("cache_log", _text, _S, "/var/log/labsquid/cache.log"),
+        Directive("cache_effective_user", _text_or_none, _S, "none"),
+        Directive("cache_effective_group", _text_or_none, _S, "none"),
+        Directive("visible_hostname", _text_or_none, _S, "none"),
+        Directive("cache_mgr", _text, _S, "webmaster"),
+        Directive("httpd_suppress_version_string", _switch, _S, "off"),
+        Directive("shutdown_lifetime", _time(), _S, "30 seconds"),
+        Directive("debug_options", _rest_of_line, _S, "ALL,1"),
+        # access logging
+        Directive("access_log", _access_log, _L, "daemon:/var/log/labsquid/access.log squid"),
+        Directive("logformat", _logformat, _M, None),
+        Directive("logfile_rotate", _count(), _S, "10"),
+        Directive("logfile_daemon", _text, _S, "internal"),  # labsquid: "internal" = ours
+        Directive("buffered_logs", _switch, _S, "off"),
+        Directive("logfile_queue_size", _size(), _S, "8 MB", labsquid_only=True),
+        # access control
+        Directive("acl", parse_acl, _L, None, reads_value_files=True),
+        Directive("http_access", parse_http_access, _L, None),
+        # the process pool
+        Directive("workers", _workers, _S, "1"),
+        Directive("pool_size", _pool_size, _S, "auto", labsquid_only=True),
+        Directive("pool_dispatch", _choice(*POOL_DISPATCH_MODES), _S, "notify", labsquid_only=True),
+        Directive("pool_max_connections", _count(minimum=1), _S, "4096", labsquid_only=True),
+        Directive("max_filedescriptors", _count(), _S, "0"),
+        # timeouts
+        Directive("connect_timeout", _time(), _S, "1 minute"),
+        Directive("read_timeout", _time(), _S, "15 minutes"),
+        Directive("request_timeout", _time(), _S, "5 minutes"),
+        Directive("client_lifetime", _time(), _S, "1 day"),
+        Directive("pconn_timeout", _time(), _S, "1 minute"),
+        Directive("half_closed_clients", _switch, _S, "off"),
+        Directive("client_persistent_connections", _switch, _S, "on"),
+        Directive("server_persistent_connections", _switch, _S, "on"),
+        # HTTP
+        Directive("request_header_max_size", _size(), _S, "64 KB"),
+        Directive("reply_header_max_size", _size(), _S, "64 KB"),
+        Directive("request_body_max_size", _size(), _S, "0"),
+        Directive("forwarded_for", _choice(*FORWARDED_FOR_MODES), _S, "on"),
+        Directive("via", _switch, _S, "on"),
+        # DNS
+        Directive("positive_dns_ttl", _time(), _S, "6 hours"),
+        Directive("negative_dns_ttl", _time(), _S, "1 minute"),
+        Directive("dns_timeout", _time(), _S, "30 seconds"),
+        Directive("hosts_file", _text_or_none, _S, "/etc/hosts"),
+    ]
+}

@@ -1,0 +1,227 @@
+"""The one event loop every labsquid process runs.
+
+Theory of operation
+-------------------
+Each process (master, kid, pool child, and the kid in ``-N`` mode) is a single
+thread blocked in ``epoll_wait``.  Everything that can happen to it arrives as
+readiness on a file descriptor:
+
+* sockets and socketpairs, registered with a callback per fd;
+* signals: a C-level handler writes the signal number as one byte to a
+  socketpair (``signal.set_wakeup_fd``); the loop reads those bytes and calls
+  the handler registered for each number *from the loop*, never from the
+  signal handler itself (the "unified event source" of the notes);
+* timers: a heap of deadlines; ``epoll_wait``'s timeout is the nearest one.
+
+Callbacks run one at a time, to completion, in the loop's thread, so no state
+needs locking.  A callback that raises is logged and the loop goes on: one bad
+connection must never take the process down.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger()
+
+READ = select.EPOLLIN | select.EPOLLRDHUP
+WRITE = select.EPOLLOUT
+ERROR = select.EPOLLERR | select.EPOLLHUP
+
+FdCallback = Callable[[int], None]  # receives the epoll event mask
+
+
+class Timer:
+    """A pending call; ``cancel()`` makes it a no-op (lazy removal from the heap)."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], Any]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        os.set_inheritable(self._epoll.fileno(), False)
+        self._callbacks: dict[int, FdCallback] = {}
+        self._masks: dict[int, int] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._running = False
+        self._signal_handlers: dict[int, Callable[[int], None]] = {}
+        self._signal_rx: socket.socket | None = None
+        self._signal_tx: socket.socket | None = None
+        self._ready_calls: list[Callable[[], Any]] = []
+
+    # -- file descriptors ---------------------------------------------------
+    def add(self, fd: int, mask: int, callback: FdCallback) -> None:
+        self._epoll.register(fd, mask)
+        self._callbacks[fd] = callback
+        self._masks[fd] = mask
+
+    def modify(self, fd: int, mask: int) -> None:
+        if self._masks.get(fd) != mask:
+            self._epoll.modify(fd, mask)
+            self._masks[fd] = mask
+
+    def mask(self, fd: int) -> int:
+        return self._masks[fd]
+
+    def remove(self, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is not None:
+            del self._masks[fd]
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # already closed: the kernel dropped it from the set
+
+    def watching(self, fd: int) -> bool:
+        return fd in self._callbacks
+
+    # -- timers -------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def call_soon(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` on the next turn, before waiting again."""
+        self._ready_calls.append(callback)
+
+    # -- signals ------------------------------------------------------------
+    def add_signal_handler(self, signum: int, handler: Callable[[int], None]) -> None:
+        """Deliver ``signum`` to ``handler(signum)`` from inside the loop."""
+        if self._signal_rx is None:
+            self._signal_rx, self._signal_tx = socket.socketpair()
+            for s in (self._signal_rx, self._signal_tx):
+                s.setblocking(False)
+            signal.set_wakeup_fd(self._signal_tx.fileno(), warn_on_full_buffer=False)
+            self.add(self._signal_rx.fileno(), READ, self._read_signals)
+        self._signal_handlers[signum] = handler
+        # A Python-level handler must exist for the C handler to write the
+        # wakeup byte; it does nothing itself.
+        signal.signal(signum, _ignore_in_handler)
+
+    def _read_signals(self, _mask: int) -> None:
+        assert self._signal_rx is not None
+        try:
+            data = self._signal_rx.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                self._guard(handler, signum)
+
+    def close_signals(self) -> None:
+        """Restore default dispositions; used by a child right after fork."""
+        for signum in self._signal_handlers:
+            signal.signal(signum, signal.SIG_DFL)
+        self._signal_handlers.clear()
+        signal.set_wakeup_fd(-1)
+        if self._signal_rx is not None:
+            self.remove(self._signal_rx.fileno())
+            self._signal_rx.close()
+            assert self._signal_tx is not None
+            self._signal_tx.close()
+            self._signal_rx = self._signal_tx = None
+
+    # -- running ------------------------------------------------------------
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        self._running = True
+        while self._running:
+            self.run_once()
+
+    def run_once(self, max_wait: float | None = None) -> None:
+        timeout = self._next_timeout()
+        if max_wait is not None:
+            timeout = max_wait if timeout < 0 else min(timeout, max_wait)
+        try:
+            events = self._epoll.poll(timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            events = []
+        for fd, mask in events:
+            callback = self._callbacks.get(fd)
+            if callback is not None:  # an earlier callback may have removed it
+                self._guard(callback, mask)
+        self._run_timers()
+        while self._ready_calls:
+            calls, self._ready_calls = self._ready_calls, []
+            for call in calls:
+                self._guard(call)
+
+    def _next_timeout(self) -> float:
+        if self._ready_calls:
+            return 0
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return -1
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                self._guard(timer.callback)
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("callback_failed", callback=getattr(fn, "__qualname__", repr(fn)))
+
+    def abandon(self) -> None:
+        """In a forked child: drop the parent's loop without touching its epoll set.
+
+        The epoll instance is shared with the parent after fork; an
+        ``epoll_ctl(DEL)`` here would remove the parent's registrations, so
+        only our references are closed.
+        """
+        if self._signal_rx is not None:
+            assert self._signal_tx is not None
+            self._signal_rx.close()
+            self._signal_tx.close()
+            self._signal_rx = self._signal_tx = None
+        self._signal_handlers.clear()
+        self._callbacks.clear()
+        self._masks.clear()
+        self._timers.clear()
+        self._ready_calls.clear()
+        self._epoll.close()
+
+    def close(self) -> None:
+        self.close_signals()
+        self._callbacks.clear()
+        self._masks.clear()
+        self._epoll.close()
+
+
+def _ignore_in_handler(signum: int, frame: object) -> None:
+    """The real work happens in the loop; see ``EventLoop.add_signal_handler``."""
+
+
+def is_would_block(exc: OSError) -> bool:
+    return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)

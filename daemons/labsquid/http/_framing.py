@@ -1,0 +1,298 @@
+"""Where a message body ends (RFC 9112 §6), and the body decoders.
+
+Theory of operation
+-------------------
+Request smuggling is two parsers disagreeing about where a body ends. So the
+framing headers are accepted only in forms every sane parser (h11 included)
+reads the same way, and everything ambiguous is a 400 instead of a guess:
+
+* Transfer-Encoding and Content-Length together: rejected, although §6.3
+  lets TE win — it is the classic smuggling pair (§6.1 "ought to be handled
+  as an error").
+* Transfer-Encoding must be exactly ``chunked`` (case-insensitive), once.
+  ``chunked`` repeated or not final -> 400 (§6.3 MUST for requests; for
+  responses too, instead of §6.3's read-until-close, because h11 and many
+  origins refuse it). A coding we do not implement (``gzip, chunked``,
+  ``identity``, ``xchunked``) -> 501, as squid does (ERR_UNSUP_REQ).
+  Transfer-Encoding in an HTTP/1.0 message -> 400 (§6.1: framing is faulty).
+* Content-Length: 1*DIGIT below 2**63. Several values (lines or a comma
+  list) are accepted only if textually identical, then count as one — h11
+  compares them as strings, so ``5, 05`` is rejected too.
+* Chunk sizes are 1-16 hex digits (no sign, no ``0x``, no whitespace), chunk
+  extensions strict ``;name[=token|quoted-string]`` with no BWS, and chunk
+  data must be followed by exactly CRLF.
+* A CONNECT request has no content (RFC 9110 §9.3.6): framing headers on one
+  are rejected rather than ignored, since the bytes after it are tunnel data.
+
+Decoders stream: each `next_event` returns whatever body bytes are buffered
+(never waiting for a whole chunk) so memory stays bounded by the feed size.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._abnf import DIGITS, HEXDIGITS, OWS
+from ._events import (
+    ERR_TOO_BIG,
+    ERR_UNSUP_REQ,
+    Data,
+    EndOfMessage,
+    NeedData,
+    ProtocolError,
+    Request,
+    Response,
+)
+from ._head import check_head_bytes, parse_fields
+from ._headers import Headers
+
+# Body framings: a length (int, 0 for none), or one of these.
+CHUNKED = "chunked"
+UNTIL_CLOSE = "until-close"
+TUNNEL = "tunnel"  # CONNECT 2xx / 101: what follows is not HTTP any more
+
+_MAX_CONTENT_LENGTH = 2**63 - 1
+_KNOWN_CODINGS = frozenset(
+    {b"chunked", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress", b"br", b"zstd"}
+)
+_MAX_CHUNK_LINE = 4096  # chunk-size plus extensions; nobody needs more
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_CHUNK_EXT = re.compile(rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*")
+
+
+FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+
+def content_length(headers: Headers) -> int | None:
+    """The Content-Length, None when absent; ProtocolError when ambiguous."""
+    return _content_length(headers.get_all(b"content-length"))
+
+
+def _content_length(values: list[bytes] | None) -> int | None:
+    if not values:
+        return None
+    seen = None
+    for value in values:
+        for part in value.split(b","):
+            part = part.strip(OWS)
+            if not part or part.translate(None, DIGITS) or len(part) > 19:
+                raise ProtocolError(f"invalid Content-Length {value[:40]!r}")
+            if seen is None:
+                seen = part
+            elif part != seen:
+                raise ProtocolError("conflicting Content-Length values")
+    length = int(seen)
+    if length > _MAX_CONTENT_LENGTH:
+        raise ProtocolError("Content-Length out of range")
+    return length
+
+
+def _is_chunked(values: list[bytes] | None, http_version: bytes) -> bool:
+    """True for ``Transfer-Encoding: chunked``, False when absent, else raise."""
+    if not values:
+        return False
+    if http_version == b"1.0":
+        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 message")
+    codings = [c.strip(OWS).lower() for value in values for c in value.split(b",")]
+    if codings == [b"chunked"]:
+        return True
+    if b"" in codings:
+        raise ProtocolError("empty element in Transfer-Encoding")
+    if codings.count(b"chunked") > 1:
+        raise ProtocolError("chunked applied more than once")
+    if b"chunked" in codings and codings[-1] != b"chunked":
+        raise ProtocolError("chunked is not the final transfer coding")
+    if b"chunked" not in codings and all(c in _KNOWN_CODINGS for c in codings):
+        raise ProtocolError("Transfer-Encoding without chunked: length unknown")
+    raise ProtocolError(
+        f"unsupported transfer coding {b', '.join(codings)[:60]!r}", 501, ERR_UNSUP_REQ
+    )
+
+
+def _length_or_chunked(fields: dict[bytes, list[bytes]], http_version: bytes) -> int | str | None:
+    chunked = _is_chunked(fields.get(b"transfer-encoding"), http_version)
+    length = _content_length(fields.get(b"content-length"))
+    if chunked:
+        if length is not None:
+            raise ProtocolError("both Content-Length and Transfer-Encoding")
+        return CHUNKED
+    return length
+
+
+def request_framing(request: Request, fields: dict[bytes, list[bytes]] | None = None) -> int | str:
+    """Body framing of a request: a length (0 = none) or CHUNKED.
+
+    `fields` is ``headers.collect(FRAMING_FIELDS)`` when the caller has it.
+    """
+    if fields is None:
+        fields = request.headers.collect(FRAMING_FIELDS)
+    framing = _length_or_chunked(fields, request.http_version)
+    if request.method == b"CONNECT" and framing:
+        raise ProtocolError("CONNECT request with content")
+    return 0 if framing is None else framing
+
+
+def response_framing(response: Response, request_method: bytes) -> int | str:
+    """Body framing of a response to `request_method` (RFC 9112 §6.3 order)."""
+    status = response.status
+    # Validate framing headers even where they are ignored: a response that
+    # carries garbage there is not one to trust for anything else.
+    fields = response.headers.collect(FRAMING_FIELDS)
+    framing = _length_or_chunked(fields, response.http_version)
+    if request_method == b"CONNECT" and 200 <= status < 300:
+        return TUNNEL
+    if status == 101:
+        return TUNNEL
+    if status < 200 or status in (204, 304) or request_method == b"HEAD":
+        return 0
+    return UNTIL_CLOSE if framing is None else framing
+
+
+def keep_alive(event: Request | Response) -> bool:
+    """Whether the sender of `event` offers to keep the connection (RFC 9112 §9.3)."""
+    tokens = [t.lower() for t in event.headers.get_list(b"connection")]
+    if b"close" in tokens:
+        return False
+    if event.http_version == b"1.0":
+        return b"keep-alive" in tokens
+    return True
+
+
+# -- decoders: next_event(buf, eof) consumes from the reader's bytearray -------
+
+
+def _too_big(limit: int) -> ProtocolError:
+    return ProtocolError(f"body larger than {limit} bytes", 413, ERR_TOO_BIG)
+
+
+class ContentLengthDecoder:
+    __slots__ = ("remaining",)
+
+    def __init__(self, length: int) -> None:
+        self.remaining = length
+
+    def next_event(self, buf: bytearray, eof: bool) -> Data | EndOfMessage | type[NeedData]:
+        if not self.remaining:
+            return EndOfMessage()
+        if not buf:
+            if eof:
+                raise ProtocolError(f"connection closed with {self.remaining} body bytes due")
+            return NeedData
+        n = self.remaining
+        if len(buf) <= n:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:n])
+            del buf[:n]
+        self.remaining -= len(data)
+        return Data(data)
+
+
+class UntilCloseDecoder:
+    __slots__ = ("limit", "seen")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen = 0
+
+    def next_event(self, buf: bytearray, eof: bool) -> Data | EndOfMessage | type[NeedData]:
+        if buf:
+            self.seen += len(buf)
+            if self.limit and self.seen > self.limit:
+                raise _too_big(self.limit)
+            data = bytes(buf)
+            buf.clear()
+            return Data(data)
+        return EndOfMessage() if eof else NeedData
+
+
+class ChunkedDecoder:
+    """chunked-body = *chunk last-chunk trailer-section CRLF (RFC 9112 §7.1)."""
+
+    __slots__ = ("limit", "seen", "remaining", "state", "max_trailer_size", "max_trailers")
+
+    _SIZE, _DATA, _CRLF, _TRAILERS = range(4)
+
+    def __init__(self, limit: int, max_trailer_size: int, max_trailers: int) -> None:
+        self.limit = limit
+        self.seen = 0
+        self.remaining = 0
+        self.state = self._SIZE
+        self.max_trailer_size = max_trailer_size
+        self.max_trailers = max_trailers
+
+    def next_event(self, buf: bytearray, eof: bool) -> Data | EndOfMessage | type[NeedData]:
+        while True:
+            state = self.state
+            if state == self._DATA:
+                if not buf:
+                    break
+                n = self.remaining
+                if len(buf) <= n:
+                    data = bytes(buf)
+                    buf.clear()
+                else:
+                    data = bytes(buf[:n])
+                    del buf[:n]
+                self.remaining -= len(data)
+                if not self.remaining:
+                    self.state = self._CRLF
+                return Data(data)
+            if state == self._SIZE:
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > _MAX_CHUNK_LINE:
+                        raise ProtocolError("chunk-size line too long")
+                    break
+                self._chunk_size(bytes(buf[:end]))
+                del buf[: end + 2]
+            elif state == self._CRLF:
+                if buf[:2] == b"\r\n":
+                    del buf[:2]
+                    self.state = self._SIZE
+                elif buf[:1] not in (b"", b"\r") or len(buf) >= 2:
+                    raise ProtocolError("chunk data not followed by CRLF")
+                else:
+                    break
+            else:
+                return self._trailers(buf, eof)
+        if eof:
+            raise ProtocolError("connection closed inside a chunked body")
+        return NeedData
+
+    def _chunk_size(self, line: bytes) -> None:
+        size, semi, ext = line.partition(b";")
+        if not size or len(size) > 16 or size.translate(None, HEXDIGITS):
+            raise ProtocolError(f"invalid chunk size {line[:20]!r}")
+        if semi and not _CHUNK_EXT.fullmatch(line, len(size)):
+            raise ProtocolError("invalid chunk extension")
+        n = int(size, 16)
+        if n == 0:
+            self.state = self._TRAILERS
+            return
+        self.seen += n
+        if self.limit and self.seen > self.limit:
+            raise _too_big(self.limit)
+        self.remaining = n
+        self.state = self._DATA
+
+    def _trailers(self, buf: bytearray, eof: bool) -> EndOfMessage | type[NeedData]:
+        if buf[:2] == b"\r\n":
+            del buf[:2]
+            return EndOfMessage()
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > self.max_trailer_size:
+                raise ProtocolError("trailer section too large", 431, ERR_TOO_BIG)
+            if b"\n\n" in buf:
+                raise ProtocolError("bare LF line ending in trailer section")
+            if eof:
+                raise ProtocolError("connection closed inside the trailer section")
+            return NeedData
+        section = bytes(buf[:end])
+        del buf[: end + 4]
+        lines = section.split(b"\r\n")
+        check_head_bytes(section, len(lines) - 1)
+        return EndOfMessage(parse_fields(lines, self.max_trailers))

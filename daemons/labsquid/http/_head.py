@@ -1,0 +1,180 @@
+"""Parsing a message head: start line and field lines (RFC 9112 §2-§5).
+
+Theory of operation
+-------------------
+The reader cuts the head at the first CRLFCRLF and hands it here whole, so a
+head is parsed with a handful of C-level bytes operations: ``split(b"\\r\\n")``
+yields the lines, one ``translate`` over the whole head proves it holds no
+control byte but HTAB and those CRLFs (`check_head_bytes`), ``partition``
+splits each field, and field names are validated once then remembered. No
+per-byte Python loop, no regex on the hot path.
+
+This parser sits in front of an origin that re-parses what we forward, so
+wherever RFC 9112 lets a recipient choose between leniency and rejection we
+reject, and never "repair" a message into something other parsers could read
+differently:
+
+* bare LF line endings are rejected (§2.2 allows accepting them, but a proxy
+  that accepts LF while the origin only splits on CRLF disagrees on where a
+  field ends); a bare CR anywhere in the head is rejected (§2.2 MUST);
+* obs-fold continuation lines are rejected (§5.2 allows 400 or unfolding);
+* whitespace between a field name and the colon is rejected (§5.1 MUST), as
+  is whitespace before the first field line (§2.2);
+* field values may hold VCHAR, obs-text, SP and HTAB only (never NUL/CR/LF or
+  other controls), with surrounding OWS removed (§5.1); one ``translate``
+  over the whole head enforces that, and the CRLF-only line endings;
+* request-targets are VCHAR only: no spaces, no controls, no obs-text;
+* only HTTP/1.0 and HTTP/1.1 are spoken; another well-formed version is 505.
+
+Only the error path is allowed to be slow: it re-examines the input to say
+precisely what was wrong.
+"""
+
+from __future__ import annotations
+
+from ._abnf import FIELD_VALUE, OWS, TCHAR, VCHAR
+from ._events import (
+    ERR_INVALID_RESP,
+    ERR_INVALID_URL,
+    ERR_PROTOCOL_UNKNOWN,
+    ERR_TOO_BIG,
+    ERR_UNSUP_HTTPVERSION,
+    ProtocolError,
+)
+from ._headers import Headers
+
+_VERSIONS = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}
+# Bytes allowed anywhere in a head, bar the CRLFs between lines.
+_HEAD_BYTES = FIELD_VALUE
+# Valid field names seen so far -> lowercased: most heads repeat the same few
+# dozen names, and a dict hit replaces both validation and lower(). Bounded,
+# and only ever holds valid tokens, so junk names cannot poison it.
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_MAX = 2048
+
+
+def check_head_bytes(head: bytes, crlf_count: int) -> None:
+    """No control bytes in `head` but HTAB and the `crlf_count` CRLFs splitting it.
+
+    One ``translate`` deletes every allowed byte; a valid head leaves exactly
+    the CRLF separators. This covers bare CR, bare LF, NUL and other controls
+    in every line at once, so field values need no check of their own.
+    """
+    if head.translate(None, _HEAD_BYTES) != b"\r\n" * crlf_count:
+        raise _head_bytes_error(head)
+
+
+def _head_bytes_error(head: bytes) -> ProtocolError:
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf:
+        return ProtocolError("bare CR in message head")
+    if head.count(b"\n") != crlf:
+        return ProtocolError("bare LF line ending in message head")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if value.translate(None, FIELD_VALUE):
+            return ProtocolError(f"control character in value of {name[:40]!r}")
+    return ProtocolError("control character in start line", 400, ERR_INVALID_URL)
+
+
+def _version_error(version: bytes, line: bytes) -> ProtocolError:
+    if (
+        len(version) == 8
+        and version[:5] == b"HTTP/"
+        and version[5:6].isdigit()
+        and version[6:7] == b"."
+        and version[7:8].isdigit()
+    ):
+        return ProtocolError(f"unsupported HTTP version {version!r}", 505, ERR_UNSUP_HTTPVERSION)
+    if b" HTTP/" not in line:
+        return ProtocolError("not an HTTP request", 400, ERR_PROTOCOL_UNKNOWN)
+    return ProtocolError(f"malformed HTTP version {version!r}")
+
+
+def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """``method SP request-target SP HTTP-version`` -> (method, target, b"1.x")."""
+    parts = line.split(b" ")
+    if len(parts) == 3:
+        method, target, version = parts
+        http_version = _VERSIONS.get(version)
+        if http_version is None:
+            raise _version_error(version, line)
+        if not method or method.translate(None, TCHAR):
+            raise ProtocolError(f"invalid method {method[:32]!r}")
+        if not target or target.translate(None, VCHAR):
+            raise ProtocolError("invalid character in request-target", 400, ERR_INVALID_URL)
+        return method, target, http_version
+    # Not three words. If it does not even end like HTTP (telnet's "hello",
+    # a TLS ClientHello, HTTP/0.9) say so: squid answers ERR_PROTOCOL_UNKNOWN.
+    if b" HTTP/" not in line or not parts[-1].startswith(b"HTTP/"):
+        raise ProtocolError("not an HTTP request", 400, ERR_PROTOCOL_UNKNOWN)
+    if b"" in parts:
+        raise ProtocolError("extra whitespace in request line")
+    raise ProtocolError("whitespace in request-target", 400, ERR_INVALID_URL)
+
+
+def check_request_prefix(prefix: bytes) -> None:
+    """Reject early what cannot start a request line (no CRLF seen yet).
+
+    Lets a TLS ClientHello or a telnet session fail on its first packet
+    rather than after `max_header_size` bytes.
+    """
+    method = prefix.partition(b" ")[0]
+    if method.translate(None, TCHAR):
+        raise ProtocolError("not an HTTP request", 400, ERR_PROTOCOL_UNKNOWN)
+
+
+def parse_status_line(line: bytes) -> tuple[bytes, int, bytes]:
+    """``HTTP-version SP status-code [SP reason-phrase]`` -> (b"1.x", status, reason).
+
+    The SP before an empty reason is optional here, as in h11 and squid: it is
+    a common origin omission and cannot shift any framing.
+    """
+    version, _, rest = line.partition(b" ")
+    http_version = _VERSIONS.get(version)
+    if http_version is None:
+        raise ProtocolError(f"bad status line {line[:40]!r}", 502, ERR_INVALID_RESP)
+    code, _, reason = rest.partition(b" ")
+    if len(code) != 3 or not code.isdigit() or code[:1] == b"0":
+        raise ProtocolError(f"bad status code {code[:8]!r}", 502, ERR_INVALID_RESP)
+    if reason.translate(None, FIELD_VALUE):
+        raise ProtocolError("invalid character in reason phrase", 502, ERR_INVALID_RESP)
+    return http_version, int(code), reason
+
+
+def check_response_prefix(prefix: bytes) -> None:
+    """A response must start with "HTTP/": HTTP/0.9 bodies-without-head are refused."""
+    n = min(len(prefix), 5)
+    if prefix[:n] != b"HTTP/"[:n]:
+        raise ProtocolError("response does not start with HTTP/", 502, ERR_INVALID_RESP)
+
+
+def parse_fields(lines: list[bytes], max_fields: int) -> Headers:
+    """Field lines -> `Headers`. The bytes must have passed `check_head_bytes`."""
+    if len(lines) > max_fields:
+        raise ProtocolError(f"more than {max_fields} header fields", 431, ERR_TOO_BIG)
+    items = []
+    append = items.append
+    names = _NAMES
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        lname = names.get(name)
+        if lname is None or not colon:
+            if not colon or not name or name.translate(None, TCHAR):
+                raise _field_name_error(line)
+            lname = name.lower()
+            if len(names) < _NAMES_MAX:
+                names[name] = lname
+        append((lname, name, value.strip(OWS)))
+    return Headers._from_items(items)
+
+
+def _field_name_error(line: bytes) -> ProtocolError:
+    if line[:1] in (b" ", b"\t"):
+        return ProtocolError("obsolete line folding (or whitespace before a field line)")
+    name, colon, _ = line.partition(b":")
+    if not colon:
+        return ProtocolError(f"field line without a colon: {line[:40]!r}")
+    if name[-1:] in (b" ", b"\t"):
+        return ProtocolError(f"whitespace before colon in field {name[:40]!r}")
+    return ProtocolError(f"invalid field name {name[:40]!r}")

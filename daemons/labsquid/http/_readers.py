@@ -1,0 +1,298 @@
+"""`RequestReader` and `ResponseReader`: bytes in, events out.
+
+Theory of operation
+-------------------
+A reader owns one bytearray. `feed()` appends, `next_event()` consumes from
+the front (CPython makes ``del buf[:n]`` on a bytearray cheap) and returns
+one event, or `NeedData` when the buffer holds no complete one yet.
+
+Each message goes HEAD -> BODY -> DONE. In HEAD the buffer is searched for
+CRLFCRLF, resuming where the last search stopped so a head dripping in byte
+by byte costs linear, not quadratic, time; the head is then parsed in one
+piece by `_head`, and `_framing` picks the body decoder. DONE answers
+`Paused` until `start_next_cycle()`: the caller decides keep-alive versus
+close, and after CONNECT or 101 takes the leftover bytes with
+`take_trailing_data()` for the tunnel instead. Bytes of a pipelined next
+message simply stay in the buffer.
+
+While a head is incomplete, cheap checks run on what is there so that garbage
+(a TLS handshake, telnet, bare-LF heads) fails at once instead of after
+`max_header_size` bytes. After a ProtocolError the reader is dead: every later
+call raises the same error.
+"""
+
+from __future__ import annotations
+
+from ._events import (
+    ERR_INVALID_RESP,
+    ERR_TOO_BIG,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    LocalProtocolError,
+    NeedData,
+    Paused,
+    ProtocolError,
+    Request,
+    Response,
+)
+from ._framing import (
+    CHUNKED,
+    FRAMING_FIELDS,
+    TUNNEL,
+    UNTIL_CLOSE,
+    ChunkedDecoder,
+    ContentLengthDecoder,
+    UntilCloseDecoder,
+    request_framing,
+    response_framing,
+)
+from ._head import (
+    check_head_bytes,
+    check_request_prefix,
+    check_response_prefix,
+    parse_fields,
+    parse_request_line,
+    parse_status_line,
+)
+from ._target import ORIGIN, classify_target, validate_host_header
+
+Event = Request | Response | Data | EndOfMessage | ConnectionClosed
+
+_HEAD, _BODY, _DONE, _CLOSED, _ERROR = range(5)
+
+
+class _Reader:
+    def __init__(
+        self,
+        *,
+        max_header_size: int = 65536,
+        max_body_size: int = 0,
+        max_headers: int = 100,
+    ) -> None:
+        self.max_header_size = max_header_size  # whole head: start line + fields
+        self.max_body_size = max_body_size  # 0 = unlimited
+        self.max_headers = max_headers
+        self._buf = bytearray()
+        self._eof = False
+        self._state = _HEAD
+        self._decoder: ContentLengthDecoder | ChunkedDecoder | UntilCloseDecoder | None = None
+        self._scan = 0  # where the next CRLFCRLF search starts
+        self._start_checked = False  # start line of the pending head validated
+        self._error: ProtocolError | None = None
+
+    # -- input ---------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self._eof:
+            raise LocalProtocolError("feed() after feed_eof()")
+        self._buf += data
+
+    def feed_eof(self) -> None:
+        self._eof = True
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received but not yet consumed by an event."""
+        return bytes(self._buf)
+
+    def take_trailing_data(self) -> bytes:
+        """Remove and return the buffered bytes (e.g. to start a tunnel)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def start_next_cycle(self) -> None:
+        if self._state != _DONE:
+            raise LocalProtocolError("start_next_cycle() before EndOfMessage")
+        self._state = _HEAD
+        self._decoder = None
+
+    # -- events --------------------------------------------------------------------
+
+    def next_event(self) -> Event | type[NeedData] | type[Paused]:
+        state = self._state
+        try:
+            if state == _BODY:
+                event = self._decoder.next_event(self._buf, self._eof)
+                if type(event) is EndOfMessage:
+                    self._state = _DONE
+                return event
+            if state == _HEAD:
+                return self._next_head()
+            if state == _DONE:
+                return Paused
+            if state == _CLOSED:
+                return ConnectionClosed()
+            raise self._error
+        except ProtocolError as exc:
+            exc = self._wrap(exc)
+            self._state = _ERROR
+            self._error = exc
+            raise exc from None
+
+    def _wrap(self, exc: ProtocolError) -> ProtocolError:
+        return exc
+
+    def _next_head(self) -> Event | type[NeedData]:
+        raise NotImplementedError
+
+    def _extract_head(self) -> bytes | None:
+        """Cut the next head (without its CRLFCRLF) out of the buffer."""
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n", self._scan)
+        if end < 0:
+            self._scan = max(0, len(buf) - 3)
+            self._check_partial_head()
+            return None
+        if end + 4 > self.max_header_size:
+            self._head_too_big(buf.find(b"\r\n"))
+        head = bytes(buf[:end])
+        del buf[: end + 4]
+        self._scan = 0
+        self._start_checked = False
+        return head
+
+    def _check_partial_head(self) -> None:
+        buf = self._buf
+        eol = buf.find(b"\r\n")
+        if eol < 0:
+            self._check_prefix(bytes(buf[:64]))
+        elif not self._start_checked:
+            self._parse_start_line(bytes(buf[:eol]))
+            self._start_checked = True
+        lf = buf.find(b"\n")
+        if lf >= 0 and (lf == 0 or buf[lf - 1] != 0x0D) or b"\n\n" in buf:
+            raise ProtocolError("bare LF line ending in message head")
+        if len(buf) > self.max_header_size:
+            self._head_too_big(eol)
+        if self._eof:
+            raise ProtocolError("connection closed inside a message head")
+
+    def _head_too_big(self, eol: int) -> None:
+        raise NotImplementedError
+
+    def _check_prefix(self, prefix: bytes) -> None:
+        raise NotImplementedError
+
+    def _parse_start_line(self, line: bytes) -> tuple:
+        raise NotImplementedError
+
+    def _split_head(self, head: bytes) -> tuple[bytes, list[bytes]]:
+        lines = head.split(b"\r\n")
+        check_head_bytes(head, len(lines) - 1)
+        return lines[0], lines[1:]
+
+    def _start_body(self, framing: int | str) -> None:
+        if framing == CHUNKED:
+            self._decoder = ChunkedDecoder(
+                self.max_body_size, self.max_header_size, self.max_headers
+            )
+        elif framing == UNTIL_CLOSE:
+            self._decoder = UntilCloseDecoder(self.max_body_size)
+        else:
+            self._decoder = ContentLengthDecoder(framing)
+        self._state = _BODY
+
+
+class RequestReader(_Reader):
+    """Parses the requests a client sends: one per cycle, pipelining allowed."""
+
+    def _check_prefix(self, prefix: bytes) -> None:
+        check_request_prefix(prefix)
+
+    def _parse_start_line(self, line: bytes) -> tuple:
+        return parse_request_line(line)
+
+    def _head_too_big(self, eol: int) -> None:
+        if eol < 0 or eol > self.max_header_size:
+            raise ProtocolError("request line too long", 414, ERR_TOO_BIG)
+        raise ProtocolError("request header section too large", 431, ERR_TOO_BIG)
+
+    def _next_head(self) -> Event | type[NeedData]:
+        buf = self._buf
+        # RFC 9112 §2.2: ignore empty lines before a request-line (old clients
+        # send a CRLF after a POST body).
+        if buf[:2] == b"\r\n":
+            skip = 2
+            while buf.startswith(b"\r\n", skip):
+                skip += 2
+            del buf[:skip]
+        if not buf or buf == b"\r":
+            if self._eof:
+                self._state = _CLOSED
+                if buf:
+                    raise ProtocolError("connection closed inside a message head")
+                return ConnectionClosed()
+            return NeedData
+        head = self._extract_head()
+        if head is None:
+            return NeedData
+        line, field_lines = self._split_head(head)
+        method, target, http_version = parse_request_line(line)
+        headers = parse_fields(field_lines, self.max_headers)
+        request = Request(method, target, http_version, headers)
+        form = classify_target(method, target)
+        fields = headers.collect(FRAMING_FIELDS)
+        hosts = fields.get(b"host", ())
+        if len(hosts) > 1:
+            raise ProtocolError("more than one Host header")
+        if hosts:
+            validate_host_header(hosts[0], required=form == ORIGIN)
+        elif http_version == b"1.1":
+            raise ProtocolError("HTTP/1.1 request without Host header")
+        framing = request_framing(request, fields)
+        if self.max_body_size and type(framing) is int and framing > self.max_body_size:
+            raise ProtocolError("request body too large", 413, ERR_TOO_BIG)
+        self._start_body(framing)
+        return request
+
+
+class ResponseReader(_Reader):
+    """Parses an origin's responses; it must know each request's method."""
+
+    def __init__(self, request_method: bytes = b"GET", **limits: int) -> None:
+        super().__init__(**limits)
+        self.request_method = request_method
+
+    def start_next_cycle(self, request_method: bytes = b"GET") -> None:  # type: ignore[override]
+        super().start_next_cycle()
+        self.request_method = request_method
+
+    def _wrap(self, exc: ProtocolError) -> ProtocolError:
+        # Whatever the origin got wrong, the client is owed a 502.
+        if exc.status == 502:
+            return exc
+        code = ERR_TOO_BIG if exc.error_code == ERR_TOO_BIG else ERR_INVALID_RESP
+        return ProtocolError(exc.reason, 502, code)
+
+    def _check_prefix(self, prefix: bytes) -> None:
+        check_response_prefix(prefix)
+
+    def _parse_start_line(self, line: bytes) -> tuple:
+        return parse_status_line(line)
+
+    def _head_too_big(self, eol: int) -> None:
+        raise ProtocolError("response header section too large", 502, ERR_TOO_BIG)
+
+    def _next_head(self) -> Event | type[NeedData]:
+        if not self._buf and self._eof:
+            # The origin closed an idle (keep-alive) connection: retriable.
+            self._state = _CLOSED
+            return ConnectionClosed()
+        head = self._extract_head()
+        if head is None:
+            return NeedData
+        line, field_lines = self._split_head(head)
+        http_version, status, reason = parse_status_line(line)
+        headers = parse_fields(field_lines, self.max_headers)
+        response = Response(status, reason, http_version, headers)
+        framing = response_framing(response, self.request_method)
+        if status < 200 and status != 101:
+            return response  # informational: the final response follows
+        if framing == TUNNEL:
+            framing = 0  # the message ends here; the rest is the tunnel's
+        elif self.max_body_size and type(framing) is int and framing > self.max_body_size:
+            raise ProtocolError("response body too large", 502, ERR_TOO_BIG)
+        self._start_body(framing)
+        return response

@@ -1,0 +1,166 @@
+"""IPC framing between labsquid's own processes (master↔kid, kid↔pool child).
+
+Theory of operation
+-------------------
+Every pair of related processes talks over one ``AF_UNIX`` ``SOCK_SEQPACKET``
+socketpair made before the fork.  SEQPACKET keeps message boundaries, so a
+message is simply one ``send``: a one-byte *kind* followed by its payload, and
+file descriptors ride along as ``SCM_RIGHTS`` ancillary data (the notes'
+experiment 3).  Nothing here parses bytes from the network.
+
+``Channel`` is the non-blocking endpoint driven by the event loop: ``send``
+queues when the peer is slow (the socket buffer is the bound the kernel gives
+us; the queue is bounded too so a wedged peer cannot eat our memory), and
+received messages are handed to one callback.  The logfile daemon is *not*
+spoken to through here: it is an exec'd program speaking squid's line
+protocol over a ``SOCK_STREAM`` pair (see ``labsquid.logfile``).
+
+Message kinds (one byte each) are listed in ``Kind``.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+
+from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, is_would_block
+
+MAX_MESSAGE = 256 * 1024  # payload limit of one message; log batches stay far below
+MAX_FDS = 16
+
+
+class Kind:
+    """The first byte of every message."""
+
+    PING = b"P"  # master → kid heartbeat; the kid answers PONG from its loop
+    PONG = b"p"
+    STATUS = b"S"  # kid → master: JSON figures for sd_notify STATUS= and readiness
+    LOG = b"L"  # pool child → kid: access-log lines, '\n'-separated
+    ACCEPT = b"A"  # kid → pool child (notify mode): accept until EAGAIN
+    CONN = b"C"  # kid → pool child (passfd mode): one client socket attached
+    STOP = b"Q"  # kid → pool child: stop accepting, finish, exit
+    READY = b"R"  # pool child → kid: started and serving
+
+
+OnMessage = Callable[[bytes, bytes, list[int]], None]  # kind, payload, received fds
+OnClose = Callable[[], None]
+
+
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """A close-on-exec SEQPACKET socketpair (the child end is made inheritable by the caller)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+class Channel:
+    def __init__(self, loop: EventLoop, sock: socket.socket, on_message: OnMessage,
+                 on_close: OnClose, max_queue: int = 4096) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        sock.setblocking(False)
+        self._on_message = on_message
+        self._on_close = on_close
+        self._queue: deque[tuple[bytes, list[int]]] = deque()
+        self._max_queue = max_queue
+        self.dropped = 0
+        self.closed = False
+        loop.add(self.fd, READ, self._on_event)
+
+    def send(self, kind: bytes, payload: bytes = b"", fds: list[int] | None = None) -> bool:
+        """Queue one message; False when the channel is closed or its queue is full."""
+        if self.closed:
+            return False
+        if len(self._queue) >= self._max_queue:
+            self.dropped += 1
+            return False
+        self._queue.append((kind + payload, fds or []))
+        if len(self._queue) == 1:
+            self._flush()
+        return True
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    def _flush(self) -> None:
+        while self._queue:
+            data, fds = self._queue[0]
+            try:
+                if fds:
+                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    self.sock.sendmsg([data], anc)
+                else:
+                    self.sock.send(data)
+            except OSError as exc:
+                if is_would_block(exc):
+                    break
+                self.close()
+                return
+            self._queue.popleft()
+            for fd in fds:  # the peer holds its own reference now
+                os.close(fd)
+        self.loop.modify(self.fd, READ | WRITE if self._queue else READ)
+
+    def _on_event(self, mask: int) -> None:
+        if mask & WRITE:
+            self._flush()
+        if self.closed:
+            return
+        if mask & (READ | ERROR):
+            self._read()
+
+    def _read(self) -> None:
+        fd_size = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+        for _ in range(64):  # bounded so one chatty peer cannot starve the loop
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(MAX_MESSAGE, fd_size)
+            except OSError as exc:
+                if is_would_block(exc):
+                    return
+                self.close()
+                return
+            if not data:
+                self.close()
+                return
+            fds: list[int] = []
+            for level, ctype, cdata in anc:
+                if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+                    arr = array.array("i")
+                    arr.frombytes(cdata[: len(cdata) - (len(cdata) % arr.itemsize)])
+                    fds.extend(arr)
+            self._on_message(data[:1], data[1:], fds)
+            if self.closed:
+                return
+
+    def flush_blocking(self, timeout: float = 2.0) -> None:
+        """At exit: push out what is queued, waiting for the peer at most ``timeout``."""
+        if self.closed or not self._queue:
+            return
+        self.sock.settimeout(timeout)
+        try:
+            while self._queue:
+                data, fds = self._queue.popleft()
+                if fds:
+                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    self.sock.sendmsg([data], anc)
+                else:
+                    self.sock.send(data)
+        except OSError:
+            pass
+        finally:
+            self.sock.setblocking(False)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove(self.fd)
+        for _data, fds in self._queue:
+            for fd in fds:
+                os.close(fd)
+        self._queue.clear()
+        self.sock.close()
+        self._on_close()

@@ -1,0 +1,265 @@
+"""The kid: ``(labsquid-1) --kid labsquid-1 …``, squid's worker process.
+
+It inherits the listening sockets from the master, drops privileges, starts
+the logfile daemon (the only writer of access.log) and serves: either itself
+(``pool_dispatch serial``, the notes' blocking-handler baseline made
+non-blocking) or through the epoll process pool (``labsquid.pool``).
+
+Signals arrive through the event loop and each has a named handler:
+
+* ``handle_term`` — stop accepting, let in-flight work finish for at most
+  ``shutdown_lifetime``, flush the access log, exit 0.  A second TERM, or
+  ``handle_int``, cuts the wait short (the log is still flushed).
+* ``handle_hup`` — re-read the config; a broken one is refused and logged and
+  everything keeps running unchanged.  The listening sockets stay open.
+* ``handle_usr1`` — rotate the access log, once.
+* ``handle_chld`` — reap: the logfile daemon is restarted, pool children are
+  replaced; nothing here is fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import structlog
+
+from labsquid import log as logsetup
+from labsquid import process
+from labsquid.access_logger import AccessLogger
+from labsquid.config import Config, ConfigError
+from labsquid.eventloop import EventLoop
+from labsquid.ipc import Channel, Kind
+from labsquid.pool import make_engine
+from labsquid.settings import load_config
+from labsquid.stats import Stats
+
+log = structlog.get_logger()
+
+LOGGER_CLOSE_LIMIT = 10.0  # seconds a flush may take at exit before we give up on it
+
+
+class Kid:
+    def __init__(self, config: Config, listeners: list[socket.socket],
+                 control: socket.socket | None, name: str = "labsquid-1",
+                 config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.name = name
+        self.listeners = listeners
+        self.loop = EventLoop()
+        self.control: Channel | None = None
+        self._control_sock = control
+        self.logger: AccessLogger | None = None
+        self.stats = Stats(name)
+        self.engine = None
+        self.stopping = False
+        self.exit_code = 0
+        self.started = time.monotonic()
+        self.reconfigures = 0
+        self._drained_once = False
+        self.on_ready: Callable[[], None] | None = None  # -N: the notifier's READY=1
+
+    # -- start --------------------------------------------------------------
+    def run(self) -> int:
+        drop_privileges(self.config)
+        for signum, handler in ((signal.SIGTERM, self.handle_term),
+                                (signal.SIGINT, self.handle_int),
+                                (signal.SIGHUP, self.handle_hup),
+                                (signal.SIGUSR1, self.handle_usr1),
+                                (signal.SIGCHLD, self.handle_chld)):
+            self.loop.add_signal_handler(signum, handler)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if self._control_sock is not None:
+            self.control = Channel(self.loop, self._control_sock, self._on_control,
+                                   self._on_master_gone)
+        self.logger = self._start_logger(self.config)
+        self.engine = make_engine(self)
+        self.engine.start()
+        log.info("kid_started", kid=self.name, dispatch=self.config.pool_dispatch,
+                 listening=[_sockname(s) for s in self.listeners])
+        self.loop.run()
+        self.loop.close()
+        self.stats.close()
+        log.info("kid_exiting", code=self.exit_code)
+        return self.exit_code
+
+    def _start_logger(self, config: Config) -> AccessLogger | None:
+        entry = daemon_log_entry(config)
+        if entry is None:
+            return None
+        logger = AccessLogger(self.loop, entry, config.logfile_daemon,
+                              rotate_count=config.logfile_rotate,
+                              buffered=config.buffered_logs,
+                              max_bytes=config.logfile_queue_size)
+        logger.start()
+        return logger
+
+    def engine_ready(self) -> None:
+        """Called by the engine when every part serves: tell the master."""
+        self.send_status(ready=True)
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def send_status(self, **extra: object) -> None:
+        if self.control is None:
+            return
+        figures = {"kid_pid": os.getpid(), **self.stats.summary(), **extra}
+        if self.engine is not None:
+            figures.update(self.engine.status())
+        self.control.send(Kind.STATUS, json.dumps(figures).encode())
+
+    def write_access_line(self, line: str) -> None:
+        if self.logger is not None:
+            self.logger.write_line(line)
+
+    # -- signals ------------------------------------------------------------
+    def handle_term(self, _signum: int) -> None:
+        if self.stopping:
+            log.warning("second_term_exiting_now")
+            self._finish_now()
+            return
+        self.stopping = True
+        lifetime = self.config.shutdown_lifetime
+        log.info("shutdown_started", shutdown_lifetime=lifetime)
+        assert self.engine is not None
+        self.engine.shutdown(lifetime, on_drained=self._drained)
+
+    def handle_int(self, _signum: int) -> None:
+        log.info("interrupt_exiting_now")
+        self.stopping = True
+        self._finish_now()
+
+    def handle_hup(self, _signum: int) -> None:
+        if self.stopping:
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reconfigure_refused", problems=[str(p) for p in exc.problems])
+            self.send_status(reconfigured=False)
+            return
+        old, self.config = self.config, new
+        self.reconfigures += 1
+        if daemon_log_entry(old) != daemon_log_entry(new) or (
+                old.logfile_daemon != new.logfile_daemon):
+            if self.logger is not None:
+                self.logger.close()  # drains and exits; replaced right away
+            self.logger = self._start_logger(new)
+        elif self.logger is not None:
+            self.logger.rotate_count = new.logfile_rotate
+            self.logger.queue.command("r", str(new.logfile_rotate))
+        assert self.engine is not None
+        self.engine.reconfigure(new)
+        log.info("reconfigured", generation=self.reconfigures)
+        self.send_status(reconfigured=True)
+
+    def handle_usr1(self, _signum: int) -> None:
+        if self.logger is not None:
+            log.info("access_log_rotate", path=self.logger.path)
+            self.logger.rotate()
+
+    def handle_chld(self, _signum: int) -> None:
+        for pid, status in process.reap():
+            text, _code, _sig = process.describe_status(status)
+            if self.logger is not None and pid == self.logger.pid:
+                self.logger.daemon_exited(text)
+            elif self.engine is not None and self.engine.child_exited(pid, status):
+                pass
+            else:
+                log.debug("reaped_unknown_child", child_pid=pid, status=text)
+
+    # -- control channel ----------------------------------------------------
+    def _on_control(self, kind: bytes, payload: bytes, _fds: list[int]) -> None:
+        if kind == Kind.PING:
+            # Answered from the loop itself: a hung loop means no PONG, and
+            # then no WATCHDOG=1 from the master.
+            self.control.send(Kind.PONG, payload)  # type: ignore[union-attr]
+            self.send_status()
+
+    def _on_master_gone(self) -> None:
+        self.control = None
+        if not self.stopping:
+            log.warning("master_gone_shutting_down")
+            self.handle_term(signal.SIGTERM)
+
+    # -- stopping -----------------------------------------------------------
+    def _drained(self) -> None:
+        if self._drained_once:
+            return
+        self._drained_once = True
+        log.info("connections_drained")
+        self._close_logger()
+
+    def _finish_now(self) -> None:
+        assert self.engine is not None
+        self.engine.abort(self._drained)
+
+    def _close_logger(self) -> None:
+        if self.logger is None or self.logger.closed:
+            self.loop.stop()
+            return
+        self.logger.on_idle = self.loop.stop
+        self.logger.close()
+        self.loop.call_later(LOGGER_CLOSE_LIMIT, self._logger_timeout)
+
+    def _logger_timeout(self) -> None:
+        log.error("access_log_flush_timeout", limit=LOGGER_CLOSE_LIMIT)
+        if self.logger is not None:
+            self.logger.kill_now()
+        self.loop.stop()
+
+
+def daemon_log_entry(config: Config) -> str | None:
+    """The path of the first ``access_log daemon:`` entry (the kid's logfile daemon)."""
+    for entry in config.access_log:
+        if entry.module == "daemon":
+            return entry.path
+    return None
+
+
+def drop_privileges(config: Config) -> None:
+    """As root with ``cache_effective_user``: become that user (sockets are bound already)."""
+    user = config.cache_effective_user
+    if os.geteuid() != 0 or not user:
+        return
+    pw = pwd.getpwnam(user)
+    gid = pw.pw_gid
+    if config.cache_effective_group:
+        import grp
+
+        gid = grp.getgrnam(config.cache_effective_group).gr_gid
+    os.initgroups(pw.pw_name, gid)
+    os.setgid(gid)
+    os.setuid(pw.pw_uid)
+    log.info("privileges_dropped", user=user, uid=pw.pw_uid, gid=gid)
+
+
+def _sockname(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def kid_main(config_path: str | None, name: str, level: str) -> int:
+    from labsquid import listeners
+
+    logsetup.configure("kid", level)
+    control_fd = os.environ.pop("LABSQUID_CONTROL_FD", None)
+    control = None
+    if control_fd is not None:
+        fd = int(control_fd)
+        os.set_inheritable(fd, False)
+        control = socket.socket(fileno=fd)
+    socks = listeners.inherit()
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.critical("config_error", problem=str(problem))
+        return 2
+    return Kid(config, socks, control, name, config_path).run()

@@ -1,0 +1,212 @@
+"""The wire grammar between a kid and its logfile daemon, as pure code.
+
+Theory of operation
+-------------------
+The kid and the daemon share one ``AF_UNIX`` stream socket.  Both directions
+carry ``\\n``-terminated lines whose first byte names what the line is.
+
+Kid -> daemon ("records", squid's logfile-daemon protocol)::
+
+    record   = letter payload "\\n"      ; letter + payload <= MAX_RECORD bytes
+    "L" text                            ; append text + "\\n" to the log
+    "R" | "T" | "O" | "F"               ; rotate, truncate, reopen, flush
+    "r" int                             ; rotate count (squid's logfile_rotate)
+    "b" int                             ; buffering: 0 off, anything else on
+    int      = ["-"] 1*DIGIT
+
+Anything else (an unknown letter, an empty line) is still a record: the
+daemon ignores it but counts it, so that record counts on both sides agree.
+A record longer than MAX_RECORD is reported as one ``Overlong`` event and
+its bytes are thrown away *up to its newline*, however many reads that
+takes.  squid reads with a fixed buffer and would parse the tail of such a
+line as a fresh record, so a long URL could rotate the log; here the tail is
+never looked at.
+
+Daemon -> kid ("messages", labsquid's extension, ASCII)::
+
+    "O" size "\\n"                       ; the file I now write is `size` bytes
+    "A" count " " size "\\n"             ; `count` records done and in the kernel
+    "E" errno " " pending "\\n"          ; writing fails; `pending` bytes held
+
+Messages are short; anything malformed raises ``ProtocolError`` because it
+means the peer is not a labsquid daemon (or is broken) and must be replaced.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+#: Longest record, letter included, newline excluded (squid's LOGFILE_BUF_LEN).
+MAX_RECORD = 65536
+#: Longest daemon -> kid message; three decimal numbers fit easily.
+MAX_MESSAGE = 64
+
+#: Letters the daemon acts on.  Everything else is ignored (and counted).
+COMMANDS = frozenset("RTOFrb")
+LETTERS = COMMANDS | {"L"}
+
+_INT = re.compile(rb"-?[0-9]{1,19}\Z")
+_ACK = re.compile(rb"A([0-9]{1,19}) ([0-9]{1,19})\Z")
+_ERR = re.compile(rb"E([0-9]{1,9}) ([0-9]{1,19})\Z")
+_OPEN = re.compile(rb"O([0-9]{1,19})\Z")
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not in the grammar."""
+
+
+# --- kid -> daemon -----------------------------------------------------------
+
+
+class Record(NamedTuple):
+    """One complete line from the kid.  ``letter`` is "" for an empty line."""
+
+    letter: str
+    payload: bytes
+
+
+class Overlong(NamedTuple):
+    """A line longer than MAX_RECORD, discarded whole.  ``length`` excludes "\\n"."""
+
+    length: int
+
+
+def encode_record(letter: str, payload: bytes = b"") -> bytes:
+    """Frame one record.  Raises ValueError for anything the decoder would not
+    give back unchanged (a newline inside, or too long)."""
+    if len(letter) != 1 or not letter.isascii():
+        raise ValueError(f"record letter must be one ASCII character, not {letter!r}")
+    if b"\n" in payload:
+        raise ValueError("record payload contains a newline")
+    if 1 + len(payload) > MAX_RECORD:
+        raise ValueError(f"record of {1 + len(payload)} bytes exceeds {MAX_RECORD}")
+    return letter.encode("ascii") + payload + b"\n"
+
+
+def parse_record(line: bytes) -> Record:
+    """Split one line (without its newline) into letter and payload."""
+    return Record(line[:1].decode("latin-1"), bytes(line[1:]))
+
+
+def parse_int(payload: bytes) -> int | None:
+    """The integer argument of ``r``/``b``, or None when it is not one.
+
+    Stricter than squid's atoi() on purpose: "r 1x" is a typo, not 1."""
+    return int(payload) if _INT.match(payload) else None
+
+
+class RecordDecoder:
+    """Turns a byte stream into Records and Overlong events.
+
+    Feed it whatever ``read()`` returned; records may be split anywhere.
+    Memory stays bounded by MAX_RECORD plus one read, because an over-long
+    line is only measured, never kept.
+    """
+
+    def __init__(self, max_record: int = MAX_RECORD) -> None:
+        self.max_record = max_record
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf known to hold no newline
+        self._skipping: int | None = None  # bytes of an over-long line seen so far
+
+    @property
+    def partial(self) -> int:
+        """Bytes of an unfinished line held (or being skipped) right now."""
+        return len(self._buf) if self._skipping is None else self._skipping
+
+    def feed(self, data: bytes) -> list[Record | Overlong]:
+        out: list[Record | Overlong] = []
+        buf = self._buf
+        buf += data
+        start = 0
+        scan = self._scanned
+        while (nl := buf.find(b"\n", scan)) >= 0:
+            length = nl - start
+            if self._skipping is not None:
+                out.append(Overlong(self._skipping + length))
+                self._skipping = None
+            elif length > self.max_record:
+                out.append(Overlong(length))
+            else:
+                out.append(parse_record(buf[start:nl]))
+            start = scan = nl + 1
+        rest = len(buf) - start
+        if self._skipping is not None:
+            self._skipping += rest
+            buf.clear()
+        elif rest > self.max_record:
+            # Too long already: stop keeping it, just count until its newline.
+            self._skipping = rest
+            buf.clear()
+        else:
+            del buf[:start]
+        self._scanned = len(buf)
+        return out
+
+
+# --- daemon -> kid -----------------------------------------------------------
+
+
+class Opened(NamedTuple):
+    """The daemon (re)opened its file, which is now ``size`` bytes long."""
+
+    size: int
+
+
+class Acked(NamedTuple):
+    """``count`` records since the daemon started are done; file is ``size`` bytes."""
+
+    count: int
+    size: int
+
+
+class WriteFailed(NamedTuple):
+    """Writing fails with ``errno``; ``pending`` bytes are held and retried."""
+
+    errno: int
+    pending: int
+
+
+Message = Opened | Acked | WriteFailed
+
+
+def encode_message(msg: Message) -> bytes:
+    if isinstance(msg, Opened):
+        return b"O%d\n" % msg.size
+    if isinstance(msg, Acked):
+        return b"A%d %d\n" % (msg.count, msg.size)
+    if isinstance(msg, WriteFailed):
+        return b"E%d %d\n" % (msg.errno, msg.pending)
+    raise TypeError(f"not a daemon message: {msg!r}")
+
+
+def parse_message(line: bytes) -> Message:
+    """Parse one message line (without its newline); ProtocolError if malformed."""
+    if m := _ACK.match(line):
+        return Acked(int(m[1]), int(m[2]))
+    if m := _OPEN.match(line):
+        return Opened(int(m[1]))
+    if m := _ERR.match(line):
+        return WriteFailed(int(m[1]), int(m[2]))
+    raise ProtocolError(f"malformed logfile daemon message {bytes(line[:MAX_MESSAGE])!r}")
+
+
+class MessageDecoder:
+    """Turns the daemon's byte stream into Messages (split reads welcome)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Message]:
+        buf = self._buf
+        buf += data
+        out: list[Message] = []
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            out.append(parse_message(buf[start:nl]))
+            start = nl + 1
+        del buf[:start]
+        if len(buf) > MAX_MESSAGE:
+            raise ProtocolError(f"logfile daemon message longer than {MAX_MESSAGE} bytes")
+        return out

@@ -1,0 +1,271 @@
+"""The kid's side of one logfile daemon: what to send, what is safe to forget.
+
+Theory of operation
+-------------------
+Every record the kid wants written (an access-log line or a command) becomes
+an *entry* in one ordered queue and stays there until the daemon says it is
+done.  The daemon says so in two ways (see ``_protocol``):
+
+* ``A<count> <size>``: the first ``count`` records since it started are done.
+* ``O<size>`` after a rotate/truncate/reopen: everything up to and including
+  the oldest unconfirmed R/T/O entry is done (the daemon writes out what it
+  holds before it touches the file, and sends ``O`` right after).
+
+Both carry the file size at that point: the *base size*, which is where the
+oldest unacknowledged entry would start writing.
+
+When a daemon dies the kid starts another and calls ``daemon_restarted()``.
+Nothing is sent to the new daemon until its greeting ``O<size>`` arrives;
+then the lost daemon's unfinished work is reconstructed:
+
+* ``size - base`` bytes were written after our last confirmation.  If the
+  first unacknowledged ``L`` entries, each ``len(text) + 1`` bytes, add up to
+  exactly that, they are on disk and are dropped, so no line is written twice.
+  ``r``/``b``/``F`` entries among them are skipped over (they do not change
+  the file) but are still sent; an ``R``/``T``/``O`` entry stops the sum.
+* Any other difference (negative, or no exact prefix) means the file changed
+  under us or the crash tore a line: everything is resent.
+
+Edge cases accepted, all needing a crash inside a tiny window:
+
+* The daemon rotated (or truncated/reopened) but died before its ``O`` was
+  read: the sizes no longer relate, the lines before that command are
+  written again into the new file, and the command is done twice.
+* A kill landing inside a multi-page ``write()`` leaves a torn line: no exact
+  prefix, so everything is resent and the torn line stays.
+* Something else appending to the file at the same time could make a wrong
+  prefix match; with one daemon per file that does not happen.
+
+A new daemon starts with squid's defaults, so the last acknowledged ``r`` and
+``b`` settings are sent again ahead of everything else.
+
+Lines never contain ``\\n`` or ``\\r``: they are escaped as ``\\\\n`` and
+``\\\\r`` (squid's log formats escape them too; dropping the line would lose a
+request from the log).  Lines are cut to fit one record.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+from ._protocol import (
+    MAX_RECORD,
+    Acked,
+    MessageDecoder,
+    Opened,
+    ProtocolError,
+    WriteFailed,
+    encode_record,
+)
+
+_FILE_CHANGING = frozenset("RTO")  # commands after which sizes no longer relate
+_SETTINGS = frozenset("rb")  # commands whose effect a fresh daemon forgets
+_MAX_TEXT = MAX_RECORD - 1  # room for the letter
+_CHUNK = 256 * 1024  # most bytes pending_output() hands out at once
+
+
+class _Entry(NamedTuple):
+    letter: str
+    wire: bytes  # the framed record, newline included
+
+
+def _escape(line: str | bytes) -> bytes:
+    data = line.encode("utf-8", "backslashreplace") if isinstance(line, str) else bytes(line)
+    if b"\n" in data or b"\r" in data:
+        data = data.replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    return data
+
+
+def _cut(data: bytes, limit: int) -> bytes:
+    """At most ``limit`` bytes, not ending inside a UTF-8 sequence."""
+    if len(data) <= limit:
+        return data
+    end = limit  # data[end] is the first byte cut off
+    while end > limit - 3 and (data[end] & 0xC0) == 0x80:
+        end -= 1  # a continuation byte: back up to the start of its character
+    return data[: end if (data[end] & 0xC0) != 0x80 else limit]
+
+
+class LogQueue:
+    """Everything the kid has for one daemon, bounded to ``max_bytes``.
+
+    Drive it with: ``append``/``command`` (producers), ``pending_output`` +
+    ``consumed`` (socket writable), ``feed`` (socket readable) and
+    ``daemon_restarted`` (after starting a replacement daemon).
+    """
+
+    def __init__(self, max_bytes: int = 8 * 1024 * 1024) -> None:
+        if max_bytes < MAX_RECORD + 1:
+            raise ValueError(f"max_bytes must hold at least one record ({MAX_RECORD + 1})")
+        self.max_bytes = max_bytes
+        self._entries: deque[_Entry] = deque()  # every entry not yet acknowledged
+        self._bytes = 0  # wire bytes in _entries
+        self._out = bytearray()  # wire bytes not yet written to this daemon
+        self._decoder = MessageDecoder()
+        self._greeted = False  # this daemon's O<size> has arrived
+        self._acked_count = 0  # records this daemon has confirmed
+        self._base_size: int | None = None  # file size where _entries[0] starts
+        self._settings: dict[str, bytes] = {}  # last acknowledged r/b entries
+        #: Lines refused because the queue was full, since the last take_dropped().
+        self.dropped = 0
+        #: Lines cut to fit a record.
+        self.truncated = 0
+        #: Records confirmed by daemons, in total.
+        self.acked = 0
+        #: Lines found already on disk after a daemon died (not resent).
+        self.skipped = 0
+        #: Records sent again to a replacement daemon.
+        self.resent = 0
+        #: Write-error reports received, and the last one (None once acks resume).
+        self.errors = 0
+        self.last_error: WriteFailed | None = None
+
+    # --- producers -----------------------------------------------------------
+
+    def append(self, line: str | bytes) -> bool:
+        """Queue one access-log line (no newline).  False if the queue is full."""
+        text = _escape(line)
+        if len(text) > _MAX_TEXT:
+            text = _cut(text, _MAX_TEXT)
+            self.truncated += 1
+        wire = b"L" + text + b"\n"
+        if self._bytes + len(wire) > self.max_bytes:
+            self.dropped += 1
+            return False
+        self._push(_Entry("L", wire))
+        return True
+
+    def command(self, letter: str, arg: int | str = "") -> None:
+        """Queue R, T, O, F (no argument) or r, b (integer argument).
+
+        Commands are never refused: losing a rotate is worse than a full queue."""
+        if letter in "RTOF" and len(letter) == 1:
+            if arg != "":
+                raise ValueError(f"command {letter!r} takes no argument")
+            payload = b""
+        elif letter in ("r", "b"):
+            payload = str(int(arg)).encode("ascii")
+        else:
+            raise ValueError(f"not a logfile daemon command: {letter!r}")
+        self._push(_Entry(letter, encode_record(letter, payload)))
+
+    def take_dropped(self) -> int:
+        """How many lines were dropped since the last call (for one warning)."""
+        n, self.dropped = self.dropped, 0
+        return n
+
+    # --- the socket ----------------------------------------------------------
+
+    def pending_output(self, limit: int = _CHUNK) -> bytes:
+        """Bytes to write to the daemon now (empty until it has greeted us)."""
+        return bytes(self._out[:limit]) if self._greeted else b""
+
+    def consumed(self, n: int) -> None:
+        """``n`` bytes of ``pending_output()`` were written."""
+        if n < 0 or n > len(self._out):
+            raise ValueError(f"consumed {n} of {len(self._out)} pending bytes")
+        del self._out[:n]
+
+    def feed(self, data: bytes) -> None:
+        """Bytes read from the daemon.  ProtocolError means: replace that daemon."""
+        for msg in self._decoder.feed(data):
+            if isinstance(msg, Acked):
+                self._on_ack(msg)
+            elif isinstance(msg, Opened):
+                self._on_opened(msg)
+            else:
+                self.errors += 1
+                self.last_error = msg
+
+    def daemon_restarted(self) -> None:
+        """A new daemon replaces one that died: resend what was not confirmed,
+        once its greeting says how much of it is on disk already."""
+        self._decoder = MessageDecoder()  # a torn message from the dead one
+        self._greeted = False
+        self._acked_count = 0
+        self._out.clear()
+
+    # --- state ---------------------------------------------------------------
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing awaiting confirmation."""
+        return not self._entries
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def file_size(self) -> int | None:
+        """The log's size as of the last confirmation (None before any)."""
+        return self._base_size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- internals -----------------------------------------------------------
+
+    def _push(self, entry: _Entry) -> None:
+        self._entries.append(entry)
+        self._bytes += len(entry.wire)
+        self._out += entry.wire
+
+    def _pop(self, n: int) -> None:
+        for _ in range(n):
+            entry = self._entries.popleft()
+            self._bytes -= len(entry.wire)
+            if entry.letter in _SETTINGS:
+                self._settings[entry.letter] = entry.wire
+        self._acked_count += n
+        self.acked += n
+
+    def _on_ack(self, msg: Acked) -> None:
+        n = msg.count - self._acked_count
+        if not self._greeted or n < 0 or n > len(self._entries):
+            raise ProtocolError(f"ack for {msg.count} records, {self._acked_count} acked before")
+        self._pop(n)
+        self._base_size = msg.size
+        if n:
+            self.last_error = None
+
+    def _on_opened(self, msg: Opened) -> None:
+        if self._greeted:
+            # After R/T/O: it and everything before it are done.
+            for i, entry in enumerate(self._entries):
+                if entry.letter in _FILE_CHANGING:
+                    self._pop(i + 1)
+                    break
+            else:
+                raise ProtocolError("file reopened without a rotate/truncate/reopen request")
+        else:
+            self._greet(msg.size)
+        self._base_size = msg.size
+
+    def _greet(self, size: int) -> None:
+        self._greeted = True
+        if self._base_size is not None:  # a replacement: some of this was sent
+            self._skip_written(size - self._base_size)
+            self.resent += len(self._entries)
+        # A fresh daemon has default settings: restore ours first.
+        for wire in self._settings.values():
+            self._entries.appendleft(_Entry(chr(wire[0]), wire))
+            self._bytes += len(wire)
+        self._out = bytearray(b"".join(e.wire for e in self._entries))
+
+    def _skip_written(self, grown: int) -> None:
+        """Drop the leading L entries that make up exactly ``grown`` bytes."""
+        total = n = 0
+        for entry in self._entries:
+            if total >= grown or entry.letter in _FILE_CHANGING:
+                break
+            n += 1
+            if entry.letter == "L":
+                total += len(entry.wire) - 1  # the letter is not written, the newline is
+        if grown <= 0 or total != grown:
+            return
+        head = [self._entries.popleft() for _ in range(n)]
+        kept = [e for e in head if e.letter != "L"]
+        self._bytes -= sum(len(e.wire) for e in head if e.letter == "L")
+        self._entries.extendleft(reversed(kept))
+        self.skipped += n - len(kept)

@@ -1,0 +1,240 @@
+"""The master: ``labsquid --foreground -sYC``, squid's parent process.
+
+It holds the PID file and the listening sockets, starts the kid
+(``(labsquid-1) --kid labsquid-1 …``, a fork+exec of labsquid itself) and
+keeps it alive, and is the only process that speaks to systemd.
+
+Restart policy (squid's): a kid that exits 0, or that was stopped by TERM or
+INT, is not restarted and the master exits with it.  Any other death restarts
+it; one that lived under ``FAST_FAILURE`` seconds is a fast failure, and after
+``MAX_FAST_FAILURES`` in a row the master gives up.
+
+Signals, each with a named handler run from the loop: HUP re-reads the config
+(a broken one is refused here already, and the kid keeps running) then passes
+HUP on; USR1 passes on; TERM and INT pass on and the master exits when the kid
+has; CHLD reaps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+import structlog
+
+from labsquid import listeners, process
+from labsquid.config import Config, ConfigError
+from labsquid.eventloop import EventLoop, Timer
+from labsquid.ipc import Channel, Kind, channel_pair
+from labsquid.notify import Notifier
+from labsquid.pidfile import PidFile
+from labsquid.settings import load_config, port_specs
+
+log = structlog.get_logger()
+
+FAST_FAILURE = 10.0
+MAX_FAST_FAILURES = 5
+HEARTBEAT_INTERVAL = 1.0
+
+
+class Master:
+    def __init__(self, config: Config, config_path: str | None, kid_args: list[str],
+                 pidfile: PidFile | None, notifier: Notifier) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.kid_args = kid_args
+        self.pidfile = pidfile
+        self.notifier = notifier
+        self.loop = EventLoop()
+        self.listeners: list[socket.socket] = []
+        self.kid_pid: int | None = None
+        self.kid_started = 0.0
+        self.kid_channel: Channel | None = None
+        self.kid_name = "labsquid-1"
+        self.fast_failures = 0
+        self.stopping: int | None = None  # the signal we are stopping on
+        self.exit_code = 0
+        self.ready = False
+        self.last_pong = time.monotonic()
+        self.status: dict[str, object] = {}
+        self._heartbeat: Timer | None = None
+        self._reload_pending = False
+
+    def run(self) -> int:
+        for signum, handler in ((signal.SIGTERM, self.handle_term),
+                                (signal.SIGINT, self.handle_int),
+                                (signal.SIGHUP, self.handle_hup),
+                                (signal.SIGUSR1, self.handle_usr1),
+                                (signal.SIGCHLD, self.handle_chld)):
+            self.loop.add_signal_handler(signum, handler)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.listeners = listeners.open_all(port_specs(self.config),
+                                            listeners.systemd_sockets())
+        log.info("master_started", listening=[str(listeners.address_of(s))
+                                              for s in self.listeners])
+        self.start_kid()
+        self._heartbeat = self.loop.call_later(HEARTBEAT_INTERVAL, self._beat)
+        self.loop.run()
+        self.loop.close()
+        for sock in self.listeners:
+            sock.close()
+        log.info("master_exiting", code=self.exit_code)
+        return self.exit_code
+
+    # -- the kid ------------------------------------------------------------
+    def start_kid(self) -> None:
+        ours, theirs = channel_pair()
+        env = dict(os.environ)
+        env.update(listeners.export(self.listeners))
+        env["LABSQUID_CONTROL_FD"] = str(theirs.fileno())
+        argv = [sys.executable, "-m", "labsquid", "--kid", self.kid_name, *self.kid_args]
+        pass_fds = [theirs.fileno(), *(s.fileno() for s in self.listeners)]
+        self.kid_pid = process.spawn(argv, pass_fds=pass_fds, env=env)
+        theirs.close()
+        self.kid_started = time.monotonic()
+        self.last_pong = self.kid_started
+        self.kid_channel = Channel(self.loop, ours, self._on_kid_message, self._on_kid_gone)
+        log.info("kid_spawned", kid=self.kid_name, kid_pid=self.kid_pid)
+
+    def _on_kid_message(self, kind: bytes, payload: bytes, _fds: list[int]) -> None:
+        if kind == Kind.PONG:
+            self.last_pong = time.monotonic()
+        elif kind == Kind.STATUS:
+            try:
+                self.status = json.loads(payload)
+            except ValueError:
+                return
+            if self.status.get("ready") and not self.ready:
+                self.ready = True
+                self.notifier.ready(self._status_line())
+                log.info("service_ready", kid_pid=self.kid_pid)
+            if "reconfigured" in self.status and self._reload_pending:
+                self._reload_pending = False
+                self.notifier.ready(self._status_line())
+            elif self.ready:
+                self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        s = self.status
+        return (f"kid {self.kid_pid}: {s.get('children', 0)} children, "
+                f"{s.get('connections', 0)} connections, {s.get('requests', 0)} requests, "
+                f"{s.get('rps', 0)} req/s")
+
+    def _on_kid_gone(self) -> None:
+        self.kid_channel = None
+
+    def _beat(self) -> None:
+        self._heartbeat = self.loop.call_later(HEARTBEAT_INTERVAL, self._beat)
+        if self.kid_channel is not None:
+            self.kid_channel.send(Kind.PING)
+        # Feed the watchdog only while the kid answers: a hung kid stops the
+        # WATCHDOG=1 stream and systemd restarts the unit.
+        limit = max(3 * HEARTBEAT_INTERVAL, self.notifier.watchdog_interval())
+        if self.ready and time.monotonic() - self.last_pong < limit:
+            self.notifier.watchdog()
+
+    def kid_exited(self, status: int) -> None:
+        text, code, sig = process.describe_status(status)
+        lived = time.monotonic() - self.kid_started
+        self.kid_pid = None
+        if self.kid_channel is not None:
+            self.kid_channel.close()
+        if self.stopping is not None or code == 0 or sig in (signal.SIGTERM, signal.SIGINT):
+            log.info("kid_exited", status=text, exit_code=code, signal=sig, lived=round(lived, 3))
+            self.exit_code = 0 if (code == 0 or sig is not None) else code or 1
+            self.loop.stop()
+            return
+        if lived < FAST_FAILURE:
+            self.fast_failures += 1
+        else:
+            self.fast_failures = 0
+        log.error("kid_died", status=text, exit_code=code, signal=sig, lived=round(lived, 3),
+                  fast_failures=self.fast_failures)
+        if self.fast_failures >= MAX_FAST_FAILURES:
+            log.critical("giving_up", reason="Exiting due to repeated, frequent failures",
+                         fast_failures=self.fast_failures)
+            print("FATAL: labsquid: Exiting due to repeated, frequent failures", file=sys.stderr)
+            self.exit_code = 1
+            self.loop.stop()
+            return
+        self.ready = False
+        self.notifier.status(f"restarting kid after it {text}")
+        self.start_kid()
+
+    # -- signals ------------------------------------------------------------
+    def handle_chld(self, _signum: int) -> None:
+        for pid, status in process.reap():
+            if pid == self.kid_pid:
+                self.kid_exited(status)
+
+    def handle_term(self, signum: int) -> None:
+        self._stop(signal.SIGTERM if self.stopping is None else signal.SIGINT)
+
+    def handle_int(self, _signum: int) -> None:
+        self._stop(signal.SIGINT)
+
+    def _stop(self, signum: int) -> None:
+        first = self.stopping is None
+        self.stopping = signum
+        if first:
+            self.notifier.stopping()
+            lifetime = self.config.shutdown_lifetime
+            # Tell systemd a long drain is expected, so it does not SIGKILL us early.
+            self.notifier.extend_timeout(lifetime + 15)
+            log.info("master_stopping", signal=signal.Signals(signum).name)
+        if self.kid_pid is None:
+            self.loop.stop()
+            return
+        os.kill(self.kid_pid, signum)
+
+    def handle_hup(self, _signum: int) -> None:
+        if self.stopping is not None:
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reconfigure_refused", problem=str(problem))
+            self.notifier.ready(self._status_line())
+            return
+        old, self.config = self.config, new
+        if port_specs(old) != port_specs(new):
+            self._rebind(new)
+            return
+        if self.kid_pid is not None:
+            self._reload_pending = True
+            os.kill(self.kid_pid, signal.SIGHUP)
+        else:
+            self.notifier.ready(self._status_line())
+
+    def _rebind(self, new: Config) -> None:
+        """http_port changed: open the new set, then replace the kid gracefully."""
+        try:
+            fresh = listeners.open_all(port_specs(new), self.listeners)
+        except OSError as exc:
+            log.error("reconfigure_bind_failed", error=str(exc))
+            self.notifier.ready(self._status_line())
+            return
+        for sock in self.listeners:
+            if sock not in fresh:
+                sock.close()
+        self.listeners = fresh
+        old_pid = self.kid_pid
+        log.info("ports_changed_replacing_kid", listening=[str(listeners.address_of(s))
+                                                           for s in fresh])
+        self.kid_pid = None
+        if self.kid_channel is not None:
+            self.kid_channel.close()
+        self.ready = False
+        self.start_kid()
+        if old_pid is not None:
+            os.kill(old_pid, signal.SIGTERM)  # reaped as an unknown child by handle_chld
+
+    def handle_usr1(self, _signum: int) -> None:
+        if self.kid_pid is not None:
+            os.kill(self.kid_pid, signal.SIGUSR1)

@@ -1,0 +1,304 @@
+"""The kid's epoll process pool (the notes' experiments 6 and 7), and serial mode.
+
+Theory of operation
+-------------------
+``pool_dispatch`` picks how connections reach a serving process:
+
+=========  ==================================================================
+serial     no pool: the kid serves every connection in its own loop.
+notify     the kid watches the listening sockets (edge-triggered) and wakes
+           one child, round-robin, with an ``ACCEPT`` message; the child
+           accepts until EAGAIN, so simultaneous arrivals are never stranded.
+passfd     the kid accepts and sends each connection to the least-loaded
+           child with ``SCM_RIGHTS`` (experiment 3).
+shared     each child waits on the inherited listening socket itself,
+           registered with ``EPOLLEXCLUSIVE`` so one arrival wakes one child.
+reuseport  the master bound one ``SO_REUSEPORT`` socket per child and port;
+           child *i* serves socket *i*, and the kernel spreads connections.
+=========  ==================================================================
+
+Children are forked (not exec'd) from the single-threaded kid, each with its
+own socketpair channel, its own epoll loop (``labsquid.worker``) and its own
+row of counters in the shared-memory segment.  They send finished requests'
+log lines to the kid, which alone feeds the logfile daemon.
+
+A child that dies is replaced (with a growing delay if it keeps dying young).
+On reconfigure a new generation is forked with the new config; the old one is
+told to ``STOP``: it stops accepting, finishes its requests and exits.  No
+listening socket is closed at any point.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+from labsquid import process
+from labsquid.config import Config
+from labsquid.eventloop import READ, Timer
+from labsquid.ipc import Channel, Kind, channel_pair
+
+if TYPE_CHECKING:
+    from labsquid.kid import Kid
+
+log = structlog.get_logger()
+
+RESPAWN_MIN, RESPAWN_MAX = 0.05, 5.0
+YOUNG_DEATH = 5.0
+
+
+def make_engine(kid: Kid) -> SerialEngine | PoolEngine:
+    if kid.config.pool_dispatch == "serial":
+        return SerialEngine(kid)
+    return PoolEngine(kid)
+
+
+def listener_groups(config: Config, socks: list[socket.socket]) -> list[list[socket.socket]]:
+    """Sockets per child slot: in reuseport mode the master bound ``pool_size`` per port."""
+    size = pool_size(config)
+    if config.pool_dispatch != "reuseport" or len(socks) < size:
+        return [socks] * max(size, 1)
+    per_port = len(socks) // size
+    return [[socks[p * size + i] for p in range(per_port)] for i in range(size)]
+
+
+def pool_size(config: Config) -> int:
+    return config.pool_size or os.cpu_count() or 1
+
+
+class SerialEngine:
+    """``pool_dispatch serial``: the kid is the server."""
+
+    def __init__(self, kid: Kid) -> None:
+        from labsquid.proxy.context import ServeContext
+        from labsquid.proxy.server import ProxyServer
+
+        self.kid = kid
+        ctx = ServeContext(kid.loop, kid.config, kid.write_access_line, kid.stats.own, kid.stats)
+        self.server = ProxyServer(ctx)
+
+    def start(self) -> None:
+        for sock in self.kid.listeners:
+            self.server.listen(sock)
+        self.kid.stats.own.set("state", 2)
+        self.kid.engine_ready()
+
+    def status(self) -> dict[str, object]:
+        return {"children": 0, "dispatch": "serial"}
+
+    def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:
+        self.server.drain(lifetime, on_drained)
+
+    def abort(self, on_done: Callable[[], None]) -> None:
+        self.server.stop_accepting()
+        self.server.close_all()
+        self.kid.loop.call_soon(on_done)
+
+    def reconfigure(self, config: Config) -> None:
+        self.server.ctx.reconfigure(config)
+
+    def child_exited(self, pid: int, status: int) -> bool:
+        return False
+
+
+@dataclass(eq=False)
+class Child:
+    slot: int  # 1-based worker number, as in the title "(labsquid-1 worker-N)"
+    generation: int
+    pid: int
+    channel: Channel
+    row: int
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    stopping: bool = False
+    conns_sent: int = 0
+
+
+class PoolEngine:
+    def __init__(self, kid: Kid) -> None:
+        self.kid = kid
+        self.loop = kid.loop
+        self.children: dict[int, Child] = {}
+        self.generation = 0
+        self.stopping = False
+        self._rr = 0
+        self._deaths: dict[int, int] = {}
+        self._respawns: dict[int, Timer] = {}
+        self._on_drained: Callable[[], None] | None = None
+        self._drain_timer: Timer | None = None
+        self._announced = False
+
+    @property
+    def mode(self) -> str:
+        return self.kid.config.pool_dispatch
+
+    # -- starting -----------------------------------------------------------
+    def start(self) -> None:
+        if self.mode in ("notify", "passfd"):
+            for index, sock in enumerate(self.kid.listeners):
+                edge = select.EPOLLET if self.mode == "notify" else 0
+                self.loop.add(sock.fileno(), READ | edge,
+                              lambda _m, i=index: self._on_listener(i))
+        for slot in range(1, pool_size(self.kid.config) + 1):
+            self.spawn(slot)
+
+    def spawn(self, slot: int) -> None:
+        from labsquid import worker
+
+        self._respawns.pop(slot, None)
+        config = self.kid.config
+        groups = listener_groups(config, self.kid.listeners)
+        socks = groups[(slot - 1) % len(groups)]
+        row = self.kid.stats.free_row()
+        ours, theirs = channel_pair()
+        pid = process.fork()
+        if pid == 0:
+            ours.close()
+            code = 1
+            try:
+                code = worker.child_main(self.kid, slot, self.generation, theirs, socks, row)
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.kid.stats.row(row).set("pid", pid)
+        self.kid.stats.row(row).set("state", 1)
+        child = Child(slot, self.generation, pid, None, row)  # type: ignore[arg-type]
+        child.channel = Channel(self.loop, ours,
+                                lambda k, p, f, c=child: self._on_child_message(c, k, p, f),
+                                lambda: None)
+        self.children[pid] = child
+        log.debug("worker_spawned", worker=slot, worker_pid=pid, generation=self.generation)
+
+    # -- dispatch -----------------------------------------------------------
+    def _serving(self) -> list[Child]:
+        return [c for c in self.children.values()
+                if c.ready and not c.stopping and c.generation == self.generation]
+
+    def _on_listener(self, index: int) -> None:
+        children = self._serving()
+        if not children:
+            return  # connections wait in the backlog; READY re-triggers dispatch
+        if self.mode == "notify":
+            self._rr = (self._rr + 1) % len(children)
+            children[self._rr].channel.send(Kind.ACCEPT, bytes([index]))
+            return
+        sock = self.kid.listeners[index]
+        while True:
+            try:
+                conn, _addr = sock.accept()
+            except BlockingIOError:
+                return
+            except OSError:
+                return  # out of fds etc.: retried on the next readiness
+            target = min(children, key=lambda c: self._load(c))
+            target.conns_sent += 1
+            if not target.channel.send(Kind.CONN, b"", [conn.detach()]):
+                log.warning("passfd_send_failed", worker=target.slot)
+
+    def _load(self, child: Child) -> int:
+        return self.kid.stats.row(child.row).get("active") + child.channel.backlog
+
+    # -- messages from children ---------------------------------------------
+    def _on_child_message(self, child: Child, kind: bytes, payload: bytes,
+                          fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)  # children never send fds; do not leak any
+        if kind == Kind.LOG:
+            for line in payload.split(b"\n"):
+                if line:
+                    self.kid.write_access_line(line)
+        elif kind == Kind.READY:
+            child.ready = True
+            if self.mode == "notify":
+                # Anything that queued while no child was ready gets a wake-up.
+                for index in range(len(self.kid.listeners)):
+                    child.channel.send(Kind.ACCEPT, bytes([index]))
+            if not self._announced and len(self._serving()) >= pool_size(self.kid.config):
+                self._announced = True
+                self.kid.engine_ready()
+
+    # -- children ending ----------------------------------------------------
+    def child_exited(self, pid: int, status: int) -> bool:
+        child = self.children.pop(pid, None)
+        if child is None:
+            return False
+        child.channel.close()
+        self.kid.stats.row(child.row).set("state", 0)
+        self.kid.stats.row(child.row).set("pid", 0)
+        text, code, _sig = process.describe_status(status)
+        if child.stopping or self.stopping:
+            log.debug("worker_exited", worker=child.slot, status=text)
+            self._check_drained()
+            return True
+        lived = time.monotonic() - child.started
+        deaths = self._deaths.get(child.slot, 0) + 1 if lived < YOUNG_DEATH else 0
+        self._deaths[child.slot] = deaths
+        delay = min(RESPAWN_MAX, RESPAWN_MIN * (2 ** deaths)) if deaths else 0.0
+        log.warning("worker_died", worker=child.slot, worker_pid=pid, status=text,
+                    lived=round(lived, 3), respawn_in=delay)
+        self._respawns[child.slot] = self.loop.call_later(delay,
+                                                          lambda s=child.slot: self.spawn(s))
+        return True
+
+    # -- reconfigure and stop -----------------------------------------------
+    def reconfigure(self, config: Config) -> None:
+        old = [c for c in self.children.values() if not c.stopping]
+        self.generation += 1
+        self._announced = True  # readiness was announced once; reloads answer via STATUS
+        for timer in self._respawns.values():
+            timer.cancel()
+        self._respawns.clear()
+        for slot in range(1, pool_size(config) + 1):
+            self.spawn(slot)
+        for child in old:
+            self._stop_child(child)
+
+    def _stop_child(self, child: Child) -> None:
+        child.stopping = True
+        child.channel.send(Kind.STOP)
+
+    def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:
+        self.stopping = True
+        self._on_drained = on_drained
+        for sock in self.kid.listeners:
+            self.loop.remove(sock.fileno())
+        for timer in self._respawns.values():
+            timer.cancel()
+        self._respawns.clear()
+        for child in self.children.values():
+            self._stop_child(child)
+            os.kill(child.pid, 15)
+        self._drain_timer = self.loop.call_later(lifetime + 2.0,
+                                                 lambda: self.abort(on_drained))
+        self._check_drained()
+
+    def abort(self, on_done: Callable[[], None]) -> None:
+        """Children close everything now (SIGINT) but still send their last log lines."""
+        self.stopping = True
+        self._on_drained = on_done
+        for sock in self.kid.listeners:
+            self.loop.remove(sock.fileno())
+        for child in self.children.values():
+            try:
+                os.kill(child.pid, 2)
+            except ProcessLookupError:
+                pass
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self.stopping and not self.children and self._on_drained is not None:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            callback, self._on_drained = self._on_drained, None
+            callback()
+
+    def status(self) -> dict[str, object]:
+        return {"children": len([c for c in self.children.values() if not c.stopping]),
+                "dispatch": self.mode, "generation": self.generation}

@@ -1,0 +1,286 @@
+"""One client connection: bytes from the socket into transactions, and back.
+
+The connection owns the socket, the ``RequestReader`` and the output buffer
+to the client.  It runs one ``Transaction`` at a time: while a transaction is
+busy, further pipelined requests stay in the reader (and, past its buffer, in
+the kernel), exactly as HTTP/1.1 pipelining needs responses in order.
+
+Backpressure: ``write`` reports how much is buffered; a transaction stops
+reading its origin above ``HIGH_WATER`` and resumes when ``on_drain`` fires
+below ``LOW_WATER``.  Reading from the client pauses while the origin side
+is full, so a fast uploader cannot fill our memory either.
+
+Timeouts, squid's names: ``request_timeout`` for a complete request head
+(from the first byte or from the end of the previous response), idle
+keep-alive connections close after ``client_idle_pconn_timeout`` (2 minutes),
+and every connection ends at ``client_lifetime``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from labsquid.eventloop import ERROR, READ, WRITE, Timer, is_would_block
+from labsquid.http import (
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    NeedData,
+    Paused,
+    ProtocolError,
+    Request,
+    RequestReader,
+)
+from labsquid.proxy.transaction import Transaction
+
+if TYPE_CHECKING:
+    from labsquid.proxy.context import ServeContext
+
+log = structlog.get_logger()
+
+READ_SIZE = 65536
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+CLIENT_IDLE_TIMEOUT = 120.0
+
+
+class ClientConnection:
+    def __init__(self, ctx: ServeContext, sock: socket.socket, peer: tuple,
+                 on_closed: Callable[[ClientConnection], None]) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer_ip, self.peer_port = peer[0], peer[1]
+        local = sock.getsockname()
+        self.local_ip, self.local_port = local[0], local[1]
+        cfg = ctx.config
+        self.reader = RequestReader(max_header_size=cfg.request_header_max_size,
+                                    max_body_size=cfg.request_body_max_size)
+        self.out = bytearray()
+        self.reading = True
+        self.closed = False
+        self.eof = False
+        self.closing = False  # close once ``out`` is flushed
+        self.txn: Transaction | None = None
+        self.requests = 0
+        self.bytes_in = 0
+        self._on_closed = on_closed
+        self._shutdown = False
+        self._timer: Timer | None = None
+        self._lifetime: Timer | None = None
+        self.on_drain: Callable[[], None] | None = None
+        self.head_started = time.time()
+
+    # -- start and events ---------------------------------------------------
+    def start(self) -> None:
+        self.loop.add(self.fd, READ, self._on_event)
+        self._lifetime = self.loop.call_later(self.ctx.config.client_lifetime, self._lifetime_up)
+        self._arm(self.ctx.config.request_timeout, self._request_timeout)
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _mask(self) -> int:
+        return (READ if self.reading and not self.eof else 0) | (WRITE if self.out else 0)
+
+    def _update(self) -> None:
+        if not self.closed:
+            self.loop.modify(self.fd, self._mask())
+
+    def _on_event(self, mask: int) -> None:
+        if mask & WRITE:
+            self._flush()
+        if self.closed:
+            return
+        if mask & (READ | ERROR) and self.reading and not self.eof:
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except OSError as exc:
+            if is_would_block(exc):
+                return
+            self.abort("client read error")
+            return
+        if not data:
+            self.eof = True
+            self._update()
+            if self.txn is not None and not self.ctx.config.half_closed_clients:
+                # squid's half_closed_clients off: a client that stops sending is gone.
+                self.txn.client_aborted()
+                return
+            self.reader.feed_eof()
+        else:
+            self.bytes_in += len(data)
+            self.ctx.stats.add("bytes_in", len(data))
+            if self.txn is None:
+                self._arm(self.ctx.config.request_timeout, self._request_timeout)
+            self.reader.feed(data)
+        self.process()
+
+    # -- requests -----------------------------------------------------------
+    def process(self) -> None:
+        """Turn buffered bytes into transaction events until we must wait."""
+        while not self.closed:
+            if self.txn is not None and not self.txn.wants_body:
+                return
+            try:
+                event = self.reader.next_event()
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if event is NeedData:
+                if self.eof and self.txn is None:
+                    self.close()
+                return
+            if event is Paused:
+                return
+            if type(event) is Request:
+                self._disarm()
+                self.requests += 1
+                self.txn = Transaction(self, event)
+                self.txn.start()
+            elif type(event) is Data:
+                assert self.txn is not None
+                self.txn.request_data(event.data)
+            elif type(event) is EndOfMessage:
+                assert self.txn is not None
+                self.txn.request_end()
+            elif type(event) is ConnectionClosed:
+                self.close()
+                return
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        if self.txn is not None:
+            # Broken request body mid-transaction: nothing more can be trusted.
+            self.txn.client_protocol_error(exc)
+            return
+        raw = self.reader.trailing_data[:4096]
+        Transaction(self, None).reply_protocol_error(exc, raw)
+
+    def transaction_done(self, txn: Transaction, keep_alive: bool) -> None:
+        if txn is not self.txn:
+            return
+        self.txn = None
+        if not keep_alive or self._shutdown or self.eof:
+            self.closing = True
+            if not self.out:
+                self.close()
+            return
+        self.pause_reading(False)
+        try:
+            self.reader.start_next_cycle()
+        except Exception:  # the request body was not read whole: cannot reuse
+            self.closing = True
+            if not self.out:
+                self.close()
+            return
+        self._arm(CLIENT_IDLE_TIMEOUT if not self.reader.trailing_data
+                  else self.ctx.config.request_timeout, self._request_timeout)
+        self.head_started = time.time()
+        self.loop.call_soon(self.process)
+
+    # -- output -------------------------------------------------------------
+    def write(self, data: bytes) -> int:
+        """Send or buffer ``data``; returns the bytes now buffered."""
+        if self.closed:
+            return 0
+        if not self.out:
+            try:
+                sent = self.sock.send(data)
+            except OSError as exc:
+                if not is_would_block(exc):
+                    self.loop.call_soon(lambda: self.abort("client write error"))
+                    return 0
+                sent = 0
+            self.ctx.stats.add("bytes_out", sent)
+            if sent == len(data):
+                return 0
+            data = data[sent:]
+        self.out += data
+        self._update()
+        return len(self.out)
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except OSError as exc:
+            if is_would_block(exc):
+                return
+            self.abort("client write error")
+            return
+        self.ctx.stats.add("bytes_out", sent)
+        del self.out[:sent]
+        if not self.out and self.closing:
+            self.close()
+            return
+        self._update()
+        if len(self.out) <= LOW_WATER and self.on_drain is not None:
+            self.on_drain()
+
+    @property
+    def buffered(self) -> int:
+        return len(self.out)
+
+    def pause_reading(self, paused: bool) -> None:
+        if self.reading == paused:
+            self.reading = not paused
+            self._update()
+
+    # -- ending -------------------------------------------------------------
+    def _request_timeout(self) -> None:
+        self._timer = None
+        if self.txn is not None:
+            return
+        if self.reader.trailing_data:
+            Transaction(self, None).reply_timeout()
+        else:
+            self.close()  # idle keep-alive connection: squid closes it silently
+
+    def _lifetime_up(self) -> None:
+        self._lifetime = None
+        log.info("client_lifetime_expired", client=f"{self.peer_ip}:{self.peer_port}")
+        if self.txn is not None:
+            self.txn.abort("client_lifetime")
+        self.close()
+
+    def shutdown_when_idle(self) -> None:
+        self._shutdown = True
+        if self.txn is None:
+            self.close()
+
+    def abort(self, reason: str) -> None:
+        if self.txn is not None:
+            self.txn.abort(reason)
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for timer in (self._timer, self._lifetime):
+            if timer is not None:
+                timer.cancel()
+        if self.txn is not None:
+            txn, self.txn = self.txn, None
+            txn.abort("client closed")
+        self.loop.remove(self.fd)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._on_closed(self)

@@ -1,0 +1,67 @@
+"""What every connection of one serving process shares.
+
+Built once per process (and again on reconfigure): the config, the compiled
+access rules and log formats, the resolver, the idle upstream connections,
+the counters row and the sink for finished access-log lines.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from labsquid import __version__, acl
+from labsquid.accesslog import AccessRecord, LogFormat, builtin_formats, compile_logformat
+from labsquid.config import Config
+from labsquid.dns import Resolver
+from labsquid.eventloop import EventLoop
+from labsquid.proxy.forward import ForwardPolicy
+from labsquid.proxy.upstream import UpstreamPool
+from labsquid.stats import Row, Stats
+
+LogSink = Callable[[str], None]
+
+
+class ServeContext:
+    def __init__(self, loop: EventLoop, config: Config, log_sink: LogSink, stats: Row,
+                 all_stats: Stats | None = None) -> None:
+        self.loop = loop
+        self.log_sink = log_sink
+        self.stats = stats
+        self.all_stats = all_stats
+        self.started = time.time()
+        self.resolver: Resolver | None = None
+        self.upstreams = UpstreamPool(loop)
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        acls = acl.compile_acls(list(config.acls))
+        self.access = acl.compile_access(list(config.http_access), acls)
+        self.hostname = config.visible_hostname or socket.gethostname()
+        self.version = None if config.httpd_suppress_version_string else f"labsquid/{__version__}"
+        self.policy = ForwardPolicy(self.hostname, self.version, config.via,
+                                    config.forwarded_for, config.server_persistent_connections)
+        formats = {**builtin_formats(), **config.logformat}
+        # The kid's logfile daemon writes the first ``daemon:`` entry; other
+        # modules (stdio) are accepted by the config but not written yet.
+        daemon = next((e for e in config.access_log if e.module == "daemon"), None)
+        self.log_format: LogFormat | None = (
+            compile_logformat(formats[daemon.logformat]) if daemon else None)
+        if self.resolver is not None:
+            self.resolver.close()
+        self.resolver = Resolver(self.loop, hosts_file=config.hosts_file or "/dev/null",
+                                 timeout=config.dns_timeout,
+                                 positive_ttl=config.positive_dns_ttl,
+                                 negative_ttl=config.negative_dns_ttl)
+        self.upstreams.idle_timeout = config.pconn_timeout
+
+    def log(self, record: AccessRecord) -> None:
+        """Count the transaction and send its line(s) to the logfile daemon's feeder."""
+        self.stats.add("requests")
+        self.stats.add("service_us", record.duration_ms * 1000)
+        if record.http_status >= 400 or record.http_status == 0:
+            self.stats.add("errors")
+        if self.log_format is not None:
+            self.log_sink(self.log_format.render(record))

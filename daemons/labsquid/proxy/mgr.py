@@ -1,0 +1,134 @@
+"""The cache manager: ``http://HOST:PORT/squid-internal-mgr/ACTION``.
+
+Pages are plain text in squid's layout so squid's own tools (``squidclient
+mgr:info``) and eyes trained on them can read them: ``menu`` lists actions
+as ``\\t name\\tdescription\\tpublic``, the others print ``Label:\\tvalue``
+lines.  Access is decided before we get here by ``http_access`` and the
+built-in ``manager`` acl.  Figures come from the shared-memory segment, so
+any serving process answers for the whole pool without asking the others.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from labsquid import __version__
+from labsquid.stats import STATE_NAMES
+
+if TYPE_CHECKING:
+    from labsquid.proxy.client import ClientConnection
+    from labsquid.proxy.context import ServeContext
+
+
+def own_names(ctx: ServeContext, client: ClientConnection) -> set[str]:
+    """Hosts that mean "this proxy" in a manager URL."""
+    return {ctx.hostname.lower(), socket.gethostname().lower(), "localhost", client.local_ip,
+            "127.0.0.1", "::1"}
+
+
+def _rows(ctx: ServeContext) -> list[dict[str, int]]:
+    stats = ctx.all_stats
+    return stats.rows() if stats is not None else [ctx.stats.as_dict()]
+
+
+def _totals(ctx: ServeContext) -> dict[str, int]:
+    stats = ctx.all_stats
+    return stats.totals() if stats is not None else ctx.stats.as_dict()
+
+
+def page_menu(ctx: ServeContext) -> str:
+    lines = [f" {name:<23}\t{desc:<32}\tpublic" for name, (desc, _fn) in ACTIONS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def page_info(ctx: ServeContext) -> str:
+    t = _totals(ctx)
+    now = time.time()
+    uptime = now - ctx.started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
+    rows = _rows(ctx)
+    return "".join([
+        f"labsquid Object Cache: Version {__version__}\n",
+        "Build Info: labsquid (Python)\n",
+        "Service Name: labsquid\n",
+        f"Start Time:\t{time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime(ctx.started))}\n",
+        f"Current Time:\t{time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime(now))}\n",
+        "Connection information for labsquid:\n",
+        f"\tNumber of clients accessing cache:\t{t['active']}\n",
+        f"\tNumber of HTTP requests received:\t{t['requests']}\n",
+        f"\tNumber of HTTP errors:\t{t['errors']}\n",
+        f"\tAverage HTTP requests per minute since start:\t"
+        f"{t['requests'] / max(uptime / 60, 1e-9):.1f}\n",
+        "Median Service Times (seconds)  5 min    60 min:\n",
+        f"\tHTTP Requests (All):   {_mean_service(t):8.5f}  {_mean_service(t):8.5f}\n",
+        "Resource usage for labsquid:\n",
+        f"\tUP Time:\t{uptime:.3f} seconds\n",
+        f"\tCPU Time:\t{cpu:.3f} seconds\n",
+        f"\tCPU Usage:\t{100 * cpu / max(uptime, 1e-9):.2f}%\n",
+        f"\tMaximum Resident Size: {usage.ru_maxrss} KB\n",
+        "File descriptor usage for labsquid:\n",
+        f"\tMaximum number of file descriptors:   "
+        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}\n",
+        f"\tNumber of serving processes:\t{len([r for r in rows if r['state']])}\n",
+        f"\tIdle upstream connections (this process):\t{ctx.upstreams.count()}\n",
+    ])
+
+
+def _mean_service(t: dict[str, int]) -> float:
+    return t["service_us"] / 1e6 / t["requests"] if t["requests"] else 0.0
+
+
+def page_counters(ctx: ServeContext) -> str:
+    t = _totals(ctx)
+    return "".join([
+        f"sample_time = {time.time():.6f} ({time.strftime('%a, %d %b %Y %H:%M:%S GMT')})\n",
+        f"client_http.requests = {t['requests']}\n",
+        "client_http.hits = 0\n",
+        f"client_http.errors = {t['errors']}\n",
+        f"client_http.kbytes_in = {t['bytes_in'] // 1024}\n",
+        f"client_http.kbytes_out = {t['bytes_out'] // 1024}\n",
+        f"client_http.all_median_svc_time = {_mean_service(t):.6f} seconds\n",
+        f"server.all.requests = {t['requests']}\n",
+        f"server.http.requests = {t['requests']}\n",
+        f"cpu_time = {time.process_time():.6f}\n",
+        f"wall_time = {time.time() - ctx.started:.6f}\n",
+    ])
+
+
+def page_pool(ctx: ServeContext) -> str:
+    lines = ["by kid: labsquid-1", f"dispatch: {ctx.config.pool_dispatch}",
+             f"{'slot':>4} {'pid':>8} {'state':<9} {'gen':>3} {'conns':>6} {'requests':>9} "
+             f"{'errors':>7} {'kb_in':>8} {'kb_out':>8} {'mean_svc_ms':>11}"]
+    for slot, r in enumerate(_rows(ctx)):
+        if not r["pid"]:
+            continue
+        mean = r["service_us"] / 1000 / r["requests"] if r["requests"] else 0.0
+        lines.append(f"{slot:>4} {r['pid']:>8} {STATE_NAMES.get(r['state'], '?'):<9} "
+                     f"{r['generation']:>3} {r['active']:>6} {r['requests']:>9} {r['errors']:>7} "
+                     f"{r['bytes_in'] // 1024:>8} {r['bytes_out'] // 1024:>8} {mean:>11.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def page_index(ctx: ServeContext) -> str:
+    return page_menu(ctx)
+
+
+ACTIONS: dict[str, tuple[str, Callable[[ServeContext], str]]] = {
+    "index": ("Cache Manager Interface", page_index),
+    "menu": ("Cache Manager Menu", page_menu),
+    "info": ("General Runtime Information", page_info),
+    "counters": ("Traffic and Resource Counters", page_counters),
+    "pool": ("Process pool: one line per child", page_pool),
+}
+
+
+def render(action: str, ctx: ServeContext) -> str | None:
+    entry = ACTIONS.get(action)
+    return entry[1](ctx) if entry else None
+

@@ -1,0 +1,582 @@
+"""One request/response exchange through the proxy.
+
+Theory of operation
+-------------------
+A ``Transaction`` is made by the client connection for each parsed request
+head and walks these steps, each driven by a callback from the loop:
+
+1. *classify* the request-target: absolute ``http://`` URI (forward),
+   authority-form (CONNECT), origin-form ``/squid-internal-mgr/…`` (the
+   cache manager); anything else is an error page;
+2. *authorize* with ``http_access``; a ``dst`` acl needs the origin's
+   addresses, so the check may pause for the resolver and resume;
+3. *connect*: an idle persistent connection to the same origin is reused,
+   else each resolved address is tried in turn within ``connect_timeout``;
+4. *relay*: the request head (rewritten by ``forward``) and the body stream
+   up; the response head and body stream down, re-framed for the client;
+   each side pauses the other through bounded buffers;
+5. *finish*: one access-log line, the upstream connection back to the pool
+   when both sides allow, and the client connection told whether it may
+   read the next request.
+
+A failure before the response head reaches the client becomes one of
+squid's error pages; after that, the client connection is cut, because
+HTTP/1.1 has no other way to say a body went wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from labsquid.accesslog import AccessRecord
+from labsquid.acl import AccessContext
+from labsquid.errorpages import render_error
+from labsquid.eventloop import Timer
+from labsquid.http import (
+    Data,
+    EndOfMessage,
+    NeedData,
+    Paused,
+    ProtocolError,
+    Request,
+    Response,
+    ResponseReader,
+    keep_alive,
+    parse_target,
+    request_framing,
+    response_framing,
+)
+from labsquid.proxy import forward, mgr
+from labsquid.proxy.upstream import Upstream, UpstreamHandler, connect_error_text
+
+if TYPE_CHECKING:
+    from labsquid.proxy.client import ClientConnection
+
+log = structlog.get_logger()
+
+HIGH_WATER = 256 * 1024
+MGR_PREFIX = "/squid-internal-mgr/"
+
+
+class Transaction(UpstreamHandler):
+    def __init__(self, client: ClientConnection, request: Request | None) -> None:
+        self.client = client
+        self.ctx = client.ctx
+        self.req = request
+        self.started = time.time()
+        self.method = request.method.decode("latin-1") if request else "NONE"
+        self.url = "error:invalid-request"
+        self.scheme = "http"
+        self.host = ""
+        self.port = 0
+        self.path = b"/"
+        self.log_tag = "TCP_MISS"
+        self.status = 0
+        self.hierarchy = "HIER_NONE"
+        self.peer: str | None = None
+        self.mime: str | None = None
+        self.error_code: str | None = None
+        self.reply_size = 0
+        self.wants_body = request is not None
+        self.body_done = False
+        self.pending_body: list[bytes] = []
+        self.body_framing: int | str = 0
+        self.upstream: Upstream | None = None
+        self.addresses: list[str] = []
+        self.resp_reader: ResponseReader | None = None
+        self.head_sent = False
+        self.client_framing: int | str | None = None
+        self.client_keep_alive = False
+        self.upstream_reusable = False
+        self.finished = False
+        self.retried = False
+        self._timer: Timer | None = None
+        self.tunnel = None
+
+    # -- 1. classify --------------------------------------------------------
+    def start(self) -> None:
+        req = self.req
+        assert req is not None
+        cfg = self.ctx.config
+        self.client_keep_alive = keep_alive(req) and cfg.client_persistent_connections
+        self.url = req.target.decode("latin-1")
+        try:
+            self.body_framing = request_framing(req)
+            target = parse_target(req.method, req.target)
+        except ProtocolError as exc:
+            self.reply_error(exc.error_code, exc.status, detail=exc.reason)
+            return
+        self.host, self.port, self.path = target.host or "", target.port or 0, target.path
+        self.scheme = target.scheme or ("connect" if target.form == "authority" else "")
+        if target.form == "authority":
+            self.url = target.authority.decode("ascii")  # squid logs CONNECT as host:port
+        if target.form in ("origin", "asterisk"):
+            if self.path.decode("latin-1").startswith(MGR_PREFIX):
+                self.host = self.client.local_ip
+                self.port = self.client.local_port
+                self.url = f"http://{self.ctx.hostname}:{self.port}{self.path.decode('latin-1')}"
+            else:
+                self.reply_error("ERR_INVALID_URL", 400, detail="origin-form on a proxy port")
+                return
+        elif self.scheme not in ("http", "connect"):
+            self.reply_error("ERR_UNSUP_REQ", 501, detail=f"unsupported scheme {self.scheme}")
+            return
+        self.authorize(None)
+
+    # -- 2. authorize -------------------------------------------------------
+    def access_context(self, dst: tuple | None) -> AccessContext:
+        return AccessContext(
+            src=ipaddress.ip_address(self.client.peer_ip), local_port=self.client.local_port,
+            method=self.method, proto="NONE" if self.method == "CONNECT" else "HTTP",
+            host=self.host, port=self.port, url=self.url,
+            path=self.path.decode("latin-1"), dst=dst)
+
+    def authorize(self, dst: tuple | None) -> None:
+        decision = self.ctx.access.check(self.access_context(dst))
+        if decision.needs_dst:
+            self.resolve(lambda: self.authorize(tuple(ipaddress.ip_address(a)
+                                                      for a in self.addresses)))
+            return
+        if not decision.allowed:
+            self.log_tag = "TCP_DENIED"
+            self.reply_error("ERR_ACCESS_DENIED", 403)
+            return
+        if self.is_manager():
+            self.reply_manager()
+            return
+        if self.max_forwards_reached():
+            return
+        self.resolve(self.connect)
+
+    def is_manager(self) -> bool:
+        path = self.path.decode("latin-1")
+        return path.startswith(MGR_PREFIX) and self.host in mgr.own_names(self.ctx, self.client)
+
+    def max_forwards_reached(self) -> bool:
+        req = self.req
+        assert req is not None
+        value = req.headers.get(b"max-forwards")
+        if value is None or req.method not in (b"TRACE", b"OPTIONS"):
+            return False
+        if forward.parse_max_forwards(value) != 0:
+            return False
+        if req.method == b"TRACE":
+            body = forward.serialize(b"%s %s HTTP/%s" % (req.method, req.target,
+                                                          req.http_version), req.headers)
+            self.reply_local(200, b"OK", body, b"message/http")
+        else:
+            self.reply_local(200, b"OK", b"", None,
+                             extra=[(b"Allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE")])
+        return True
+
+    def resolve(self, then) -> None:  # type: ignore[no-untyped-def]
+        if self.addresses:
+            then()
+            return
+        assert self.ctx.resolver is not None
+
+        def done(addresses: list[str] | None, error: str | None) -> None:
+            if self.finished:
+                return
+            if not addresses:
+                self.reply_error("ERR_DNS_FAIL", 503, detail=error or "no addresses")
+                return
+            self.addresses = addresses
+            then()
+
+        self.ctx.resolver.resolve(self.host, done)
+
+    # -- 3. connect ---------------------------------------------------------
+    def connect(self) -> None:
+        if self.method == "CONNECT":
+            self._connect_fresh()
+            return
+        up = self.ctx.upstreams.take((self.host, self.port))
+        if up is not None:
+            self._attach(up)
+            self.upstream_connected(up)
+        else:
+            self._connect_fresh()
+
+    def _connect_fresh(self) -> None:
+        if not self.addresses:
+            return
+        address = self.addresses.pop(0)
+        self.peer = address
+        up = Upstream(self.ctx.loop, (self.host, self.port), address)
+        self._attach(up)
+        self._arm(self.ctx.config.connect_timeout, self._connect_timeout)
+        up.connect(self.port, self)
+
+    def _attach(self, up: Upstream) -> None:
+        self.upstream = up
+        up.handler = self
+        self.peer = up.address
+
+    def _connect_timeout(self) -> None:
+        self._timer = None
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        if self.addresses:
+            self._connect_fresh()
+        else:
+            self.reply_error("ERR_CONNECT_FAIL", 503, errno=110,
+                             detail="(110) Connection timed out")
+
+    def upstream_failed(self, up: Upstream, err: int) -> None:
+        self._disarm()
+        self.upstream = None
+        if self.addresses:
+            self._connect_fresh()
+            return
+        self.reply_error("ERR_CONNECT_FAIL", 503, errno=err, detail=connect_error_text(err))
+
+    def upstream_connected(self, up: Upstream) -> None:
+        self._disarm()
+        self.hierarchy = "HIER_DIRECT"
+        if self.method == "CONNECT":
+            self._start_tunnel(up)
+            return
+        req = self.req
+        assert req is not None
+        policy = self.ctx.policy
+        framing = "chunked" if self.body_framing == "chunked" else self.body_framing
+        up.send(forward.request_head(req, self._authority(), self.path, self.client.peer_ip,
+                                     policy, framing))
+        up.requests += 1
+        self.resp_reader = ResponseReader(req.method,
+                                          max_header_size=self.ctx.config.reply_header_max_size)
+        for chunk in self.pending_body:
+            self._send_body(chunk)
+        self.pending_body.clear()
+        if self.body_done:
+            self._end_body()
+        self._arm(self.ctx.config.read_timeout, self._read_timeout)
+
+    def _authority(self) -> bytes:
+        default = 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (host if self.port == default else f"{host}:{self.port}").encode("idna")
+
+    # -- 4a. request body ---------------------------------------------------
+    def request_data(self, data: bytes) -> None:
+        if self.upstream is None or not self.upstream.connected or self.resp_reader is None:
+            self.pending_body.append(data)
+            if sum(map(len, self.pending_body)) > HIGH_WATER:
+                self.client.pause_reading(True)
+            return
+        self._send_body(data)
+
+    def _send_body(self, data: bytes) -> None:
+        assert self.upstream is not None
+        if self.body_framing == "chunked":
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.upstream.send(data)
+        if self.upstream.buffered > HIGH_WATER:
+            self.client.pause_reading(True)
+
+    def request_end(self) -> None:
+        self.wants_body = False
+        self.body_done = True
+        if self.upstream is not None and self.resp_reader is not None:
+            self._end_body()
+
+    def _end_body(self) -> None:
+        if self.body_framing == "chunked" and self.upstream is not None:
+            self.upstream.send(b"0\r\n\r\n")
+
+    def upstream_drained(self, up: Upstream) -> None:
+        if self.wants_body:
+            self.client.pause_reading(False)
+            self.client.loop.call_soon(self.client.process)
+
+    # -- 4b. response -------------------------------------------------------
+    def upstream_data(self, up: Upstream, data: bytes) -> None:
+        self._arm(self.ctx.config.read_timeout, self._read_timeout)
+        if self.tunnel is not None or self.resp_reader is None:
+            return
+        self.resp_reader.feed(data)
+        self._pump_response()
+
+    def upstream_eof(self, up: Upstream) -> None:
+        if self.resp_reader is None or self.finished:
+            return
+        if not self.head_sent and not self.resp_reader.trailing_data and self._can_retry(up):
+            self.retried = True
+            up.close()
+            self.upstream = None
+            self.resp_reader = None
+            self._connect_fresh_after_retry()
+            return
+        self.resp_reader.feed_eof()
+        self._pump_response()
+        if not self.finished:
+            if not self.head_sent:
+                self.reply_error("ERR_ZERO_SIZE_OBJECT", 502, detail="origin closed the connection")
+            else:
+                self.abort("origin closed mid-body")
+                self.client.close()
+
+    def _can_retry(self, up: Upstream) -> bool:
+        # A reused connection the origin had closed while idle: safe to replay
+        # when the request had no body (squid retries such requests too).
+        return up.requests > 1 and not self.retried and self.body_framing == 0
+
+    def _connect_fresh_after_retry(self) -> None:
+        if not self.addresses and self.peer:
+            self.addresses = [self.peer]
+        self._connect_fresh()
+
+    def _pump_response(self) -> None:
+        reader = self.resp_reader
+        assert reader is not None
+        while not self.finished:
+            try:
+                event = reader.next_event()
+            except ProtocolError as exc:
+                if not self.head_sent:
+                    self.reply_error("ERR_INVALID_RESP", 502, detail=exc.reason)
+                else:
+                    self.abort("invalid response body")
+                    self.client.close()
+                return
+            if event is NeedData or event is Paused:
+                return
+            kind = type(event)
+            if kind is Response:
+                self._response_head(event)
+            elif kind is Data:
+                self._response_data(event.data)
+            elif kind is EndOfMessage:
+                self._response_end(reader)
+                return
+
+    def _response_head(self, resp: Response) -> None:
+        req = self.req
+        assert req is not None
+        policy = self.ctx.policy
+        if resp.status < 200:
+            if resp.status != 101 and req.http_version == b"1.1":
+                self.client.write(forward.response_head(resp, policy, None, True))
+            return
+        framing = response_framing(resp, req.method)
+        if framing == 0 and (req.method == b"HEAD" or resp.status in (204, 304)):
+            client_framing: int | str | None = None
+        elif isinstance(framing, int):
+            client_framing = framing
+        elif req.http_version == b"1.1":
+            client_framing = "chunked"
+        else:
+            client_framing = "close"
+            self.client_keep_alive = False
+        self.client_framing = client_framing
+        self.upstream_reusable = (keep_alive(resp) and isinstance(framing, int)
+                                  and self.ctx.config.server_persistent_connections)
+        if framing == "tunnel":
+            self.reply_error("ERR_INVALID_RESP", 502, detail="unexpected protocol switch")
+            return
+        self.status = resp.status
+        ctype = resp.headers.get(b"content-type")
+        self.mime = ctype.split(b";")[0].strip().decode("latin-1") if ctype else None
+        head = forward.response_head(resp, policy, client_framing, self.client_keep_alive)
+        self.head_sent = True
+        self._to_client(head)
+
+    def _response_data(self, data: bytes) -> None:
+        if self.client_framing == "chunked":
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self._to_client(data)
+
+    def _to_client(self, data: bytes) -> None:
+        self.reply_size += len(data)
+        if self.client.write(data) > HIGH_WATER and self.upstream is not None:
+            self.upstream.pause_reading(True)
+            self.client.on_drain = self._client_drained
+
+    def _client_drained(self) -> None:
+        self.client.on_drain = None
+        if self.upstream is not None:
+            self.upstream.pause_reading(False)
+
+    def _response_end(self, reader: ResponseReader) -> None:
+        if self.client_framing == "chunked":
+            self._to_client(b"0\r\n\r\n")
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            if self.upstream_reusable and self.body_done and not reader.trailing_data:
+                up.pause_reading(False)
+                self.ctx.upstreams.release(up)
+            else:
+                up.close()
+        self.finish(self.client_keep_alive and self.body_done)
+
+    def _read_timeout(self) -> None:
+        self._timer = None
+        if self.finished:
+            return
+        if not self.head_sent:
+            self.reply_error("ERR_READ_TIMEOUT", 504, detail="read timeout")
+        else:
+            self.abort("read_timeout")
+            self.client.close()
+
+    # -- CONNECT ------------------------------------------------------------
+    def _start_tunnel(self, up: Upstream) -> None:
+        from labsquid.proxy.tunnel import Tunnel
+
+        self.status = 200
+        self.log_tag = "TCP_TUNNEL"
+        self.upstream = None
+        self.wants_body = False
+        self.tunnel = Tunnel(self, up)
+        self.tunnel.start(b"HTTP/1.1 200 Connection established\r\n\r\n",
+                          self.client.reader.take_trailing_data())
+
+    def tunnel_closed(self, to_client: int) -> None:
+        self.reply_size = to_client
+        self.finish(False)
+
+    # -- replies made here --------------------------------------------------
+    def reply_error(self, code: str, status: int, detail: str = "", errno: int = 0) -> None:
+        if self.finished:
+            return
+        self.error_code = code
+        self._drop_upstream()
+        status, headers, body = render_error(
+            code, status=status, method=self.method, url=self.url,
+            client_addr=self.client.peer_ip, hostname=self.ctx.hostname, now=time.time(),
+            error_detail=detail, errno=errno, cache_admin=self.ctx.config.cache_mgr,
+            version_string=self.ctx.version)
+        self.status = status
+        self.mime = "text/html"
+        if self.log_tag == "TCP_MISS" and self.hierarchy == "HIER_NONE":
+            self.log_tag = "TCP_MISS" if self.req is not None and self.host else "NONE_NONE"
+        from labsquid.http import Headers
+
+        start = b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))
+        self._to_client(forward.serialize(start, Headers(headers)) + body)
+        self.wants_body = False
+        self.finish(False)
+
+    def reply_protocol_error(self, exc: ProtocolError, raw: bytes) -> None:
+        self.log_tag = "NONE_NONE"
+        self.reply_error(exc.error_code, exc.status, detail=exc.reason)
+
+    def reply_timeout(self) -> None:
+        self.log_tag = "NONE_NONE"
+        self.reply_error("ERR_REQUEST_START_TIMEOUT", 408, detail="request_timeout")
+
+    def reply_local(self, status: int, reason: bytes, body: bytes, ctype: bytes | None,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        from labsquid.http import Headers
+
+        headers = Headers(extra or [])
+        if ctype:
+            headers.add(b"Content-Type", ctype)
+        headers.add(b"Content-Length", str(len(body)).encode())
+        headers.add(b"Date", _http_date())
+        headers.add(b"Connection", b"keep-alive" if self.client_keep_alive else b"close")
+        self.status = status
+        self.mime = ctype.decode() if ctype else None
+        self.log_tag = "TCP_MISS"
+        self._to_client(forward.serialize(b"HTTP/1.1 %d %s" % (status, reason), headers) + body)
+        self.finish(self.client_keep_alive and self.body_done)
+
+    def reply_manager(self) -> None:
+        action = self.path.decode("latin-1")[len(MGR_PREFIX):].split("?")[0] or "menu"
+        page = mgr.render(action, self.ctx)
+        if page is None:
+            self.reply_error("ERR_INVALID_URL", 404,
+                             detail=f"unknown cache manager action {action}")
+            return
+        self.reply_local(200, b"OK", page.encode(), b"text/plain")
+
+    # -- 5. finish ----------------------------------------------------------
+    def finish(self, keep_alive: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._disarm()
+        self._drop_upstream()
+        self.ctx.log(self.record())
+        if self.client.on_drain == self._client_drained:
+            self.client.on_drain = None
+        self.client.transaction_done(self, keep_alive and not self.wants_body)
+
+    def record(self) -> AccessRecord:
+        now = time.time()
+        return AccessRecord(
+            start_time=self.started, duration_ms=int((now - self.started) * 1000),
+            client_addr=self.client.peer_ip, client_port=self.client.peer_port,
+            local_addr=self.client.local_ip, local_port=self.client.local_port,
+            log_tag=self.log_tag, http_status=self.status, reply_size=self.reply_size,
+            request_size=0, method=self.method, url=self.url, user=None,
+            hierarchy=self.hierarchy, peer_addr=self.peer if self.hierarchy != "HIER_NONE"
+            else None, mime_type=self.mime, error_code=self.error_code,
+            referer=_header(self.req, b"referer"), user_agent=_header(self.req, b"user-agent"),
+            http_version=self.req.http_version.decode() if self.req else "0.0")
+
+    def client_aborted(self) -> None:
+        self.abort("client closed")
+        self.client.close()
+
+    def client_protocol_error(self, exc: ProtocolError) -> None:
+        if self.head_sent or self.upstream is not None and self.upstream.connected:
+            self.abort(exc.reason)
+            self.client.close()
+        else:
+            self.reply_error(exc.error_code, exc.status, detail=exc.reason)
+
+    def abort(self, reason: str) -> None:
+        if self.finished:
+            return
+        if self.tunnel is not None:
+            self.tunnel.close()
+            return
+        if self.status == 0:
+            self.log_tag = self.log_tag if self.log_tag != "TCP_MISS" else "TCP_MISS_ABORTED"
+        else:
+            self.log_tag += "_ABORTED"
+        self.finished = True
+        self._disarm()
+        self._drop_upstream()
+        self.ctx.log(self.record())
+
+    def _drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+    def _arm(self, delay: float, callback) -> None:  # type: ignore[no-untyped-def]
+        self._disarm()
+        self._timer = self.ctx.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _header(req: Request | None, name: bytes) -> str | None:
+    if req is None:
+        return None
+    value = req.headers.get(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def _http_date() -> bytes:
+    from email.utils import formatdate
+
+    return formatdate(usegmt=True).encode()
+
+
+_REASONS = {400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
+            408: b"Request Timeout", 413: b"Payload Too Large", 414: b"URI Too Long",
+            431: b"Request Header Fields Too Large",
+            501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
+            504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}

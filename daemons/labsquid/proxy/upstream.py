@@ -1,0 +1,233 @@
+"""Connections to origin servers, and the idle ones kept for reuse.
+
+An ``Upstream`` is a non-blocking TCP socket with an output buffer.  Its owner
+(a transaction) gets callbacks for connect, data and close; when the owner
+is done with a persistent connection it ``release``\\s it into the
+``UpstreamPool``, keyed by (host, port), where it waits at most
+``pconn_timeout``.  An idle connection that becomes readable has either been
+closed by the origin or sent bytes nobody asked for: both end it.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections.abc import Callable
+
+from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, Timer, is_would_block
+
+READ_SIZE = 65536
+MAX_IDLE_PER_ORIGIN = 64
+
+
+class UpstreamHandler:
+    """What an ``Upstream`` tells its owner (a transaction)."""
+
+    def upstream_connected(self, up: Upstream) -> None: ...
+    def upstream_failed(self, up: Upstream, err: int) -> None: ...
+    def upstream_data(self, up: Upstream, data: bytes) -> None: ...
+    def upstream_eof(self, up: Upstream) -> None: ...
+    def upstream_drained(self, up: Upstream) -> None: ...
+
+
+class Upstream:
+    def __init__(self, loop: EventLoop, key: tuple[str, int], address: str) -> None:
+        self.loop = loop
+        self.key = key
+        self.address = address
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.fd = self.sock.fileno()
+        self.handler: UpstreamHandler | None = None
+        self.connected = False
+        self.closed = False
+        self.reading = True
+        self.out = bytearray()
+        self.requests = 0  # served on this connection; >0 means it is a reused one
+        self.idle_since = 0.0
+        self._idle_timer: Timer | None = None
+        self._pool: UpstreamPool | None = None
+
+    # -- connecting ---------------------------------------------------------
+    def connect(self, port: int, handler: UpstreamHandler) -> None:
+        self.handler = handler
+        err = self.sock.connect_ex((self.address, port))
+        if err not in (0, errno.EINPROGRESS):
+            self.loop.call_soon(lambda: self._fail(err))
+            return
+        self.loop.add(self.fd, WRITE, self._on_event)
+
+    def _fail(self, err: int) -> None:
+        handler = self.handler
+        self.close()
+        if handler is not None:
+            handler.upstream_failed(self, err)
+
+    # -- I/O -----------------------------------------------------------------
+    def _mask(self) -> int:
+        return (READ if self.reading else 0) | (WRITE if self.out else 0)
+
+    def _on_event(self, mask: int) -> None:
+        if not self.connected:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._fail(err)
+                return
+            self.connected = True
+            self.loop.modify(self.fd, self._mask())
+            if self.handler is not None:
+                self.handler.upstream_connected(self)
+            return
+        if mask & WRITE and self.out:
+            self._write()
+        if self.closed:
+            return
+        if mask & (READ | ERROR) and self.reading:
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except OSError as exc:
+            if is_would_block(exc):
+                return
+            data = b""
+        if self.handler is None:
+            self.close()  # idle in the pool: the origin closed or spoke out of turn
+            return
+        if data:
+            self.handler.upstream_data(self, data)
+        else:
+            self.reading = False
+            if not self.closed:
+                self.loop.modify(self.fd, self._mask())
+            self.handler.upstream_eof(self)
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.out and self.connected:
+            try:
+                sent = self.sock.send(data)
+            except OSError as exc:
+                if not is_would_block(exc):
+                    self.loop.call_soon(lambda: self._eof_from_error())
+                    return
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.out += data
+        if self.connected:
+            self.loop.modify(self.fd, self._mask())
+
+    def _write(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except OSError as exc:
+            if is_would_block(exc):
+                return
+            self._eof_from_error()
+            return
+        del self.out[:sent]
+        self.loop.modify(self.fd, self._mask())
+        if not self.out and self.handler is not None:
+            self.handler.upstream_drained(self)
+
+    def _eof_from_error(self) -> None:
+        if self.closed:
+            return
+        handler = self.handler
+        self.reading = False
+        if handler is not None:
+            handler.upstream_eof(self)
+
+    def pause_reading(self, paused: bool) -> None:
+        if self.closed or self.reading != paused:
+            return
+        self.reading = not paused
+        self.loop.modify(self.fd, self._mask())
+
+    @property
+    def buffered(self) -> int:
+        return len(self.out)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._pool is not None:
+            self._pool.forget(self)
+        self.loop.remove(self.fd)
+        self.sock.close()
+        self.handler = None
+
+
+class UpstreamPool:
+    """Idle persistent connections to origins (squid's pconn pool)."""
+
+    def __init__(self, loop: EventLoop, idle_timeout: float = 60.0) -> None:
+        self.loop = loop
+        self.idle_timeout = idle_timeout
+        self._idle: dict[tuple[str, int], list[Upstream]] = {}
+        self.reused = 0
+
+    def take(self, key: tuple[str, int]) -> Upstream | None:
+        conns = self._idle.get(key)
+        while conns:
+            up = conns.pop()
+            if up._idle_timer is not None:
+                up._idle_timer.cancel()
+            up._pool = None
+            if not up.closed:
+                self.reused += 1
+                return up
+        return None
+
+    def release(self, up: Upstream) -> None:
+        if up.closed or up.out or not up.reading:
+            up.close()
+            return
+        conns = self._idle.setdefault(up.key, [])
+        if len(conns) >= MAX_IDLE_PER_ORIGIN:
+            up.close()
+            return
+        up.handler = None
+        up._pool = self
+        up.idle_since = time.monotonic()
+        up._idle_timer = self.loop.call_later(self.idle_timeout, up.close)
+        up.loop.modify(up.fd, READ)
+        conns.append(up)
+
+    def forget(self, up: Upstream) -> None:
+        conns = self._idle.get(up.key)
+        if conns and up in conns:
+            conns.remove(up)
+        up._pool = None
+
+    def close_all(self) -> None:
+        for conns in list(self._idle.values()):
+            for up in list(conns):
+                up.close()
+        self._idle.clear()
+
+    def count(self) -> int:
+        return sum(len(c) for c in self._idle.values())
+
+
+def connect_error_text(err: int) -> str:
+    return f"({err}) {errno.errorcode.get(err, '?')}: {_strerror(err)}"
+
+
+def _strerror(err: int) -> str:
+    import os
+
+    return os.strerror(err)
+
+
+OnDone = Callable[[], None]

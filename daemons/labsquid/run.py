@@ -1,0 +1,121 @@
+"""Starting the service: daemonise (or not), take the PID file, run the master.
+
+Without ``--foreground`` or ``-N`` labsquid daemonises like squid: fork,
+``setsid``, fork again, stdio to ``/dev/null``, structured logs to
+``cache_log``.  The first parent waits (bounded) until the daemon holds the
+PID file, so ``labsquid`` returns non-zero when the daemon could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import structlog
+
+from labsquid import listeners, process
+from labsquid import log as logsetup
+from labsquid.config import Config
+from labsquid.pidfile import PidFile, PidFileError
+from labsquid.settings import port_specs
+
+log = structlog.get_logger()
+
+DAEMON_START_WAIT = 10.0
+
+
+def run_service(config: Config, path: str | None, argv: list[str],
+                args: argparse.Namespace, level: str) -> int:
+    status_w = None
+    if not (args.foreground or args.no_daemon):
+        status_w = _daemonise(config)
+        if isinstance(status_w, int) and status_w < 0:
+            return -status_w - 1  # we are the first parent: the daemon's start status
+    logsetup.configure("master" if not args.no_daemon else "single", level)
+
+    from labsquid.control import create_dirs
+
+    create_dirs(config, quiet=True)  # what -z would make; a first run just works
+    pidfile = None
+    if config.pid_filename:
+        pidfile = PidFile(config.pid_filename)
+        try:
+            pidfile.acquire()
+        except PidFileError as exc:
+            print(f"FATAL: {exc}", file=sys.stderr)
+            log.critical("pid_file_refused", error=str(exc))
+            _report(status_w, 1)
+            return 1
+    _report(status_w, 0)
+    try:
+        if args.no_daemon:
+            return _run_single(config, path)
+        from labsquid.master import Master
+        from labsquid.notify import Notifier
+
+        return Master(config, path, list(argv), pidfile, Notifier()).run()
+    finally:
+        if pidfile is not None:
+            pidfile.release()
+
+
+def _run_single(config: Config, path: str | None) -> int:
+    """``-N``: this process is the kid too; nothing is restarted."""
+    from labsquid.kid import Kid
+    from labsquid.notify import Notifier
+
+    socks = listeners.open_all(port_specs(config), listeners.systemd_sockets())
+    notifier = Notifier()
+    kid = Kid(config, socks, None, "labsquid", path)
+    kid.on_ready = lambda: notifier.ready("serving")
+    return kid.run()
+
+
+def _daemonise(config: Config) -> int | None:
+    """Fork into the background.
+
+    Returns ``-(status+1)`` in the first parent, the status pipe's fd in the daemon.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = process.fork()
+    if pid:
+        os.close(write_fd)
+        import select
+
+        ready, _, _ = select.select([read_fd], [], [], DAEMON_START_WAIT)
+        data = os.read(read_fd, 1) if ready else b""
+        os.close(read_fd)
+        code = data[0] if data else 1
+        if not data:
+            print("labsquid: the daemon did not report its start; see cache_log "
+                  f"({config.cache_log})", file=sys.stderr)
+        return -(code + 1)
+    os.close(read_fd)
+    os.setsid()
+    if process.fork():
+        os._exit(0)
+    # stdin from /dev/null; stdout and stderr (the structured logs of the
+    # master and, by inheritance, of the kid) append to cache_log.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    out = _open_cache_log(config)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    return write_fd
+
+
+def _report(status_fd: int | None, code: int) -> None:
+    if isinstance(status_fd, int) and status_fd >= 0:
+        os.write(status_fd, bytes([code]))
+        os.close(status_fd)
+
+
+def _open_cache_log(config: Config) -> int:
+    path = config.cache_log
+    if not path:
+        return os.open(os.devnull, os.O_WRONLY)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)

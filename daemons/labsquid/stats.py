@@ -1,0 +1,123 @@
+"""Per-process counters in a POSIX shared-memory segment (the notes' experiment 2).
+
+The kid creates ``/dev/shm/labsquid-<kid pid>`` before it forks its pool:
+one row of ``FIELDS`` 64-bit counters per serving process (row 0 is the kid
+itself).  Each process writes only its own row, with plain aligned stores, so
+no lock is needed; any process — the kid for ``STATUS=``, the cache manager
+pages, ``labsquid -k status`` from outside — reads all rows without asking the
+children.  ``lsof -p`` shows the mapping as ``/dev/shm/labsquid-…``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+
+FIELDS = ("pid", "state", "requests", "errors", "bytes_in", "bytes_out", "active",
+          "service_us", "started", "generation")
+ROWS = 257  # the kid and up to 256 pool children
+ROW_SIZE = len(FIELDS) * 8
+SHM_DIR = "/dev/shm"
+
+STATE_FREE, STATE_STARTING, STATE_SERVING, STATE_STOPPING = 0, 1, 2, 3
+STATE_NAMES = {STATE_FREE: "free", STATE_STARTING: "starting", STATE_SERVING: "serving",
+               STATE_STOPPING: "stopping"}
+
+_INDEX = {name: i for i, name in enumerate(FIELDS)}
+
+
+class Row:
+    """One process's counters; attribute access reads or writes the shared row."""
+
+    __slots__ = ("_view", "_base")
+
+    def __init__(self, view: memoryview, row: int) -> None:
+        self._view = view
+        self._base = row * len(FIELDS)
+
+    def get(self, field: str) -> int:
+        return self._view[self._base + _INDEX[field]]
+
+    def set(self, field: str, value: int) -> None:
+        self._view[self._base + _INDEX[field]] = value
+
+    def add(self, field: str, value: int = 1) -> None:
+        i = self._base + _INDEX[field]
+        self._view[i] += value
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: self._view[self._base + i] for i, name in enumerate(FIELDS)}
+
+
+class Stats:
+    """The whole segment, created by the kid (or opened read-only by an inspector)."""
+
+    def __init__(self, name: str, path: str | None = None, create: bool = True) -> None:
+        self.name = name
+        self.path = path or os.path.join(SHM_DIR, f"labsquid-{os.getpid()}")
+        size = ROWS * ROW_SIZE
+        if create:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o640)
+            os.ftruncate(fd, size)
+            self._mm = mmap.mmap(fd, size)
+        else:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self._mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        os.close(fd)
+        self.owner = create
+        self._view = memoryview(self._mm).cast("q")
+        self.own = Row(self._view, 0)
+        if create:
+            self.claim(0)
+        self._last = (time.monotonic(), 0)
+
+    def row(self, index: int) -> Row:
+        return Row(self._view, index)
+
+    def claim(self, index: int, generation: int = 0) -> Row:
+        """Reset row ``index`` for the calling process and make it its own."""
+        row = Row(self._view, index)
+        for field in FIELDS:
+            row.set(field, 0)
+        row.set("pid", os.getpid())
+        row.set("state", STATE_STARTING)
+        row.set("started", int(time.time()))
+        row.set("generation", generation)
+        self.own = row
+        return row
+
+    def free_row(self) -> int:
+        for i in range(1, ROWS):
+            if self.row(i).get("state") == STATE_FREE:
+                return i
+        raise RuntimeError("no free statistics row")
+
+    def rows(self) -> list[dict[str, int]]:
+        return [r for r in (self.row(i).as_dict() for i in range(ROWS)) if r["pid"]]
+
+    def totals(self) -> dict[str, int]:
+        out = dict.fromkeys(("requests", "errors", "bytes_in", "bytes_out", "active",
+                             "service_us"), 0)
+        for r in self.rows():
+            for key in out:
+                out[key] += r[key]
+        return out
+
+    def summary(self) -> dict[str, object]:
+        t = self.totals()
+        now = time.monotonic()
+        then, before = self._last
+        rps = (t["requests"] - before) / (now - then) if now > then else 0.0
+        self._last = (now, t["requests"])
+        return {"requests": t["requests"], "connections": t["active"], "rps": round(rps, 1)}
+
+    def close(self) -> None:
+        self._view.release()
+        self._mm.close()
+        if self.owner:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

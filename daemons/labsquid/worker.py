@@ -1,0 +1,153 @@
+"""A pool child: ``(labsquid-1 worker-N)``, one epoll loop serving HTTP.
+
+Forked from the kid, it first lets go of everything that belongs to the kid
+(its epoll set, signal socketpair, the logfile daemon's socket, its sibling's
+channels, the control channel to the master), so that, for instance, the
+logfile daemon sees EOF when the kid closes its end.  Then it builds its own
+loop and serves connections the way ``pool_dispatch`` says (see
+``labsquid.pool``).
+
+Signals: TERM — stop accepting, finish in-flight requests (``shutdown_lifetime``),
+exit; INT — close everything now.  Either way the access-log lines already
+produced reach the kid before exit.  HUP and USR1 are the kid's business.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+import setproctitle
+import structlog
+
+from labsquid import log as logsetup
+from labsquid.eventloop import EventLoop
+from labsquid.ipc import Channel, Kind
+from labsquid.proxy.context import ServeContext
+from labsquid.proxy.server import ProxyServer
+from labsquid.stats import STATE_SERVING, STATE_STOPPING
+
+if TYPE_CHECKING:
+    from labsquid.kid import Kid
+
+log = structlog.get_logger()
+
+LOG_BATCH = 64 * 1024
+
+
+class Worker:
+    def __init__(self, kid: Kid, slot: int, generation: int, channel_sock: socket.socket,
+                 socks: list[socket.socket], row: int) -> None:
+        self.slot = slot
+        self.mode = kid.config.pool_dispatch
+        self.socks = socks
+        self.loop = EventLoop()
+        self.stats_row = kid.stats.claim(row, generation)
+        self.channel = Channel(self.loop, channel_sock, self._on_message, self._on_kid_gone)
+        self._pending_lines: list[bytes] = []
+        self._pending_size = 0
+        self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
+        self.server = ProxyServer(self.ctx)
+        self.stopping = False
+        self.lifetime = kid.config.shutdown_lifetime
+
+    def run(self) -> int:
+        self.loop.add_signal_handler(signal.SIGTERM, self.handle_term)
+        self.loop.add_signal_handler(signal.SIGINT, self.handle_int)
+        for signum in (signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if self.mode == "shared":
+            for sock in self.socks:
+                self.server.listen(sock, exclusive=True)
+        elif self.mode == "reuseport":
+            for sock in self.socks:
+                self.server.listen(sock)
+        self.stats_row.set("state", STATE_SERVING)
+        self.channel.send(Kind.READY)
+        self.loop.run()
+        self._flush_lines()
+        self.channel.flush_blocking()
+        return 0
+
+    # -- access-log lines go to the kid in batches, once per loop turn --------
+    def log_line(self, line: str | bytes) -> None:
+        data = line.encode("utf-8", "replace") if isinstance(line, str) else line
+        if not self._pending_lines:
+            self.loop.call_soon(self._flush_lines)
+        self._pending_lines.append(data)
+        self._pending_size += len(data) + 1
+        if self._pending_size >= LOG_BATCH:
+            self._flush_lines()
+
+    def _flush_lines(self) -> None:
+        if self._pending_lines:
+            self.channel.send(Kind.LOG, b"\n".join(self._pending_lines))
+            self._pending_lines.clear()
+            self._pending_size = 0
+
+    # -- messages from the kid ----------------------------------------------
+    def _on_message(self, kind: bytes, payload: bytes, fds: list[int]) -> None:
+        if kind == Kind.ACCEPT:
+            index = payload[0] if payload else 0
+            if not self.stopping and index < len(self.socks):
+                self.server.accept_burst(self.socks[index])
+        elif kind == Kind.CONN:
+            for fd in fds:
+                if self.stopping:
+                    os.close(fd)
+                else:
+                    self.server.adopt(socket.socket(fileno=fd))
+        elif kind == Kind.STOP:
+            self.handle_term(signal.SIGTERM)
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    def _on_kid_gone(self) -> None:
+        if not self.stopping:
+            log.warning("kid_gone_worker_stopping", worker=self.slot)
+            self.handle_term(signal.SIGTERM)
+
+    # -- stopping -----------------------------------------------------------
+    def handle_term(self, _signum: int) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stats_row.set("state", STATE_STOPPING)
+        self.server.drain(self.lifetime, self.loop.stop)
+
+    def handle_int(self, _signum: int) -> None:
+        self.stopping = True
+        self.server.stop_accepting()
+        self.server.close_all()
+        self.loop.stop()
+
+
+def child_main(kid: Kid, slot: int, generation: int, channel_sock: socket.socket,
+               socks: list[socket.socket], row: int) -> int:
+    """Entry point right after ``fork`` in the kid; returns the exit status."""
+    keep = {0, 1, 2, channel_sock.fileno(), *(s.fileno() for s in socks)}
+    kid.loop.abandon()
+    _close_all_but(keep)
+    logsetup.rebind(f"worker-{slot}")
+    setproctitle.setproctitle(f"({kid.name} worker-{slot})")
+    return Worker(kid, slot, generation, channel_sock, socks, row).run()
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every inherited fd the child has no business holding.
+
+    The Python objects that owned them stay referenced (by the kid object in
+    our frame) and are never used or collected in this process, so no stale
+    object can later close a reused fd number.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the directory's own fd, already gone

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up everything labsquid needs on a Debian 12 machine (run as root):
+# the Debian packages, then a virtualenv in .venv with labsquid installed
+# editable plus its test tools. Idempotent: a second run installs nothing new.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+debs=(
+    python3 python3-venv python3-dev python3-systemd   # interpreter, venv, journal/daemon bindings
+    gcc                                                 # builds wheels that ship no binary
+    lsof strace curl procps psmisc iproute2 util-linux  # what the tests (and users) inspect with
+    systemd logrotate                                   # the real-systemd tests and log rotation
+)
+missing=()
+for p in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's interpreter on purpose: it is the one the package runs on, and
+# python3-systemd is built for it (--system-site-packages makes it visible).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import systemd.journal' 2>/dev/null; then
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"

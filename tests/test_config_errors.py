@@ -1,0 +1,274 @@
+"""Broken configurations: every problem is found, in order, with an exact message."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import labsquid
+from labsquid.config import ConfigError, ConfigProblem, Where, load, parse_text
+from labsquid.config._files import MemoryFiles
+
+WORKERS_MESSAGE = (
+    "workers: labsquid runs a single kid with a process pool, so workers must be 1, not 2; "
+    "use pool_size to set the number of pool processes"
+)
+
+BROKEN = [
+    # (config text, the one expected message)
+    ("htp_port 3128", "t.conf line 1: unknown directive 'htp_port'"),
+    (
+        "shutdown_lifetime 3 parsecs",
+        "t.conf line 1: shutdown_lifetime: unknown time unit 'parsecs'",
+    ),
+    ("dns_timeout soon", "t.conf line 1: dns_timeout: 'soon' is not a number"),
+    ("dns_timeout -5 seconds", "t.conf line 1: dns_timeout: '-5' is negative"),
+    (
+        "dns_timeout 5 seconds later",
+        "t.conf line 1: dns_timeout: unexpected 'later' after the time value",
+    ),
+    ("dns_timeout", "t.conf line 1: dns_timeout: missing time value"),
+    ("pid_filename", "t.conf line 1: pid_filename: missing value"),
+    ("cache_log /a /b", "t.conf line 1: cache_log: unexpected '/b' after the value"),
+    ("via maybe", "t.conf line 1: via: expected 'on' or 'off', got 'maybe'"),
+    ("logfile_rotate ten", "t.conf line 1: logfile_rotate: 'ten' is not a whole number"),
+    ("logfile_rotate -1", "t.conf line 1: logfile_rotate: -1 is too small (the minimum is 0)"),
+    ("pool_size 0", "t.conf line 1: pool_size: 0 is too small (the minimum is 1)"),
+    (
+        "request_header_max_size 64 KiB",
+        "t.conf line 1: request_header_max_size: unknown size unit 'KiB' "
+        "(expected bytes, KB, MB or GB)",
+    ),
+    (
+        "pool_dispatch fast",
+        "t.conf line 1: pool_dispatch: unknown value 'fast' "
+        "(expected serial, notify, passfd, shared or reuseport)",
+    ),
+    (
+        "forwarded_for maybe",
+        "t.conf line 1: forwarded_for: unknown value 'maybe' "
+        "(expected on, off, transparent, delete or truncate)",
+    ),
+    ("workers 2", f"t.conf line 1: {WORKERS_MESSAGE}"),
+    (
+        "http_port 70000",
+        "t.conf line 1: http_port: bad port in '70000': 70000 is too large (the maximum is 65535)",
+    ),
+    (
+        "http_port proxy",
+        "t.conf line 1: http_port: bad port in 'proxy': 'proxy' is not a whole number",
+    ),
+    (
+        "http_port ::1:3128",
+        "t.conf line 1: http_port: write the IPv6 address in '::1:3128' in brackets: "
+        "[ADDRESS]:PORT",
+    ),
+    ("http_port [::1]", "t.conf line 1: http_port: '[::1]' is not [IPv6-ADDRESS]:PORT"),
+    ("http_port [nope]:80", "t.conf line 1: http_port: 'nope' is not an IPv6 address"),
+    ("http_port :80", "t.conf line 1: http_port: missing address before the ':' in ':80'"),
+    ("http_access allow Foo", "t.conf line 1: http_access: undefined acl 'Foo'"),
+    (
+        "http_access permit all",
+        "t.conf line 1: http_access: expected 'allow' or 'deny', got 'permit'",
+    ),
+    (
+        "http_access allow",
+        "t.conf line 1: http_access: 'allow' needs at least one acl name "
+        "(use 'all' to match everything)",
+    ),
+    ("http_access deny !", "t.conf line 1: http_access: missing acl name after '!'"),
+    (
+        "http_access allow office\nacl office src 10.0.0.0/8",  # squid: define before use
+        "t.conf line 1: http_access: undefined acl 'office'",
+    ),
+    (
+        "acl a src 10.0.0.1\nacl a dst 10.0.0.2",
+        "t.conf line 2: acl: acl 'a' was defined with type 'src' at t.conf line 1, "
+        "it cannot also have type 'dst'",
+    ),
+    (
+        "acl localhost dst 10.0.0.1",
+        "t.conf line 1: acl: 'localhost' is a predefined acl of type 'src'",
+    ),
+    (
+        "acl bad!name src 10.0.0.1",
+        "t.conf line 1: acl: invalid acl name 'bad!name' (use letters, digits, '-', '.' and '_')",
+    ),
+    ("acl lonely", "t.conf line 1: acl: missing type for acl 'lonely'"),
+    (
+        'acl sites dstdomain "lists/sites"',
+        "t.conf line 1: acl: cannot read acl values from 'lists/sites': No such file or directory",
+    ),
+    (
+        "access_log syslog:daemon.info",
+        "t.conf line 1: access_log: unsupported logging module 'syslog' "
+        "(labsquid has daemon, stdio and 'none')",
+    ),
+    ("access_log daemon:", "t.conf line 1: access_log: missing file name in 'daemon:'"),
+    ("access_log daemon:/x logformat=nope", "t.conf line 1: access_log: unknown logformat 'nope'"),
+    (
+        "access_log daemon:/x colour=blue",
+        "t.conf line 1: access_log: unknown access_log option 'colour'",
+    ),
+    ("access_log daemon:/x squid nobody", "t.conf line 1: access_log: undefined acl 'nobody'"),
+    (
+        "logformat squid %ts",
+        "t.conf line 1: logformat: 'squid' is a built-in format and cannot be redefined",
+    ),
+    ("logformat mine", "t.conf line 1: logformat: missing format text for 'mine'"),
+    ("logformat a %ts\nlogformat a %tr", "t.conf line 2: logformat: 'a' is already defined"),
+    ('visible_hostname "abc', 't.conf line 1: missing closing " in "abc'),
+    ('cache_mgr "a\\qb"', "t.conf line 1: unsupported escape sequence '\\q' in quoted string"),
+    ('cache_mgr "ab"cd', 't.conf line 1: expected a space after the closing quote in "ab"cd'),
+    (
+        "include nothere.conf",
+        "t.conf line 1: include: cannot read 'nothere.conf': No such file or directory",
+    ),
+    ("include conf.d/*.conf", "t.conf line 1: include: no file matches 'conf.d/*.conf'"),
+    ("include", "t.conf line 1: include: missing file name or pattern"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BROKEN, ids=[m for _, m in BROKEN])
+def test_broken_config_reports_exactly(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_text(text + "\n", "t.conf", files=MemoryFiles({}))
+    assert [str(problem) for problem in caught.value.problems] == [message]
+    assert str(caught.value) == message
+
+
+def test_every_problem_is_reported_in_file_order_across_includes() -> None:
+    main = """\
+htp_port 3128
+http_port 3128
+include extra.conf
+via maybe
+http_access allow nobody
+workers 2
+"""
+    extra = "cache_mgr ok\nshutdown_lifetime 3 parsecs\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_text(main, "t.conf", files=MemoryFiles({"extra.conf": extra}))
+    assert [str(problem) for problem in caught.value.problems] == [
+        "t.conf line 1: unknown directive 'htp_port'",
+        "extra.conf line 2: shutdown_lifetime: unknown time unit 'parsecs'",
+        "t.conf line 4: via: expected 'on' or 'off', got 'maybe'",
+        "t.conf line 5: http_access: undefined acl 'nobody'",
+        f"t.conf line 6: {WORKERS_MESSAGE}",
+    ]
+
+
+def test_problems_carry_where_they_are() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_text("\n\n  via maybe\n", "t.conf")
+    (problem,) = caught.value.problems
+    assert problem == ConfigProblem("t.conf", 3, "via", "via: expected 'on' or 'off', got 'maybe'")
+    assert isinstance(problem, Where)
+
+
+def test_include_loop_is_reported_at_the_include_line() -> None:
+    files = MemoryFiles({"a.conf": "via off\ninclude b.conf\n", "b.conf": "include a.conf\n"})
+    with pytest.raises(ConfigError) as caught:
+        parse_text("include a.conf\n", "t.conf", files=files)
+    assert [str(p) for p in caught.value.problems] == [
+        "b.conf line 1: include: 'a.conf' includes itself (include loop)"
+    ]
+
+
+def test_include_loop_on_disk_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "main.conf").write_text("include link.conf\n")
+    (tmp_path / "link.conf").symlink_to(tmp_path / "main.conf")
+    with pytest.raises(ConfigError) as caught:
+        load(str(tmp_path / "main.conf"))
+    (problem,) = caught.value.problems
+    assert problem.line == 1 and "include loop" in problem.message
+
+
+def test_includes_nested_seventeen_deep_are_refused() -> None:
+    files = {f"f{i}.conf": f"include f{i + 1}.conf\n" for i in range(17)}
+    files["f17.conf"] = "via off\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_text("include f1.conf\n", "f0.conf", files=MemoryFiles(files))
+    assert [str(p) for p in caught.value.problems] == [
+        "f16.conf line 1: include: cannot include 'f17.conf': nested more than 16 deep"
+    ]
+
+
+def test_load_of_a_missing_file() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load("/nonexistent/labsquid.conf")
+    assert str(caught.value) == (
+        "/nonexistent/labsquid.conf: cannot read the configuration file: No such file or directory"
+    )
+
+
+def test_config_error_needs_a_problem() -> None:
+    with pytest.raises(ValueError):
+        ConfigError([])
+
+
+# -- labsquid.acl's own checks -------------------------------------------------------
+
+
+class FakeAclError(Exception):
+    def __init__(self, where: Where, message: str, errors: list | None = None) -> None:
+        super().__init__(message)
+        self.where, self.message = where, message
+        self.errors = errors if errors is not None else [self]
+
+
+@pytest.fixture
+def fake_acl_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """A stand-in labsquid.acl that rejects every acl of type 'bogus'."""
+    module = types.ModuleType("labsquid.acl")
+
+    def compile_acls(lines: list) -> object:
+        errors = [
+            FakeAclError(line.where, f"unknown acl type '{line.type}'")
+            for line in lines
+            if line.type == "bogus"
+        ]
+        if errors:
+            raise FakeAclError(errors[0].where, errors[0].message, errors)
+        return object()
+
+    module.compile_acls = compile_acls  # type: ignore[attr-defined]
+    module.AclError = FakeAclError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "labsquid.acl", module)
+    monkeypatch.setattr(labsquid, "acl", module, raising=False)
+    return module
+
+
+def test_acl_module_problems_merge_in_file_order(fake_acl_module: types.ModuleType) -> None:
+    text = "via maybe\nacl a bogus x\nacl b src 10.0.0.1\nacl c bogus y\nhtp_port 1\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_text(text, "t.conf")
+    assert [str(p) for p in caught.value.problems] == [
+        "t.conf line 1: via: expected 'on' or 'off', got 'maybe'",
+        "t.conf line 2: unknown acl type 'bogus'",
+        "t.conf line 4: unknown acl type 'bogus'",
+        "t.conf line 5: unknown directive 'htp_port'",
+    ]
+
+
+def test_a_line_is_not_reported_twice(fake_acl_module: types.ModuleType) -> None:
+    # Our own type-change check already flags line 2; the acl module's word on it is dropped.
+    with pytest.raises(ConfigError) as caught:
+        parse_text("acl a src 10.0.0.1\nacl a bogus x\n", "t.conf")
+    (problem,) = caught.value.problems
+    assert problem.line == 2 and "cannot also have type 'bogus'" in problem.message
+
+
+def test_real_acl_module_is_consulted_when_present() -> None:
+    acl = pytest.importorskip("labsquid.acl")
+    with pytest.raises(ConfigError) as caught:
+        parse_text("acl a nosuchtype x\n", "t.conf")
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.line) == ("t.conf", 1)
+    # and its predefined acls agree with the names the config accepts undefined
+    from labsquid.config._build import PREDEFINED_ACLS
+
+    assert {(name, kind) for name, kind, _ in acl.BUILTIN_ACLS} == set(PREDEFINED_ACLS.items())

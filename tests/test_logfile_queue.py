@@ -1,0 +1,342 @@
+"""The kid's LogQueue, sans-I/O: messages in, bytes out, no daemon needed."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from labsquid.logfile import MAX_RECORD, LogQueue, ProtocolError, RecordDecoder, WriteFailed
+
+
+def drain(q: LogQueue) -> bytes:
+    """Everything the kid would write now, as if the socket took it all."""
+    out = b""
+    while chunk := q.pending_output():
+        q.consumed(len(chunk))
+        out += chunk
+    return out
+
+
+def greeted(size: int = 0, **kw) -> LogQueue:
+    q = LogQueue(**kw)
+    q.feed(b"O%d\n" % size)
+    return q
+
+
+# --- sending -------------------------------------------------------------------
+
+
+def test_nothing_is_sent_before_the_daemon_greets():
+    q = LogQueue()
+    assert q.append("one")
+    assert q.pending_output() == b""
+    q.feed(b"O0\n")
+    assert drain(q) == b"Lone\n"
+
+
+def test_lines_and_commands_are_framed_in_order():
+    q = greeted()
+    q.append("GET /")
+    q.command("r", 3)
+    q.command("R")
+    q.append(b"raw bytes \xff")
+    q.command("b", "1")
+    q.command("F")
+    assert drain(q) == b"LGET /\nr3\nR\nLraw bytes \xff\nb1\nF\n"
+
+
+def test_partial_writes_resume_where_they_stopped():
+    q = greeted()
+    q.append("abcdef")
+    assert q.pending_output(limit=3) == b"Lab"
+    q.consumed(2)
+    assert q.pending_output() == b"bcdef\n"
+    with pytest.raises(ValueError):
+        q.consumed(100)
+
+
+def test_newlines_and_carriage_returns_are_escaped():
+    q = greeted()
+    q.append("a\nb\r\nc")
+    assert drain(q) == b"La\\nb\\r\\nc\n"
+    assert RecordDecoder().feed(b"La\\nb\\r\\nc\n")[0].payload == b"a\\nb\\r\\nc"
+
+
+def test_long_lines_are_cut_to_one_record():
+    q = greeted()
+    q.append("x" * 100_000)
+    wire = drain(q)
+    assert len(wire) == MAX_RECORD + 1
+    assert q.truncated == 1
+
+
+def test_cut_does_not_split_a_utf8_character():
+    q = greeted()
+    q.append("x" * (MAX_RECORD - 3) + "€€")  # the first € straddles the limit
+    wire = drain(q)
+    assert wire == b"L" + b"x" * (MAX_RECORD - 3) + b"\n"
+    wire[1:-1].decode("utf-8")
+
+
+@pytest.mark.parametrize("letter, arg", [("X", ""), ("L", ""), ("R", 1), ("r", ""), ("b", "on")])
+def test_bad_commands_are_refused(letter, arg):
+    with pytest.raises(ValueError):
+        greeted().command(letter, arg)
+
+
+# --- acknowledgements --------------------------------------------------------------
+
+
+def test_acks_forget_records_and_track_the_file_size():
+    q = greeted(100)
+    for i in range(3):
+        q.append(f"line{i}")
+    drain(q)
+    assert len(q) == 3 and not q.idle()
+    q.feed(b"A2 112")
+    assert len(q) == 3  # not a whole message yet
+    q.feed(b"\n")
+    assert len(q) == 1 and q.file_size == 112 and q.acked == 2
+    q.feed(b"A3 118\n")
+    assert q.idle() and q.queued_bytes == 0
+
+
+def test_ack_for_more_than_was_queued_is_a_protocol_error():
+    q = greeted()
+    q.append("one")
+    with pytest.raises(ProtocolError):
+        q.feed(b"A2 10\n")
+
+
+def test_ack_going_backwards_is_a_protocol_error():
+    q = greeted()
+    q.append("one")
+    q.append("two")
+    q.feed(b"A2 8\n")
+    with pytest.raises(ProtocolError):
+        q.feed(b"A1 8\n")
+
+
+def test_ack_before_greeting_is_a_protocol_error():
+    q = LogQueue()
+    q.append("one")
+    with pytest.raises(ProtocolError):
+        q.feed(b"A1 4\n")
+
+
+def test_reopen_message_confirms_up_to_the_rotate():
+    q = greeted(50)
+    q.append("before")
+    q.command("R")
+    q.append("after")
+    drain(q)
+    q.feed(b"O0\n")  # rotated: "before" and R are done
+    assert len(q) == 1 and q.file_size == 0
+    q.feed(b"A3 6\n")  # the count includes the two confirmed by O
+    assert q.idle()
+
+
+def test_reopen_message_without_a_rotate_is_a_protocol_error():
+    q = greeted()
+    q.append("x")
+    with pytest.raises(ProtocolError):
+        q.feed(b"O0\n")
+
+
+def test_write_errors_are_reported_until_acks_resume():
+    q = greeted()
+    q.append("x")
+    q.feed(b"E28 2\n")
+    assert q.last_error == WriteFailed(28, 2) and q.errors == 1
+    q.feed(b"A1 2\n")
+    assert q.last_error is None and q.errors == 1
+
+
+# --- the bound -----------------------------------------------------------------------
+
+
+def test_full_queue_drops_lines_and_counts_them():
+    q = greeted(max_bytes=MAX_RECORD + 1)
+    assert q.append("a" * (MAX_RECORD - 10))
+    assert not q.append("b" * 20)
+    assert not q.append("c" * 20)
+    assert q.dropped == 2
+    assert q.take_dropped() == 2
+    assert q.take_dropped() == 0
+    assert q.append("d")  # small enough to fit still
+
+
+def test_commands_are_never_dropped_and_acks_free_room():
+    q = greeted(max_bytes=MAX_RECORD + 1)
+    q.append("a" * (MAX_RECORD - 1))
+    q.command("R")
+    q.command("F")
+    assert q.queued_bytes > q.max_bytes
+    assert not q.append("b")
+    assert drain(q).endswith(b"R\nF\n")
+    q.feed(b"O0\nA3 0\n")
+    assert q.append("b")
+
+
+def test_bound_must_hold_a_record():
+    with pytest.raises(ValueError):
+        LogQueue(max_bytes=1000)
+
+
+# --- restart and the exactly-once arithmetic ----------------------------------------------
+
+
+def lines(n: int) -> list[str]:
+    return [f"line number {i}" + "x" * (i % 7) for i in range(n)]
+
+
+def sizes(ls: list[str]) -> int:
+    return sum(len(s) + 1 for s in ls)
+
+
+def queue_with(ls: list[str], base: int = 1000) -> LogQueue:
+    q = greeted(base)
+    for s in ls:
+        q.append(s)
+    drain(q)
+    return q
+
+
+def test_restart_resends_everything_unacked():
+    ls = lines(5)
+    q = queue_with(ls)
+    q.feed(b"A2 %d\n" % (1000 + sizes(ls[:2])))
+    q.daemon_restarted()
+    q.append("new")
+    assert q.pending_output() == b""  # wait for the greeting
+    q.feed(b"O%d\n" % (1000 + sizes(ls[:2])))  # nothing more was written
+    assert drain(q) == b"".join(b"L%s\n" % s.encode() for s in ls[2:] + ["new"])
+    assert q.resent == 4 and q.skipped == 0
+
+
+@pytest.mark.parametrize("written", range(6))
+def test_restart_skips_exactly_what_was_written(written):
+    ls = lines(5)
+    q = queue_with(ls)
+    q.daemon_restarted()
+    q.feed(b"O%d\n" % (1000 + sizes(ls[:written])))
+    assert drain(q) == b"".join(b"L%s\n" % s.encode() for s in ls[written:])
+    assert q.skipped == written
+
+
+@pytest.mark.parametrize("delta", [-1, 1, 7])
+def test_restart_resends_all_when_the_size_does_not_add_up(delta):
+    ls = lines(5)
+    q = queue_with(ls)
+    q.daemon_restarted()
+    q.feed(b"O%d\n" % (1000 + sizes(ls[:2]) + delta))
+    assert drain(q) == b"".join(b"L%s\n" % s.encode() for s in ls)
+    assert q.skipped == 0
+
+
+def test_restart_sum_stops_at_a_rotate():
+    q = greeted(1000)
+    q.append("aaa")
+    q.command("R")
+    q.append("bbb")
+    drain(q)
+    q.daemon_restarted()
+    q.feed(b"O%d\n" % (1000 + 4 + 4))  # "aaa" and "bbb" sizes, but R lies between
+    assert drain(q) == b"Laaa\nR\nLbbb\n"
+
+
+def test_restart_steps_over_settings_and_keeps_them():
+    q = greeted(0)
+    q.append("aaa")
+    q.command("b", 0)
+    q.command("F")
+    q.append("bbb")
+    q.append("ccc")
+    drain(q)
+    q.daemon_restarted()
+    q.feed(b"O8\n")
+    assert drain(q) == b"b0\nF\nLccc\n"
+    assert q.skipped == 2
+
+
+def test_restart_restores_acknowledged_settings_first():
+    q = greeted(0)
+    q.command("r", 3)
+    q.command("b", 1)
+    q.append("aaa")
+    drain(q)
+    q.feed(b"A2 0\n")  # the settings are done, the line is not
+    q.daemon_restarted()
+    q.feed(b"O0\n")
+    out = drain(q)
+    assert sorted(out.splitlines()[:2]) == [b"b1", b"r3"]
+    assert out.endswith(b"Laaa\n")
+    q.feed(b"A3 4\n")
+    assert q.idle()
+
+
+def test_restart_before_any_greeting_skips_nothing():
+    q = LogQueue()
+    q.append("aaa")
+    q.daemon_restarted()
+    q.feed(b"O4\n")  # a file with an old line in it
+    assert drain(q) == b"Laaa\n"
+
+
+def test_restart_drops_a_torn_message_from_the_dead_daemon():
+    q = queue_with(["aaa"], base=0)
+    q.feed(b"A1 ")
+    q.daemon_restarted()
+    q.feed(b"O4\n")
+    assert q.idle()
+
+
+class Disk:
+    """A reference daemon: applies L records in order, counts everything."""
+
+    def __init__(self, lines=()):
+        self.lines = list(lines)
+        self.dec = RecordDecoder()
+        self.records = []
+
+    def receive(self, data):
+        self.records += self.dec.feed(data)
+
+    def write(self, n):
+        """Process the first n received records."""
+        for letter, payload in self.records[:n]:
+            if letter == "L":
+                self.lines.append(payload)
+        del self.records[:n]
+
+    @property
+    def size(self):
+        return sum(len(x) + 1 for x in self.lines)
+
+
+@given(
+    st.lists(st.text(max_size=30), min_size=1, max_size=40),
+    st.data(),
+)
+def test_a_crash_anywhere_loses_and_duplicates_nothing(texts, data):
+    q = LogQueue()
+    disk = Disk([b"old line"])
+    q.feed(b"O%d\n" % disk.size)
+    for t in texts:
+        q.append(t)
+    disk.receive(drain(q))
+    written = data.draw(st.integers(0, len(texts)), label="written before the crash")
+    acked = data.draw(st.integers(0, written), label="acks the kid read")
+    disk.write(written)
+    q.feed(b"A%d %d\n" % (acked, disk.size - sum(len(_esc(t)) + 1 for t in texts[acked:written])))
+    # crash: a new daemon sees the same file
+    q.daemon_restarted()
+    disk2 = Disk(disk.lines)
+    q.feed(b"O%d\n" % disk2.size)
+    disk2.receive(drain(q))
+    disk2.write(len(disk2.records))
+    assert disk2.lines == [b"old line"] + [_esc(t) for t in texts]
+    assert q.skipped == written - acked
+
+
+def _esc(t: str) -> bytes:
+    return t.encode("utf-8", "backslashreplace").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
