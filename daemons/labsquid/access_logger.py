@@ -192,6 +192,7 @@ class AccessLogger:
         if error is not None and error is not before:
             log.error("access_log_write_failed", path=self.path, errno=error.errno,
                       pending_bytes=error.pending)
+        self._want_write()  # the daemon's greeting or acks may have released output
         self._check_idle()
 
     def _maybe_send_eof(self) -> None:

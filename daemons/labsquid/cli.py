@@ -153,9 +153,9 @@ def _load_or_report(path: str | None, all_problems: bool) -> Config | None:
 
 
 def _set_title(title: str) -> None:
-    import setproctitle
+    from labsquid.process import set_title
 
-    setproctitle.setproctitle(title.strip())
+    set_title(title.strip())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,8 +47,6 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 
-import setproctitle
-
 from labsquid.logfile import (
     Acked,
     Message,
@@ -60,6 +58,7 @@ from labsquid.logfile import (
     encode_message,
     parse_int,
 )
+from labsquid.process import set_title
 
 IN_FD, OUT_FD, LOG_FD = 0, 1, 3
 READ_SIZE = 256 * 1024
@@ -346,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: labsquid-logfile-daemon LOGFILE", file=sys.stderr)
         return 2
     path = argv[1]
-    setproctitle.setproctitle(f"(logfile-daemon) {path}")
+    set_title(f"(logfile-daemon) {path}", comm="logfile-daemon")
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     log = LogFile(path)

@@ -99,3 +99,21 @@ def reap() -> list[tuple[int, int]]:
             break
         done.append((pid, status))
     return done
+
+
+def set_title(title: str, comm: str = "labsquid") -> None:
+    """What ``ps -ef`` shows (argv), and the short name ``ps -e``/``lsof`` show (comm).
+
+    setproctitle also copies the title's first 15 bytes into comm; a comm like
+    ``(logfile-daemon`` with an unbalanced parenthesis breaks tools that parse
+    ``/proc/PID/stat`` (lsof shows nothing at all), so comm gets a plain name,
+    as squid's processes have (``squid``, ``log_file_daemon``).
+    """
+    import setproctitle
+
+    setproctitle.setproctitle(title)
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(comm[:15])
+    except OSError:
+        pass

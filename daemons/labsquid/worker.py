@@ -19,12 +19,12 @@ import signal
 import socket
 from typing import TYPE_CHECKING
 
-import setproctitle
 import structlog
 
 from labsquid import log as logsetup
 from labsquid.eventloop import EventLoop
 from labsquid.ipc import Channel, Kind
+from labsquid.process import set_title
 from labsquid.proxy.context import ServeContext
 from labsquid.proxy.server import ProxyServer
 from labsquid.stats import STATE_SERVING, STATE_STOPPING
@@ -133,7 +133,7 @@ def child_main(kid: Kid, slot: int, generation: int, channel_sock: socket.socket
     kid.loop.abandon()
     _close_all_but(keep)
     logsetup.rebind(f"worker-{slot}")
-    setproctitle.setproctitle(f"({kid.name} worker-{slot})")
+    set_title(f"({kid.name} worker-{slot})")
     return Worker(kid, slot, generation, channel_sock, socks, row).run()
 
 

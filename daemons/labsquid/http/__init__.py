@@ -4,6 +4,7 @@ Bytes go in (`RequestReader.feed`, `ResponseReader.feed`), events come out
 (`next_event`); events go into `write_head` and the body framers and bytes
 come out. Nothing here touches a socket. Module map:
 
+* `_abnf`     — RFC 9110 character classes as translate tables
 * `_events`   — Request/Response/Data/EndOfMessage/..., ProtocolError
 * `_headers`  — Headers
 * `_head`     — start line and field line parsing (strictness rules)
@@ -11,6 +12,7 @@ come out. Nothing here touches a socket. Module map:
 * `_readers`  — the reader state machines
 * `_target`   — request-target forms and host/port parsing
 * `_writers`  — head serialization and body framers
+* `_bench`    — ``python -m labsquid.http._bench``: parse speed vs httptools
 """
 
 from ._events import (

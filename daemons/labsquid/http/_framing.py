@@ -211,7 +211,7 @@ class UntilCloseDecoder:
 class ChunkedDecoder:
     """chunked-body = *chunk last-chunk trailer-section CRLF (RFC 9112 §7.1)."""
 
-    __slots__ = ("limit", "seen", "remaining", "state", "max_trailer_size", "max_trailers")
+    __slots__ = ("limit", "seen", "remaining", "state", "scan", "max_trailer_size", "max_trailers")
 
     _SIZE, _DATA, _CRLF, _TRAILERS = range(4)
 
@@ -220,6 +220,7 @@ class ChunkedDecoder:
         self.seen = 0
         self.remaining = 0
         self.state = self._SIZE
+        self.scan = 0  # trailer search resumes here: linear time on a slow drip
         self.max_trailer_size = max_trailer_size
         self.max_trailers = max_trailers
 
@@ -282,11 +283,13 @@ class ChunkedDecoder:
         if buf[:2] == b"\r\n":
             del buf[:2]
             return EndOfMessage()
-        end = buf.find(b"\r\n\r\n")
+        scan = self.scan
+        end = buf.find(b"\r\n\r\n", scan)
         if end < 0:
+            self.scan = max(0, len(buf) - 3)
             if len(buf) > self.max_trailer_size:
                 raise ProtocolError("trailer section too large", 431, ERR_TOO_BIG)
-            if b"\n\n" in buf:
+            if buf.find(b"\n\n", scan) >= 0:
                 raise ProtocolError("bare LF line ending in trailer section")
             if eof:
                 raise ProtocolError("connection closed inside the trailer section")

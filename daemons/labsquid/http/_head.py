@@ -70,11 +70,10 @@ def _head_bytes_error(head: bytes) -> ProtocolError:
         return ProtocolError("bare CR in message head")
     if head.count(b"\n") != crlf:
         return ProtocolError("bare LF line ending in message head")
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if value.translate(None, FIELD_VALUE):
-            return ProtocolError(f"control character in value of {name[:40]!r}")
-    return ProtocolError("control character in start line", 400, ERR_INVALID_URL)
+    for line in head.split(b"\r\n"):
+        if line.translate(None, FIELD_VALUE):
+            return ProtocolError(f"control character in line {line[:40]!r}")
+    raise AssertionError("check_head_bytes failed on a clean head")
 
 
 def _version_error(version: bytes, line: bytes) -> ProtocolError:
@@ -94,22 +93,27 @@ def _version_error(version: bytes, line: bytes) -> ProtocolError:
 def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
     """``method SP request-target SP HTTP-version`` -> (method, target, b"1.x")."""
     parts = line.split(b" ")
+    method = parts[0]
+    if method.translate(None, TCHAR):
+        # Same verdict as check_request_prefix: no method, no HTTP (telnet,
+        # a TLS ClientHello...); squid answers ERR_PROTOCOL_UNKNOWN.
+        raise ProtocolError("not an HTTP request", 400, ERR_PROTOCOL_UNKNOWN)
     if len(parts) == 3:
-        method, target, version = parts
+        target, version = parts[1], parts[2]
         http_version = _VERSIONS.get(version)
         if http_version is None:
             raise _version_error(version, line)
-        if not method or method.translate(None, TCHAR):
-            raise ProtocolError(f"invalid method {method[:32]!r}")
+        if not method:
+            raise ProtocolError("whitespace before the method")
         if not target or target.translate(None, VCHAR):
             raise ProtocolError("invalid character in request-target", 400, ERR_INVALID_URL)
         return method, target, http_version
-    # Not three words. If it does not even end like HTTP (telnet's "hello",
-    # a TLS ClientHello, HTTP/0.9) say so: squid answers ERR_PROTOCOL_UNKNOWN.
-    if b" HTTP/" not in line or not parts[-1].startswith(b"HTTP/"):
+    if b" HTTP/" not in line:  # "hello", HTTP/0.9's "GET /"
         raise ProtocolError("not an HTTP request", 400, ERR_PROTOCOL_UNKNOWN)
     if b"" in parts:
         raise ProtocolError("extra whitespace in request line")
+    if not parts[-1].startswith(b"HTTP/"):
+        raise ProtocolError("garbage after the HTTP version")
     raise ProtocolError("whitespace in request-target", 400, ERR_INVALID_URL)
 
 

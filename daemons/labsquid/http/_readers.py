@@ -140,10 +140,11 @@ class _Reader:
     def _extract_head(self) -> bytes | None:
         """Cut the next head (without its CRLFCRLF) out of the buffer."""
         buf = self._buf
-        end = buf.find(b"\r\n\r\n", self._scan)
+        scan = self._scan
+        end = buf.find(b"\r\n\r\n", scan)
         if end < 0:
             self._scan = max(0, len(buf) - 3)
-            self._check_partial_head()
+            self._check_partial_head(scan)
             return None
         if end + 4 > self.max_header_size:
             self._head_too_big(buf.find(b"\r\n"))
@@ -153,19 +154,27 @@ class _Reader:
         self._start_checked = False
         return head
 
-    def _check_partial_head(self) -> None:
+    def _check_partial_head(self, scan: int) -> None:
+        """Early verdicts on an incomplete head.
+
+        Only bytes from `scan` on are new to these searches (a CRLF before it
+        would already have got the start line checked), so a head that drips
+        in byte by byte still costs linear time.
+        """
         buf = self._buf
-        eol = buf.find(b"\r\n")
-        if eol < 0:
-            self._check_prefix(bytes(buf[:64]))
-        elif not self._start_checked:
-            self._parse_start_line(bytes(buf[:eol]))
-            self._start_checked = True
-        lf = buf.find(b"\n")
-        if lf >= 0 and (lf == 0 or buf[lf - 1] != 0x0D) or b"\n\n" in buf:
+        if not self._start_checked:
+            eol = buf.find(b"\r\n", scan)
+            if eol < 0:
+                self._check_prefix(bytes(buf[:64]))
+                if buf.find(b"\n", scan) >= 0:
+                    raise ProtocolError("bare LF line ending in message head")
+            else:
+                self._parse_start_line(bytes(buf[:eol]))
+                self._start_checked = True
+        if buf.find(b"\n\n", scan) >= 0:
             raise ProtocolError("bare LF line ending in message head")
         if len(buf) > self.max_header_size:
-            self._head_too_big(eol)
+            self._head_too_big(0 if self._start_checked else -1)
         if self._eof:
             raise ProtocolError("connection closed inside a message head")
 
@@ -178,10 +187,13 @@ class _Reader:
     def _parse_start_line(self, line: bytes) -> tuple:
         raise NotImplementedError
 
-    def _split_head(self, head: bytes) -> tuple[bytes, list[bytes]]:
+    def _split_head(self, head: bytes) -> tuple[tuple, list[bytes]]:
+        """(parsed start line, field lines). The start line is parsed first: its
+        own checks give the more precise error for a bad byte in it."""
         lines = head.split(b"\r\n")
+        start = self._parse_start_line(lines[0])
         check_head_bytes(head, len(lines) - 1)
-        return lines[0], lines[1:]
+        return start, lines[1:]
 
     def _start_body(self, framing: int | str) -> None:
         if framing == CHUNKED:
@@ -228,8 +240,7 @@ class RequestReader(_Reader):
         head = self._extract_head()
         if head is None:
             return NeedData
-        line, field_lines = self._split_head(head)
-        method, target, http_version = parse_request_line(line)
+        (method, target, http_version), field_lines = self._split_head(head)
         headers = parse_fields(field_lines, self.max_headers)
         request = Request(method, target, http_version, headers)
         form = classify_target(method, target)
@@ -283,8 +294,7 @@ class ResponseReader(_Reader):
         head = self._extract_head()
         if head is None:
             return NeedData
-        line, field_lines = self._split_head(head)
-        http_version, status, reason = parse_status_line(line)
+        (http_version, status, reason), field_lines = self._split_head(head)
         headers = parse_fields(field_lines, self.max_headers)
         response = Response(status, reason, http_version, headers)
         framing = response_framing(response, self.request_method)

@@ -87,6 +87,8 @@ def _reg_name(raw: bytes) -> str:
 
 
 def _ipv6(raw: bytes) -> str:
+    if b"%" in raw:  # ipaddress accepts zone ids; they mean nothing off-host
+        raise _bad("zone id in IPv6 literal")
     try:
         return str(ipaddress.IPv6Address(raw.decode("ascii")))
     except (ValueError, UnicodeDecodeError):

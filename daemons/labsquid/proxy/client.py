@@ -169,8 +169,8 @@ class ClientConnection:
             # Broken request body mid-transaction: nothing more can be trusted.
             self.txn.client_protocol_error(exc)
             return
-        raw = self.reader.trailing_data[:4096]
-        Transaction(self, None).reply_protocol_error(exc, raw)
+        self.txn = Transaction(self, None)
+        self.txn.reply_protocol_error(exc)
 
     def transaction_done(self, txn: Transaction, keep_alive: bool) -> None:
         if txn is not self.txn:
@@ -247,7 +247,8 @@ class ClientConnection:
         if self.txn is not None:
             return
         if self.reader.trailing_data:
-            Transaction(self, None).reply_timeout()
+            self.txn = Transaction(self, None)
+            self.txn.reply_timeout()
         else:
             self.close()  # idle keep-alive connection: squid closes it silently
 

@@ -463,7 +463,7 @@ class Transaction(UpstreamHandler):
         self.wants_body = False
         self.finish(False)
 
-    def reply_protocol_error(self, exc: ProtocolError, raw: bytes) -> None:
+    def reply_protocol_error(self, exc: ProtocolError) -> None:
         self.log_tag = "NONE_NONE"
         self.reply_error(exc.error_code, exc.status, detail=exc.reason)
 

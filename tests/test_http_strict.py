@@ -1,0 +1,301 @@
+"""Malformed requests -> (status, squid error page): the reader's security rules.
+
+Each case is fed whole, then byte by byte: the error must not depend on how
+the bytes arrived, and must come before any event for the offending message.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from labsquid.http import (
+    ERR_INVALID_REQ,
+    ERR_INVALID_URL,
+    ERR_PROTOCOL_UNKNOWN,
+    ERR_TOO_BIG,
+    ERR_UNSUP_HTTPVERSION,
+    ERR_UNSUP_REQ,
+    ConnectionClosed,
+    NeedData,
+    Paused,
+    ProtocolError,
+    Request,
+    RequestReader,
+)
+
+H = b"Host: example.com\r\n"
+POST = b"POST / HTTP/1.1\r\n" + H
+
+BAD = [
+    # -- not HTTP at all
+    (b"hello\r\n\r\n", 400, ERR_PROTOCOL_UNKNOWN),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, ERR_PROTOCOL_UNKNOWN),
+    (b"GET /\r\n\r\n", 400, ERR_PROTOCOL_UNKNOWN),  # HTTP/0.9
+    (b"SSH-2.0-OpenSSH_9.2\r\n", 400, ERR_PROTOCOL_UNKNOWN),
+    # -- request line
+    (b"G(T / HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_PROTOCOL_UNKNOWN),
+    (b"GET  / HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),
+    (b" GET / HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1 \r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),
+    (b"GET\t/ HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_PROTOCOL_UNKNOWN),
+    (b"GET / HTTP/1.1x\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505, ERR_UNSUP_HTTPVERSION),
+    (b"GET / HTTP/0.9\r\n" + H + b"\r\n", 505, ERR_UNSUP_HTTPVERSION),
+    (b"GET / HTTP/1.2\r\n" + H + b"\r\n", 505, ERR_UNSUP_HTTPVERSION),
+    (b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET /a\x01b HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET /a\x7fb HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET /\xc3\xa9 HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET /a\tb HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET example.com/ HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET * HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"CONNECT example.com HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"CONNECT example.com:99999 HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"CONNECT /x HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET http://ex ample.com/ HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET http://a@b@example.com/ HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET http://evil\\@example.com/ HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET http://0x7f.1/ HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET http://example.com:0/ HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET http:///x HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET gopher://example.com/ HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_UNSUP_REQ),
+    # -- line endings and bytes in the head
+    (b"GET / HTTP/1.1\n" + H + b"\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\nHost: example.com\n\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\nHost: example.com\nX: y\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + b"X: a\rb\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + b"X: a\x00b\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + b"X: a\x0bb\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + b"X: a\x7f\r\n\r\n", 400, ERR_INVALID_REQ),
+    # -- field lines
+    (b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n b\r\n\r\n", 400, ERR_INVALID_REQ),  # obs-fold
+    (b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n\tb\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n Host: example.com\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\nHost : example.com\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\nHost\t: example.com\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + b"X Y: z\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + b"X\x01: z\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + b"(X): z\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + b": z\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + b"Host\r\n\r\n", 400, ERR_INVALID_REQ),  # no colon
+    (b"GET / HTTP/1.1\r\n" + H + b"\xc3\xa9: z\r\n\r\n", 400, ERR_INVALID_REQ),
+    # -- Host
+    (b"GET / HTTP/1.1\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET http://example.com/ HTTP/1.1\r\n\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\n" + H + H + b"\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.0\r\n" + H + H + b"\r\n", 400, ERR_INVALID_REQ),
+    (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, ERR_INVALID_URL),
+    (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, ERR_INVALID_URL),
+    (b"GET / HTTP/1.1\r\nHost: a:b\r\n\r\n", 400, ERR_INVALID_URL),
+    (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400, ERR_INVALID_URL),
+    # -- Content-Length
+    (POST + b"Content-Length: -1\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: +1\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: 0x10\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: 1 2\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: 1.0\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length:\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: 9223372036854775808\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: 99999999999999999999999\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: 1, 2\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: 5, 05\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: 5,\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Content-Length: \xd9\xa1\r\n\r\n", 400, ERR_INVALID_REQ),  # Arabic-Indic 1
+    # -- Transfer-Encoding
+    (POST + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked, identity\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked, gzip\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked, chunked\r\n\r\n", 400, ERR_INVALID_REQ),
+    (
+        POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+        ERR_INVALID_REQ,
+    ),
+    (POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked,\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding:\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: gzip\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding : chunked\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: \x0bchunked\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding:\r\n chunked\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer_Encoding: chunked\r\nContent-Length: 1\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: xchunked\r\n\r\n", 501, ERR_UNSUP_REQ),
+    (POST + b"Transfer-Encoding: identity\r\n\r\n", 501, ERR_UNSUP_REQ),
+    (POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n", 501, ERR_UNSUP_REQ),
+    (POST + b'Transfer-Encoding: "chunked"\r\n\r\n', 501, ERR_UNSUP_REQ),
+    (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400, ERR_INVALID_REQ),
+    (
+        b"CONNECT a.com:443 HTTP/1.1\r\nHost: a.com:443\r\nContent-Length: 2\r\n\r\n",
+        400,
+        ERR_INVALID_REQ,
+    ),
+    # -- chunked body
+    (POST + b"Transfer-Encoding: chunked\r\n\r\nz\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n-5\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n 5\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n5 \r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n5\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n10000000000000000\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n5 ;a\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n5;\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n5;a=\r\n", 400, ERR_INVALID_REQ),
+    (POST + b'Transfer-Encoding: chunked\r\n\r\n5;a="b\r\n', 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n5;a\x00\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX : y\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\n y\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX: a\rb\r\n\r\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX: y\n\n", 400, ERR_INVALID_REQ),
+]
+
+
+def _run(chunks: list[bytes], **limits: int) -> None:
+    """Feed `chunks` then EOF, pumping events; returns only if all was accepted."""
+    reader = RequestReader(**limits)
+    for chunk in [*chunks, None]:
+        if chunk is None:
+            reader.feed_eof()
+        else:
+            reader.feed(chunk)
+        while True:
+            event = reader.next_event()
+            if event is NeedData:
+                break
+            if event is Paused:
+                reader.start_next_cycle()
+            elif type(event) is ConnectionClosed:
+                return
+
+
+def _raises(chunks: list[bytes], **limits: int) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        _run(chunks, **limits)
+    return info.value
+
+
+@pytest.mark.parametrize("data,status,code", BAD)
+def test_rejected_whole(data: bytes, status: int, code: str) -> None:
+    err = _raises([data])
+    assert (err.status, err.error_code) == (status, code), err.reason
+
+
+@pytest.mark.parametrize("data,status,code", BAD)
+def test_rejected_byte_by_byte(data: bytes, status: int, code: str) -> None:
+    err = _raises([data[i : i + 1] for i in range(len(data))])
+    assert (err.status, err.error_code) == (status, code), err.reason
+
+
+@pytest.mark.parametrize("data,status,code", BAD)
+def test_rejected_before_any_event_of_the_bad_head(data: bytes, status: int, code: str) -> None:
+    # A head-level error must not first hand out a Request for that head.
+    reader = RequestReader()
+    reader.feed(data)
+    reader.feed_eof()
+    try:
+        event = reader.next_event()
+    except ProtocolError:
+        return
+    assert type(event) is Request
+    assert b"chunked" in data or b"Content-Length" in data  # a body-level error
+    with pytest.raises(ProtocolError):
+        while True:
+            reader.next_event()
+
+
+def test_garbage_fails_on_first_packet() -> None:
+    # No CRLF yet, but the bytes cannot be a method: fail now, not at the limit.
+    reader = RequestReader()
+    reader.feed(b"\x16\x03\x01")
+    with pytest.raises(ProtocolError) as info:
+        reader.next_event()
+    assert info.value.error_code == ERR_PROTOCOL_UNKNOWN
+
+
+def test_telnet_hello_fails_without_blank_line() -> None:
+    reader = RequestReader()
+    reader.feed(b"hello\r\n")
+    with pytest.raises(ProtocolError) as info:
+        reader.next_event()
+    assert (info.value.status, info.value.error_code) == (400, ERR_PROTOCOL_UNKNOWN)
+
+
+def test_bad_request_line_fails_before_the_blank_line() -> None:
+    reader = RequestReader()
+    reader.feed(b"GET / HTTP/2.0\r\nHost: a\r\n")
+    with pytest.raises(ProtocolError) as info:
+        reader.next_event()
+    assert info.value.status == 505
+
+
+@pytest.mark.parametrize(
+    "data,limits,status",
+    [
+        (b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: a\r\n\r\n", {"max_header_size": 100}, 414),
+        (b"GET /" + b"a" * 200, {"max_header_size": 100}, 414),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 200 + b"\r\n\r\n",
+            {"max_header_size": 100},
+            431,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 200, {"max_header_size": 100}, 431),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 10 + b"\r\n", {"max_headers": 10}, 431),
+        (POST + b"Content-Length: 11\r\n\r\nhello world", {"max_body_size": 10}, 413),
+        (
+            POST + b"Transfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
+            {"max_body_size": 10},
+            413,
+        ),
+        (
+            POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\n" + b"X: y\r\n" * 20 + b"\r\n",
+            {"max_headers": 10},
+            431,
+        ),
+    ],
+)
+def test_limits(data: bytes, limits: dict, status: int) -> None:
+    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+        err = _raises(chunks, **limits)
+        assert (err.status, err.error_code) == (status, ERR_TOO_BIG), err.reason
+
+
+def test_limits_are_inclusive() -> None:
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    reader = RequestReader(max_header_size=len(data), max_headers=1)
+    reader.feed(data)
+    assert type(reader.next_event()) is Request
+    body = POST + b"Content-Length: 10\r\n\r\nhelloworld"
+    reader = RequestReader(max_body_size=10)
+    reader.feed(body)
+    assert type(reader.next_event()) is Request
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\nHost: a\r\n",  # head cut short
+        POST + b"Content-Length: 5\r\n\r\nabc",
+        POST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nabc",
+        POST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n",
+        POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX: y\r\n",
+    ],
+)
+def test_eof_inside_a_message(data: bytes) -> None:
+    err = _raises([data])
+    assert err.status == 400
+
+
+def test_reader_stays_failed() -> None:
+    reader = RequestReader()
+    reader.feed(b"hello\r\n")
+    with pytest.raises(ProtocolError) as first:
+        reader.next_event()
+    with pytest.raises(ProtocolError) as again:
+        reader.next_event()
+    assert again.value is first.value
