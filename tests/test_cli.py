@@ -1,0 +1,191 @@
+"""squid's command line against real instances: -k, -z, -N, daemonising, bad configs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from support.service import DEFAULT_RULES, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _pid(ls) -> int:
+    return int(ls.pidfile.read_text())
+
+
+def test_k_commands_against_a_running_instance(make_labsquid):
+    ls = make_labsquid(dispatch="notify").start()
+    check = ls.run("-k", "check")
+    assert check.returncode == 0 and f"PID {ls.proc.pid}" in check.stdout
+    assert _pid(ls) == ls.proc.pid
+
+    assert ls.run("-k", "rotate").returncode == 0
+    wait_for(lambda: ls.access_log.with_name("access.log.0").exists(), what="rotation")
+
+    old = {w.pid for w in ls.workers()}
+    assert ls.run("-k", "reconfigure").returncode == 0
+    wait_for(lambda: old.isdisjoint(w.pid for w in ls.workers()) and len(ls.workers()) == 2,
+             what="workers of the new generation")
+
+    assert ls.run("-k", "shutdown").returncode == 0
+    assert ls.proc.wait(15) == 0
+    gone = ls.run("-k", "check")
+    assert gone.returncode == 1 and "No running copy" in gone.stderr
+
+
+def test_k_interrupt_and_kill(make_labsquid):
+    ls = make_labsquid().start()
+    assert ls.run("-k", "interrupt").returncode == 0
+    assert ls.proc.wait(10) == 0
+    ls2 = make_labsquid().start()
+    tree = [ls2.master, *ls2.master.children(recursive=True)]
+    assert ls2.run("-k", "kill").returncode == 0
+    assert ls2.proc.wait(10) == -signal.SIGKILL
+    # The kid notices its master is gone and shuts down by itself.
+    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                             for p in tree[1:]), what="the orphaned tree to exit")
+
+
+def test_second_instance_is_refused(make_labsquid):
+    ls = make_labsquid().start()
+    second = subprocess.run(ls.command("--foreground"), capture_output=True, text=True,
+                            timeout=20, cwd=ls.folder)
+    assert second.returncode == 1
+    assert "already running" in second.stderr and str(ls.proc.pid) in second.stderr
+    assert ls.proc.poll() is None and _pid(ls) == ls.proc.pid
+    assert ls.stop() == 0
+
+
+def test_stale_pid_file_is_taken_over(make_labsquid):
+    ls = make_labsquid()
+    ls.pidfile.write_text("999999\n")
+    ls.start()
+    assert _pid(ls) == ls.proc.pid
+    assert ls.stop() == 0
+
+
+def test_pid_file_symlink_is_refused(make_labsquid, tmp_path):
+    ls = make_labsquid()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    os.symlink(victim, ls.pidfile)
+    ls.start(wait=False)
+    assert ls.proc.wait(15) == 1
+    assert "symbolic link" in ls.stderr_text()
+    assert victim.read_text() == "keep me\n"
+
+
+def test_parse_lists_every_problem(make_labsquid):
+    ls = make_labsquid()
+    good = ls.run("-k", "parse")
+    assert good.returncode == 0 and good.stderr == ""
+    ls.write_config(text=ls.config_text() + "htp_port 3129\nshutdown_lifetime 3 parsecs\n"
+                    "http_access allow nosuchacl\n")
+    bad = ls.run("-k", "parse")
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    n = len(ls.config_text().splitlines())
+    assert lines == [
+        f"FATAL: {ls.conf} line {n + 1}: unknown directive 'htp_port'",
+        f"FATAL: {ls.conf} line {n + 2}: shutdown_lifetime: unknown time unit 'parsecs'",
+        f"FATAL: {ls.conf} line {n + 3}: http_access: undefined acl 'nosuchacl'",
+    ]
+    # Starting with that config stops at the first problem and says how to see the rest.
+    start = ls.run("--foreground")
+    assert start.returncode == 2
+    assert start.stderr.startswith(f"FATAL: {ls.conf} line {n + 1}: unknown directive")
+    assert "-k parse" in start.stderr
+
+
+BROKEN = [
+    ("http_port notaport", "http_port: "),
+    ("workers 2", "workers: "),
+    ("logfile_rotate many", "logfile_rotate: "),
+    ("acl foo srcc 1.2.3.4", "unknown acl type 'srcc'"),
+    ("acl foo src 1.2.3.400", "acl 'foo' src: bad host/IP '1.2.3.400'"),
+    ("pool_dispatch magic", "pool_dispatch: "),
+    ("via maybe", "via: expected 'on' or 'off', got 'maybe'"),
+    ("include /nonexistent/labsquid-*.conf", "include"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), BROKEN)
+def test_broken_config_lines(make_labsquid, line, message):
+    ls = make_labsquid()
+    ls.write_config(text=ls.config_text() + line + "\n")
+    result = ls.run("-k", "parse")
+    assert result.returncode == 2
+    n = len(ls.config_text().splitlines()) + 1
+    assert result.stderr.startswith(f"FATAL: {ls.conf} line {n}: "), result.stderr
+    assert message in result.stderr
+
+
+def test_z_creates_directories(make_labsquid):
+    ls = make_labsquid()
+    deep = ls.folder / "a" / "b"
+    ls.write_config(text=ls.config_text().replace(str(ls.access_log),
+                                                  str(deep / "access.log")))
+    result = ls.run("-z")
+    assert result.returncode == 0
+    assert deep.is_dir()
+
+
+def test_daemonised_start_and_shutdown(make_labsquid):
+    ls = make_labsquid()
+    (ls.folder / "logs").mkdir()
+    started = ls.run("-sYC")
+    assert started.returncode == 0, started.stderr
+    pid = _pid(ls)
+    master = psutil.Process(pid)
+    assert master.ppid() != os.getpid()
+    # Double fork: a session of its own, but not its leader (it can never
+    # acquire a controlling terminal again).
+    assert os.getsid(pid) != os.getsid(0) and os.getsid(pid) != pid
+    assert [os.readlink(f"/proc/{pid}/fd/0")] == ["/dev/null"]
+    assert os.readlink(f"/proc/{pid}/fd/2") == str(ls.cache_log)
+    wait_for(lambda: '"service_ready"' in ls.cache_log.read_text(), what="ready in cache.log")
+    assert ls.run("-k", "shutdown").returncode == 0
+    wait_for(lambda: not psutil.pid_exists(pid) or
+             psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, what="the daemon to exit")
+    assert '"master_exiting"' in ls.cache_log.read_text()
+
+
+def test_no_daemon_mode_is_one_process(make_labsquid):
+    ls = make_labsquid()
+    ls.start("-N", wait=False)
+    wait_for(ls.answers, what="the port")
+    with socket.create_connection(("127.0.0.1", ls.port)) as s:
+        s.sendall(b"hello\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    children = ls.master.children()
+    assert [" ".join(c.cmdline()).strip() for c in children] == [
+        f"(logfile-daemon) {ls.access_log}"]
+    assert ls.stop() == 0
+    assert len(ls.access_lines()) == 1
+
+
+def test_version_help_and_usage():
+    run = [sys.executable, "-m", "labsquid"]
+    v = subprocess.run([*run, "-v"], capture_output=True, text=True)
+    assert v.returncode == 0 and v.stdout.startswith("labsquid version ")
+    h = subprocess.run([*run, "-h"], capture_output=True, text=True)
+    assert h.returncode == 0 and "-k reconfigure|rotate|shutdown" in h.stdout
+    bad = subprocess.run([*run, "-k", "explode"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Usage:" in bad.stderr
+
+
+def test_embedded_default_config(tmp_path):
+    """No -f and no /etc/labsquid/labsquid.conf: loopback 3128, files under ./var."""
+    if os.path.exists("/etc/labsquid/labsquid.conf"):
+        pytest.skip("a system config is installed")
+    parse = subprocess.run([sys.executable, "-m", "labsquid", "-k", "parse"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert parse.returncode == 0, parse.stderr
+    assert "http_access allow localhost" in DEFAULT_RULES

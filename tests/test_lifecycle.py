@@ -1,0 +1,225 @@
+"""Master and kid lifecycle: faults survived, signals obeyed, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from support.service import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def hello(port: int) -> bytes:
+    """One telnet-style request: the kid answers 400 and logs one line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"hello\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def proxied_get(port: int, url: str) -> int:
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
+    with opener.open(url, timeout=10) as resp:
+        resp.read()
+        return resp.status
+
+
+class Traffic:
+    """Requests in a loop from a thread, each with a unique id; records what answered."""
+
+    def __init__(self, port: int, origin) -> None:
+        self.port, self.origin = port, origin
+        self.ok: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            url = self.origin.url(f"/id/{os.getpid()}-{n}")
+            try:
+                proxied_get(self.port, url)
+                self.ok.append(url)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded
+                self.failed.append((url, repr(exc)))
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.thread.join(20)
+
+
+def test_logfile_daemon_killed_while_lines_flow(make_labsquid, origin):
+    """squid's kid dies with its daemon; ours starts a new one and loses no line."""
+    ls = make_labsquid().start()
+    kid_pid = ls.kid().pid
+    with Traffic(ls.port, origin) as traffic:
+        wait_for(lambda: len(traffic.ok) > 20, what="traffic")
+        for _ in range(3):
+            old = ls.logfile_daemon()
+            old.kill()
+            wait_for(lambda o=old: (d := ls.logfile_daemon()) is not None and d.pid != o.pid,
+                     timeout=3, what="a new logfile daemon")
+            target = len(traffic.ok) + 10
+            wait_for(lambda t=target: len(traffic.ok) > t, what="more traffic")
+    assert ls.kid().pid == kid_pid, "the kid survived"
+    assert traffic.failed == []
+    ls.stop()
+    logged = [line.split()[6] for line in ls.access_lines()]
+    assert sorted(logged) == sorted(traffic.ok), "every answered request logged exactly once"
+    assert "logfile_daemon_died" in ls.stderr_text()
+
+
+def test_kid_killed_is_restarted(make_labsquid):
+    ls = make_labsquid(dispatch="notify").start()
+    old = ls.kid()
+    old.kill()
+    wait_for(lambda: (k := ls.kid()) is not None and k.pid != old.pid and ls.tree_complete(),
+             what="a new kid with its daemon and pool")
+    assert ls.proc.poll() is None
+    assert hello(ls.port).startswith(b"HTTP/1.1 400")
+    assert '"kid_died"' in ls.stderr_text() and "killed by signal 9" in ls.stderr_text()
+    assert ls.stop() == 0
+
+
+def test_master_gives_up_after_repeated_fast_failures(make_labsquid):
+    ls = make_labsquid().start()
+    for _ in range(5):
+        kid = wait_for(ls.kid, what="a kid")
+        kid.kill()
+        wait_for(lambda k=kid: (n := ls.kid()) is None or n.pid != k.pid, what="kid gone")
+    code = ls.proc.wait(15)
+    assert code == 1
+    assert "Exiting due to repeated, frequent failures" in ls.stderr_text()
+    assert not ls.pidfile.exists()
+
+
+def test_kid_exit_zero_is_not_restarted(make_labsquid):
+    ls = make_labsquid().start()
+    ls.kid().send_signal(signal.SIGTERM)
+    assert ls.proc.wait(15) == 0
+    assert '"kid_died"' not in ls.stderr_text()
+
+
+def test_hup_with_broken_config_keeps_running(make_labsquid):
+    ls = make_labsquid(dispatch="notify").start()
+    kid_pid = ls.kid().pid
+    ls.write_config(text=ls.conf.read_text() + "htp_port 3129\n")
+    ls.signal(signal.SIGHUP)
+    wait_for(lambda: "reconfigure_refused" in ls.stderr_text(), what="the refusal")
+    assert "unknown directive 'htp_port'" in ls.stderr_text()
+    assert ls.kid().pid == kid_pid
+    assert hello(ls.port).startswith(b"HTTP/1.1 400")
+    assert ls.stop() == 0
+
+
+def test_hup_with_good_config_reloads_without_closing_the_port(make_labsquid, origin):
+    ls = make_labsquid(dispatch="notify").start()
+    old_workers = {w.pid for w in ls.workers()}
+    listen_inode = _listen_inode(ls)
+    with Traffic(ls.port, origin) as traffic:
+        wait_for(lambda: len(traffic.ok) > 5, what="traffic")
+        ls.signal(signal.SIGHUP)
+        wait_for(lambda: '"reconfigured"' in ls.stderr_text(), what="the reload")
+        wait_for(lambda: {w.pid for w in ls.workers()}.isdisjoint(old_workers)
+                 and len(ls.workers()) == 2, what="a new generation of workers")
+        target = len(traffic.ok) + 5
+        wait_for(lambda: len(traffic.ok) > target, what="traffic after")
+    assert traffic.failed == []
+    assert _listen_inode(ls) == listen_inode, "the same listening socket throughout"
+    assert ls.stop() == 0
+
+
+def _listen_inode(ls) -> int:
+    for conn in psutil.Process(ls.proc.pid).net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == ls.port:
+            return conn.fd and os.stat(f"/proc/{ls.proc.pid}/fd/{conn.fd}").st_ino
+    raise AssertionError("master holds no listening socket")
+
+
+def test_usr1_rotates_exactly_once(make_labsquid):
+    ls = make_labsquid(dispatch="notify").start()
+    hello(ls.port)
+    wait_for(ls.access_lines, what="a line")
+    ls.signal(signal.SIGUSR1)
+    rotated = ls.access_log.with_name("access.log.0")
+    wait_for(rotated.exists, what="access.log.0")
+    hello(ls.port)
+    wait_for(lambda: ls.access_log.exists() and ls.access_log.read_text(), what="new log")
+    time.sleep(0.5)
+    assert not ls.access_log.with_name("access.log.1").exists(), "rotated once, not per worker"
+    assert len(rotated.read_text().splitlines()) == 1
+    assert len(ls.access_log.read_text().splitlines()) == 1
+    assert ls.stop() == 0
+
+
+def test_term_exits_zero_with_every_line_flushed(make_labsquid):
+    ls = make_labsquid(dispatch="notify", extra="buffered_logs on\n").start()
+    for _ in range(25):
+        hello(ls.port)
+    assert ls.stop() == 0
+    assert len(ls.access_lines()) == 25
+    assert not ls.pidfile.exists()
+    assert not any(p.info["cmdline"] and str(ls.conf) in " ".join(p.info["cmdline"])
+                   for p in psutil.process_iter(["cmdline"]))
+
+
+def test_term_waits_for_in_flight_request(make_labsquid, origin):
+    ls = make_labsquid().start()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        status=proxied_get(ls.port, origin.url("/slow/1"))))
+    t.start()
+    wait_for(lambda: origin.heads, what="the request to reach the origin")
+    ls.signal(signal.SIGTERM)
+    t.join(10)
+    assert result.get("status") == 200
+    assert ls.proc.wait(10) == 0
+    assert any("/slow/1" in line for line in ls.access_lines())
+
+
+def test_second_term_exits_at_once_still_flushing(make_labsquid, origin):
+    ls = make_labsquid(extra="shutdown_lifetime 30 seconds\n").start()
+    hello(ls.port)
+    t = threading.Thread(target=lambda: _swallow(proxied_get, ls.port, origin.url("/slow/20")))
+    t.start()
+    wait_for(lambda: origin.heads, what="the slow request to start")
+    started = time.monotonic()
+    ls.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    ls.signal(signal.SIGTERM)
+    assert ls.proc.wait(10) == 0
+    assert time.monotonic() - started < 8, "did not wait for shutdown_lifetime"
+    assert any(" NONE_NONE/400 " in line for line in ls.access_lines())
+
+
+def _swallow(fn, *args):  # noqa: ANN001, ANN202
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - the connection is cut on purpose
+        pass
+
+
+def test_no_thread_ever_forks(make_labsquid):
+    """Every labsquid process is single-threaded (the notes' experiment 4)."""
+    ls = make_labsquid(dispatch="notify").start()
+    procs = [ls.master, *ls.master.children(recursive=True)]
+    assert len(procs) == 5
+    assert all(p.num_threads() == 1 for p in procs), [(p.pid, p.num_threads()) for p in procs]
+    assert ls.stop() == 0
