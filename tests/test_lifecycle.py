@@ -223,3 +223,54 @@ def test_no_thread_ever_forks(make_labsquid):
     assert len(procs) == 5
     assert all(p.num_threads() == 1 for p in procs), [(p.pid, p.num_threads()) for p in procs]
     assert ls.stop() == 0
+
+
+def test_full_queue_drops_are_counted_and_reported(make_labsquid):
+    """A wedged logfile daemon: the kid keeps serving, drops beyond its bound, says how many."""
+    ls = make_labsquid(extra="logfile_queue_size 70 KB\n").start()
+    daemon = ls.logfile_daemon()
+    daemon.suspend()  # SIGSTOP: as stuck as a daemon on a hung disk
+    long_url = b"http://127.0.0.1:9/" + b"x" * 8000  # port 9 is denied: a quick 403
+    try:
+        for _ in range(40):  # 40 lines of 8 KB: far more than the queue holds
+            with socket.create_connection(("127.0.0.1", ls.port), timeout=5) as s:
+                s.sendall(b"GET " + long_url + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(20).startswith(b"HTTP/1.1 403")
+        text = wait_for(lambda: '"access_log_lines_dropped"' in ls.stderr_text() and
+                        ls.stderr_text(), timeout=10, what="the drop warning")
+    finally:
+        daemon.resume()
+    warning = next(line for line in text.splitlines() if "access_log_lines_dropped" in line)
+    dropped = int(warning.split('"count": ')[1].split(",")[0])
+    assert ls.stop() == 0
+    written = len(ls.access_lines())
+    assert dropped > 0 and written + dropped == 40, (written, dropped)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_root_start_drops_to_cache_effective_user(make_labsquid, tmp_path_factory):
+    import pwd
+    import tempfile
+    from pathlib import Path
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="labsquid-user-"))
+    base.chmod(0o755)  # the unprivileged kid must reach its log folder
+    try:
+        ls = make_labsquid(extra="cache_effective_user nobody\n")
+        ls.access_log = base / "logs" / "access.log"  # made and chowned by labsquid itself
+        ls.write_config(extra="cache_effective_user nobody\n")
+        ls.start()
+        kid, daemon = ls.kid(), ls.logfile_daemon()
+        assert daemon is not None, ls.stderr_text()
+        assert ls.master.uids().real == 0, "the master stays root, like squid's"
+        assert kid.uids().effective == nobody.pw_uid
+        assert daemon.uids().effective == nobody.pw_uid
+        hello(ls.port)
+        wait_for(ls.access_lines, what="a line written by the unprivileged daemon")
+        assert os.stat(ls.access_log).st_uid == nobody.pw_uid
+        assert ls.stop() == 0
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 
 import structlog
@@ -33,7 +34,9 @@ from labsquid.logfile import LogQueue, ProtocolError
 
 log = structlog.get_logger()
 
-RESPAWN_DELAY = 0.2
+RESPAWN_DELAY = 0.1
+RESPAWN_MAX = 5.0
+YOUNG_DEATH = 2.0
 DROP_REPORT_INTERVAL = 5.0
 
 
@@ -57,6 +60,8 @@ class AccessLogger:
         self.pid: int | None = None
         self.sock: socket.socket | None = None
         self.restarts = 0
+        self.young_deaths = 0
+        self.started_at = 0.0
         self.lines_logged = 0
         self._respawn_timer: Timer | None = None
         self._drop_timer: Timer | None = None
@@ -73,6 +78,7 @@ class AccessLogger:
         finally:
             os.close(devnull)
             theirs.close()
+        self.started_at = time.monotonic()
         ours.setblocking(False)
         self.sock = ours
         self.loop.add(ours.fileno(), READ, self._on_event)
@@ -98,8 +104,14 @@ class AccessLogger:
         # Died with lines still unwritten (even while closing): a new daemon
         # takes them over.
         self.restarts += 1
-        log.warning("logfile_daemon_died", status=status_text, restarts=self.restarts)
-        self._respawn_timer = self.loop.call_later(RESPAWN_DELAY, self._respawn)
+        # One that dies young (it cannot open its log, say) is retried with a
+        # growing delay, so a broken log path is a warning a second, not a storm.
+        young = time.monotonic() - self.started_at < YOUNG_DEATH
+        self.young_deaths = self.young_deaths + 1 if young else 0
+        delay = min(RESPAWN_DELAY * 2 ** self.young_deaths, RESPAWN_MAX)
+        log.warning("logfile_daemon_died", status=status_text, restarts=self.restarts,
+                    respawn_in=round(delay, 2))
+        self._respawn_timer = self.loop.call_later(delay, self._respawn)
 
     def _respawn(self) -> None:
         self._respawn_timer = None
@@ -191,6 +203,7 @@ class AccessLogger:
         error = self.queue.last_error
         if error is not None and error is not before:
             log.error("access_log_write_failed", path=self.path, errno=error.errno,
+                      error=os.strerror(error.errno),
                       pending_bytes=error.pending)
         self._want_write()  # the daemon's greeting or acks may have released output
         self._check_idle()

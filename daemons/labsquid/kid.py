@@ -56,7 +56,7 @@ class Kid:
         self.control: Channel | None = None
         self._control_sock = control
         self.logger: AccessLogger | None = None
-        self.stats = Stats(name)
+        self.stats: Stats = None  # type: ignore[assignment]  # made in run(), as the final user
         self.engine = None
         self.stopping = False
         self.exit_code = 0
@@ -68,6 +68,9 @@ class Kid:
     # -- start --------------------------------------------------------------
     def run(self) -> int:
         drop_privileges(self.config)
+        os.chdir("/")  # paths are absolute; the start folder may be closed to us now
+        # Created as the user that will unlink it at exit (/dev/shm is sticky).
+        self.stats = Stats(self.name)
         for signum, handler in ((signal.SIGTERM, self.handle_term),
                                 (signal.SIGINT, self.handle_int),
                                 (signal.SIGHUP, self.handle_hup),

@@ -353,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         log.open()
     except OSError as e:
         print(f"logfile-daemon: cannot open {path}: {e}", file=sys.stderr)
+        # stderr is /dev/null under the kid: say it on the protocol too, so the
+        # kid can log *why* its daemon keeps dying.
+        with suppress(OSError):
+            os.write(1, encode_message(WriteFailed(e.errno or 0, 0)))
         return 1
     daemon = Daemon(log)
     signal.signal(signal.SIGTERM, daemon.on_sigterm)

@@ -7,6 +7,7 @@ loopback port 3128, PID file and logs under ``var/`` in the current folder.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from labsquid.config import EMBEDDED_DEFAULT, Config, load, parse_text
@@ -23,7 +24,23 @@ def config_path(explicit: str | None) -> str | None:
 
 
 def load_config(path: str | None) -> Config:
-    return load(path) if path else parse_text(EMBEDDED_DEFAULT, "<embedded default>")
+    config = load(path) if path else parse_text(EMBEDDED_DEFAULT, "<embedded default>")
+    return absolute_paths(config)
+
+
+def absolute_paths(config: Config) -> Config:
+    """Relative file names, resolved once against the starting folder.
+
+    The kid works from ``/`` (an unprivileged user may not be able to enter
+    the folder it was started from), so nothing may depend on the cwd later.
+    """
+    def fix(path: str | None) -> str | None:
+        return os.path.abspath(path) if path else path
+
+    logs = tuple(dataclasses.replace(e, path=fix(e.path)) for e in config.access_log)
+    return dataclasses.replace(
+        config, pid_filename=fix(config.pid_filename), cache_log=fix(config.cache_log),
+        access_log=logs, hosts_file=fix(config.hosts_file))
 
 
 def port_specs(config: Config) -> list[PortSpec]:

@@ -97,6 +97,15 @@ def _size(default_unit: str = "byte") -> Parser:
     return lambda line: parse_size(line.args, default_unit)
 
 
+def _queue_size(line: Line) -> int:
+    # The queue must hold at least one whole record (a 64 KiB line and its
+    # letter), or a long line could never be sent.
+    size = parse_size(line.args, "byte")
+    if size < 65537:
+        raise BadValue(f"must be at least 65537 bytes (one 64 KB log record), not {size}")
+    return size
+
+
 def _rest_of_line(line: Line) -> str:
     text = line.rest(0)
     if not text:
@@ -234,7 +243,7 @@ DIRECTIVES: dict[str, Directive] = {
         Directive("logfile_rotate", _count(), _S, "10"),
         Directive("logfile_daemon", _text, _S, "internal"),  # labsquid: "internal" = ours
         Directive("buffered_logs", _switch, _S, "off"),
-        Directive("logfile_queue_size", _size(), _S, "8 MB", labsquid_only=True),
+        Directive("logfile_queue_size", _queue_size, _S, "8 MB", labsquid_only=True),
         # access control
         Directive("acl", parse_acl, _L, None, reads_value_files=True),
         Directive("http_access", parse_http_access, _L, None),
