@@ -34,9 +34,9 @@ import structlog
 
 from labsquid.accesslog import AccessRecord
 from labsquid.acl import AccessContext
-from labsquid.errorpages import render_error
 from labsquid.eventloop import Timer
 from labsquid.http import (
+    ConnectionClosed,
     Data,
     EndOfMessage,
     NeedData,
@@ -51,6 +51,7 @@ from labsquid.http import (
     response_framing,
 )
 from labsquid.proxy import forward, mgr
+from labsquid.proxy.replies import MGR_PREFIX, LocalReplies
 from labsquid.proxy.upstream import Upstream, UpstreamHandler, connect_error_text
 
 if TYPE_CHECKING:
@@ -59,10 +60,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 HIGH_WATER = 256 * 1024
-MGR_PREFIX = "/squid-internal-mgr/"
 
 
-class Transaction(UpstreamHandler):
+
+class Transaction(LocalReplies, UpstreamHandler):
     def __init__(self, client: ClientConnection, request: Request | None) -> None:
         self.client = client
         self.ctx = client.ctx
@@ -155,23 +156,6 @@ class Transaction(UpstreamHandler):
     def is_manager(self) -> bool:
         path = self.path.decode("latin-1")
         return path.startswith(MGR_PREFIX) and self.host in mgr.own_names(self.ctx, self.client)
-
-    def max_forwards_reached(self) -> bool:
-        req = self.req
-        assert req is not None
-        value = req.headers.get(b"max-forwards")
-        if value is None or req.method not in (b"TRACE", b"OPTIONS"):
-            return False
-        if forward.parse_max_forwards(value) != 0:
-            return False
-        if req.method == b"TRACE":
-            body = forward.serialize(b"%s %s HTTP/%s" % (req.method, req.target,
-                                                          req.http_version), req.headers)
-            self.reply_local(200, b"OK", body, b"message/http")
-        else:
-            self.reply_local(200, b"OK", b"", None,
-                             extra=[(b"Allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE")])
-        return True
 
     def resolve(self, then) -> None:  # type: ignore[no-untyped-def]
         if self.addresses:
@@ -306,13 +290,6 @@ class Transaction(UpstreamHandler):
     def upstream_eof(self, up: Upstream) -> None:
         if self.resp_reader is None or self.finished:
             return
-        if not self.head_sent and not self.resp_reader.trailing_data and self._can_retry(up):
-            self.retried = True
-            up.close()
-            self.upstream = None
-            self.resp_reader = None
-            self._connect_fresh_after_retry()
-            return
         self.resp_reader.feed_eof()
         self._pump_response()
         if not self.finished:
@@ -321,6 +298,18 @@ class Transaction(UpstreamHandler):
             else:
                 self.abort("origin closed mid-body")
                 self.client.close()
+
+    def _closed_before_reply(self) -> None:
+        """The origin closed without sending a byte of the response."""
+        up = self.upstream
+        if up is not None and self._can_retry(up):
+            self.retried = True
+            up.close()
+            self.upstream = None
+            self.resp_reader = None
+            self._connect_fresh_after_retry()
+            return
+        self.reply_error("ERR_ZERO_SIZE_OBJECT", 502, detail="origin closed the connection")
 
     def _can_retry(self, up: Upstream) -> bool:
         # A reused connection the origin had closed while idle: safe to replay
@@ -348,6 +337,9 @@ class Transaction(UpstreamHandler):
             if event is NeedData or event is Paused:
                 return
             kind = type(event)
+            if kind is ConnectionClosed:
+                self._closed_before_reply()
+                return
             if kind is Response:
                 self._response_head(event)
             elif kind is Data:
@@ -441,61 +433,6 @@ class Transaction(UpstreamHandler):
         self.reply_size = to_client
         self.finish(False)
 
-    # -- replies made here --------------------------------------------------
-    def reply_error(self, code: str, status: int, detail: str = "", errno: int = 0) -> None:
-        if self.finished:
-            return
-        self.error_code = code
-        self._drop_upstream()
-        status, headers, body = render_error(
-            code, status=status, method=self.method, url=self.url,
-            client_addr=self.client.peer_ip, hostname=self.ctx.hostname, now=time.time(),
-            error_detail=detail, errno=errno, cache_admin=self.ctx.config.cache_mgr,
-            version_string=self.ctx.version)
-        self.status = status
-        self.mime = "text/html"
-        if self.log_tag == "TCP_MISS" and self.hierarchy == "HIER_NONE":
-            self.log_tag = "TCP_MISS" if self.req is not None and self.host else "NONE_NONE"
-        from labsquid.http import Headers
-
-        start = b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))
-        self._to_client(forward.serialize(start, Headers(headers)) + body)
-        self.wants_body = False
-        self.finish(False)
-
-    def reply_protocol_error(self, exc: ProtocolError) -> None:
-        self.log_tag = "NONE_NONE"
-        self.reply_error(exc.error_code, exc.status, detail=exc.reason)
-
-    def reply_timeout(self) -> None:
-        self.log_tag = "NONE_NONE"
-        self.reply_error("ERR_REQUEST_START_TIMEOUT", 408, detail="request_timeout")
-
-    def reply_local(self, status: int, reason: bytes, body: bytes, ctype: bytes | None,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        from labsquid.http import Headers
-
-        headers = Headers(extra or [])
-        if ctype:
-            headers.add(b"Content-Type", ctype)
-        headers.add(b"Content-Length", str(len(body)).encode())
-        headers.add(b"Date", _http_date())
-        headers.add(b"Connection", b"keep-alive" if self.client_keep_alive else b"close")
-        self.status = status
-        self.mime = ctype.decode() if ctype else None
-        self.log_tag = "TCP_MISS"
-        self._to_client(forward.serialize(b"HTTP/1.1 %d %s" % (status, reason), headers) + body)
-        self.finish(self.client_keep_alive and self.body_done)
-
-    def reply_manager(self) -> None:
-        action = self.path.decode("latin-1")[len(MGR_PREFIX):].split("?")[0] or "menu"
-        page = mgr.render(action, self.ctx)
-        if page is None:
-            self.reply_error("ERR_INVALID_URL", 404,
-                             detail=f"unknown cache manager action {action}")
-            return
-        self.reply_local(200, b"OK", page.encode(), b"text/plain")
-
     # -- 5. finish ----------------------------------------------------------
     def finish(self, keep_alive: bool) -> None:
         if self.finished:
@@ -567,16 +504,3 @@ def _header(req: Request | None, name: bytes) -> str | None:
         return None
     value = req.headers.get(name)
     return value.decode("latin-1") if value is not None else None
-
-
-def _http_date() -> bytes:
-    from email.utils import formatdate
-
-    return formatdate(usegmt=True).encode()
-
-
-_REASONS = {400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
-            408: b"Request Timeout", 413: b"Payload Too Large", 414: b"URI Too Long",
-            431: b"Request Header Fields Too Large",
-            501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
-            504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
