@@ -134,6 +134,7 @@ class PoolEngine:
         self._on_drained: Callable[[], None] | None = None
         self._drain_timer: Timer | None = None
         self._announced = False
+        self._paused = False
 
     @property
     def mode(self) -> str:
@@ -186,21 +187,42 @@ class PoolEngine:
         if not children:
             return  # connections wait in the backlog; READY re-triggers dispatch
         if self.mode == "notify":
-            self._rr = (self._rr + 1) % len(children)
-            children[self._rr].channel.send(Kind.ACCEPT, bytes([index]))
-            return
+            # Round-robin over the children with room; a full one would ignore
+            # the wake-up (it tells us with READY when it has room again).
+            limit = self.kid.config.pool_max_connections
+            for _ in range(len(children)):
+                self._rr = (self._rr + 1) % len(children)
+                child = children[self._rr]
+                if self.kid.stats.row(child.row).get("active") < limit:
+                    child.channel.send(Kind.ACCEPT, bytes([index]))
+                    return
+            return  # all full: the backlog holds them until a READY
         sock = self.kid.listeners[index]
+        limit = self.kid.config.pool_max_connections
         while True:
+            target = min(children, key=self._load)
+            if self._load(target) >= limit:
+                # Every child is full: the rest wait in the backlog, and we stop
+                # watching (level-triggered) until a child has room (READY).
+                self._pause_listeners(True)
+                return
             try:
                 conn, _addr = sock.accept()
             except BlockingIOError:
                 return
             except OSError:
                 return  # out of fds etc.: retried on the next readiness
-            target = min(children, key=lambda c: self._load(c))
             target.conns_sent += 1
             if not target.channel.send(Kind.CONN, b"", [conn.detach()]):
                 log.warning("passfd_send_failed", worker=target.slot)
+
+    def _pause_listeners(self, paused: bool) -> None:
+        if paused == self._paused:
+            return
+        self._paused = paused
+        for sock in self.kid.listeners:
+            if self.loop.watching(sock.fileno()):
+                self.loop.modify(sock.fileno(), 0 if paused else READ)
 
     def _load(self, child: Child) -> int:
         return self.kid.stats.row(child.row).get("active") + child.channel.backlog
@@ -216,6 +238,8 @@ class PoolEngine:
                     self.kid.write_access_line(line)
         elif kind == Kind.READY:
             child.ready = True
+            if self.mode == "passfd":
+                self._pause_listeners(False)
             if self.mode == "notify":
                 # Anything that queued while no child was ready gets a wake-up.
                 for index in range(len(self.kid.listeners)):

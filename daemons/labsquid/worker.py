@@ -50,6 +50,7 @@ class Worker:
         self._pending_size = 0
         self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
         self.server = ProxyServer(self.ctx)
+        self.server.on_capacity = lambda: self.channel.send(Kind.READY)
         self.stopping = False
         self.lifetime = kid.config.shutdown_lifetime
 

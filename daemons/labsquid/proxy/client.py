@@ -127,7 +127,9 @@ class ClientConnection:
         else:
             self.bytes_in += len(data)
             self.ctx.stats.add("bytes_in", len(data))
-            if self.txn is None:
+            if self.txn is None and not self.reader.trailing_data:
+                # The first bytes of a request start its clock; later reads do
+                # not re-arm it, so a head trickled in byte by byte still times out.
                 self._arm(self.ctx.config.request_timeout, self._request_timeout)
             self.reader.feed(data)
         self.process()

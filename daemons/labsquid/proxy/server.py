@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import structlog
 
-from labsquid.eventloop import READ, EventLoop, Timer
+from labsquid.eventloop import EventLoop, Timer
 from labsquid.proxy.client import ClientConnection
 from labsquid.proxy.context import ServeContext
 
@@ -46,19 +46,38 @@ class ProxyServer:
         self._drain_timer: Timer | None = None
         self._fd_pause: Timer | None = None
         self._fd_failures = 0
+        self.full = False
+        self._listen_masks: dict[int, int] = {}
+        # Called when room frees up after being full (notify/passfd children
+        # tell the kid, whose wake-ups they may have ignored meanwhile).
+        self.on_capacity: Callable[[], None] | None = None
 
     # -- getting connections ------------------------------------------------
     def listen(self, sock: socket.socket, exclusive: bool = False) -> None:
-        mask = READ | (select.EPOLLEXCLUSIVE if exclusive else 0)
+        # Plain EPOLLIN: EPOLLEXCLUSIVE refuses EPOLLRDHUP (EINVAL), and a
+        # listening socket has no peer to hang up anyway.
+        mask = select.EPOLLIN | (select.EPOLLEXCLUSIVE if exclusive else 0)
         self.listening.append(sock)
-        self.loop.add(sock.fileno(), mask, lambda _m, s=sock: self.accept_burst(s, ACCEPT_BATCH))
+        self._listen_masks[sock.fileno()] = mask
+        self._watch(sock, True)
+
+    def _watch(self, sock: socket.socket, on: bool) -> None:
+        """Start or stop watching a listener (remove/add, not modify: an
+        EPOLLEXCLUSIVE registration cannot be modified)."""
+        fd = sock.fileno()
+        if on and not self.loop.watching(fd):
+            self.loop.add(fd, self._listen_masks[fd],
+                          lambda _m, s=sock: self.accept_burst(s, ACCEPT_BATCH))
+        elif not on:
+            self.loop.remove(fd)
 
     def accept_burst(self, sock: socket.socket, limit: int = 1 << 30) -> int:
         """Accept until EAGAIN (or ``limit``); returns how many were accepted."""
         accepted = 0
         while accepted < limit and self.accepting:
             if len(self.connections) >= self.ctx.config.pool_max_connections:
-                break  # the rest wait in the backlog (or for a less busy child)
+                self._pause_for_capacity()
+                break
             try:
                 conn, addr = sock.accept()
             except BlockingIOError:
@@ -85,6 +104,15 @@ class ProxyServer:
         self.ctx.stats.add("active", 1)
         client.start()
 
+    def _pause_for_capacity(self) -> None:
+        """At ``pool_max_connections``: stop watching the listeners (level-triggered
+        readiness would otherwise wake us in a loop) until a connection ends.
+        The waiting connections stay in the kernel's backlog."""
+        if not self.full:
+            self.full = True
+            for sock in self.listening:
+                self._watch(sock, False)
+
     def _out_of_fds(self, exc: OSError) -> None:
         self._fd_failures += 1
         if self._fd_failures == 1:
@@ -92,20 +120,27 @@ class ProxyServer:
                       connections=len(self.connections))
         if self._fd_pause is None:
             for sock in self.listening:
-                self.loop.modify(sock.fileno(), 0)
+                self._watch(sock, False)
             self._fd_pause = self.loop.call_later(FD_PAUSE, self._resume_listening)
 
     def _resume_listening(self) -> None:
         self._fd_pause = None
-        if self.accepting:
+        if self.accepting and not self.full:
             for sock in self.listening:
-                self.loop.modify(sock.fileno(), READ)
+                self._watch(sock, True)
 
     # -- connections ending -------------------------------------------------
     def _closed(self, client: ClientConnection) -> None:
         if client in self.connections:
             self.connections.discard(client)
             self.ctx.stats.add("active", -1)
+        if self.full and len(self.connections) < self.ctx.config.pool_max_connections:
+            self.full = False
+            if self.accepting and self._fd_pause is None:
+                for sock in self.listening:
+                    self._watch(sock, True)
+            if self.on_capacity is not None:
+                self.on_capacity()
         if self._drain_cb is not None and not self.connections:
             self._finish_drain()
 
