@@ -189,3 +189,23 @@ def test_embedded_default_config(tmp_path):
                            capture_output=True, text=True)
     assert parse.returncode == 0, parse.stderr
     assert "http_access allow localhost" in DEFAULT_RULES
+
+
+def test_k_status_prints_the_live_tree_with_ipc_fds(make_labsquid):
+    ls = make_labsquid(dispatch="notify").start()
+    out = ls.run("-k", "status")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    kid, daemon = ls.kid(), ls.logfile_daemon()
+    assert f"master {ls.proc.pid} [" in text and f"kid {kid.pid} [" in text
+    assert f"logfile-daemon {daemon.pid} [" in text
+    assert len([ln for ln in text.splitlines() if " worker " in f" {ln.split()[0]} "]) == 2
+    # The daemon's fd 0 and fd 1 are the one socketpair end whose peer is the kid.
+    block = text.split(f"logfile-daemon {daemon.pid} [")[1].split(" worker ")[0]
+    assert block.count(f"<-> kid {kid.pid} fd") == 2
+    assert f"fd 3   file       {ls.access_log}" in block
+    assert f"TCP 127.0.0.1:{ls.port} (LISTEN)" in text
+    assert f"/dev/shm/labsquid-{kid.pid}" in text
+    ls.stop()
+    gone = ls.run("-k", "status")
+    assert gone.returncode == 1 and "No running copy" in gone.stderr

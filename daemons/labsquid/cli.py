@@ -25,6 +25,8 @@ SIGNALS = {
     "kill": signal.SIGKILL,
     "check": 0,
 }
+# labsquid's own -k word: print the live tree (roles, fds, peers) of the instance.
+STATUS = "status"
 
 USAGE = """\
 Usage: labsquid [-hvzCNsY] [-d level] [-f config-file] [-k signal] [--foreground]
@@ -32,9 +34,10 @@ Usage: labsquid [-hvzCNsY] [-d level] [-f config-file] [-k signal] [--foreground
        -v          Print version details.
        -f file     Use given config-file instead of /etc/labsquid/labsquid.conf
                    (without -f and without that file: the embedded default config).
-       -k reconfigure|rotate|shutdown|interrupt|kill|check|parse
+       -k reconfigure|rotate|shutdown|interrupt|kill|check|parse|status
                    Parse configuration file, then send signal to running copy
-                   (except -k parse) and exit.
+                   (except -k parse) and exit. -k status prints the running
+                   process tree with each process's IPC descriptors.
        -z          Create missing directories the config names, then exit.
        -N          Master process runs in foreground and is a worker. No kids.
        --foreground
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-h", action="store_true", dest="help")
     p.add_argument("-v", action="store_true", dest="version")
     p.add_argument("-f", dest="config")
-    p.add_argument("-k", dest="command", choices=[*SIGNALS, "parse"])
+    p.add_argument("-k", dest="command", choices=[*SIGNALS, "parse", STATUS])
     p.add_argument("-z", action="store_true", dest="create_dirs")
     p.add_argument("-N", action="store_true", dest="no_daemon")
     p.add_argument("--foreground", action="store_true")
@@ -119,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "parse":
         return 0
+    if args.command == STATUS:
+        from labsquid.control import show_status
+
+        return show_status(config)
     if args.command:
         from labsquid.control import send_signal
 

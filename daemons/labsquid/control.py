@@ -36,6 +36,18 @@ def send_signal(config: Config, command: str, signum: int) -> int:
     return 0
 
 
+def show_status(config: Config) -> int:
+    """``-k status``: the live tree, read from /proc (see ``labsquid.inspect``)."""
+    from labsquid import inspect
+
+    pid = read_running_pid(config.pid_filename) if config.pid_filename else None
+    if pid is None:
+        print("labsquid: ERROR: No running copy", file=sys.stderr)
+        return 1
+    print(inspect.render(inspect.collect(pid)), end="")
+    return 0
+
+
 def config_dirs(config: Config) -> list[str]:
     """Every directory the config names for files labsquid writes."""
     paths = [config.pid_filename, config.cache_log]

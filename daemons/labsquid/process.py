@@ -69,6 +69,13 @@ def spawn(argv: Sequence[str], fd_map: Mapping[int, int] | None = None,
             os.close(temp)
         for fd in pass_fds:
             os.set_inheritable(fd, True)
+        # Inheritable fds we did not open (the caller of ``labsquid`` may have
+        # left some) must not reach the new program either.
+        keep = {0, 1, 2, *staged, *pass_fds}
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd not in keep and _is_open(fd) and os.get_inheritable(fd):
+                os.close(fd)
         os.execve(argv[0], list(argv), dict(env if env is not None else os.environ))
     except BaseException as exc:  # noqa: BLE001 - the child must never return into our code
         try:
@@ -76,6 +83,14 @@ def spawn(argv: Sequence[str], fd_map: Mapping[int, int] | None = None,
         finally:
             os._exit(127)
     raise AssertionError("unreachable")
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def describe_status(status: int) -> tuple[str, int | None, int | None]:
