@@ -66,6 +66,7 @@ class AccessLogger:
         self._respawn_timer: Timer | None = None
         self._drop_timer: Timer | None = None
         self._closing = False
+        self._send_scheduled = False
         self.on_idle: Callable[[], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -134,7 +135,16 @@ class AccessLogger:
             self.lines_logged += 1
         elif self._drop_timer is None:
             self._drop_timer = self.loop.call_later(DROP_REPORT_INTERVAL, self._report_drops)
-        self._want_write()
+        # One send per loop turn for however many lines the turn produced,
+        # tried directly: epoll's EPOLLOUT is only needed when the socket is full.
+        if not self._send_scheduled and self.sock is not None:
+            self._send_scheduled = True
+            self.loop.call_soon(self._send_soon)
+
+    def _send_soon(self) -> None:
+        self._send_scheduled = False
+        if self.sock is not None:
+            self._send()
 
     def rotate(self) -> None:
         self.queue.command("R")

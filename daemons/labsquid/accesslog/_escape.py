@@ -62,7 +62,21 @@ def _pct_upper(ch: str) -> str:
     return "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
 
 
+def _unsafe_pattern(keep_percent: bool) -> re.Pattern[str]:
+    """Matches any character ``_rfc1738`` would change (for the fast path)."""
+    safe = "".join(chr(b) for b in range(0x21, 0x7F)
+                   if b not in _RFC1738_UNSAFE and (keep_percent or b != 0x25))
+    return re.compile("[^" + re.escape(safe) + "]")
+
+
+_UNSAFE_KEEP_PERCENT = _unsafe_pattern(True)
+_UNSAFE = _unsafe_pattern(False)
+
+
 def _rfc1738(value: str, *, keep_percent: bool) -> str:
+    # Most values (URLs, methods) need no escaping at all: one C-level scan.
+    if not (_UNSAFE_KEEP_PERCENT if keep_percent else _UNSAFE).search(value):
+        return value
     out: list[str] = []
     for b in value.encode("utf-8", "surrogatepass"):
         if b in _ALNUM:
@@ -151,6 +165,8 @@ def defang(value: str, *, allow_space: bool = False) -> str:
     for raw mode.
     """
     pattern = _LINE_BREAKERS if allow_space else _NOT_WORD_CHAR
+    if not pattern.search(value):
+        return value
     return pattern.sub(lambda m: _pct_upper(m.group()), value)
 
 

@@ -34,6 +34,7 @@ Parsing is stricter than squid, which silently accepts an unterminated
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -398,52 +399,71 @@ def _number(kind: _Kind, value: object, tok: _Token) -> str:
     return f"{value:0{_zero_width(tok)}d}"
 
 
-def _encode(text: str, tok: _Token, spec: _Code) -> str:
+def _encoder(tok: _Token, spec: _Code) -> Callable[[str], str]:
+    """The escaping function for one token, chosen once at compile time."""
     q = tok.quoting
     if q is Quoting.NONE:
         if spec.squid_quotes:
-            return _escape.url_unescaped(text)
-        return _escape.defang(text, allow_space=spec.trusted)
+            return _escape.url_unescaped
+        return functools.partial(_escape.defang, allow_space=spec.trusted)
     if q is Quoting.QUOTES:
-        return _escape.quoted(text)
+        return _escape.quoted
     if q is Quoting.MIMEBLOB:
-        return _escape.mimeblob(text, escape_space=spec.user)
+        return functools.partial(_escape.mimeblob, escape_space=spec.user)
     if q is Quoting.URL:
-        return _escape.url(text)
+        return _escape.url
     if q is Quoting.SHELL:
-        return _escape.shell(text)
-    return _escape.defang(text, allow_space=True)  # RAW: as is, minus line breakers
+        return _escape.shell
+    return functools.partial(_escape.defang, allow_space=True)  # RAW: minus line breakers
 
 
-def _render(tok: _Token, rec: AccessRecord) -> str:
-    if not tok.code:
-        return tok.literal
+def _renderer(tok: _Token) -> Callable[[AccessRecord], str]:
+    """One token's rendering, specialised at compile time (this runs per request)."""
     spec = _CODES[tok.code]
-    value = spec.fetch(rec, tok)
-    if value is None or value == "":
-        return "-"  # squid prints a bare dash for anything missing
-    numeric = spec.kind is not _Kind.STR
-    text = _number(spec.kind, value, tok) if numeric else str(value)
-    text = _encode(text, tok, spec)
-    if tok.width_max >= 0 and not numeric:
-        text = text[: tok.width_max]
-    if tok.width_min > 0:
-        text = text.ljust(tok.width_min) if tok.left else text.rjust(tok.width_min)
-    return text
+    fetch, kind = spec.fetch, spec.kind
+    numeric = kind is not _Kind.STR
+    plain_int = kind is _Kind.INT and _zero_width(tok) == 0
+    encode = _encoder(tok, spec)
+    width_max = tok.width_max if not numeric else -1
+    width_min, left = tok.width_min, tok.left
+
+    def render(rec: AccessRecord) -> str:
+        value = fetch(rec, tok)
+        if value is None or value == "":
+            return "-"  # squid prints a bare dash for anything missing
+        if plain_int:
+            text = encode(str(value))
+        else:
+            text = encode(_number(kind, value, tok) if numeric else str(value))
+        if width_max >= 0:
+            text = text[:width_max]
+        if width_min > 0:
+            text = text.ljust(width_min) if left else text.rjust(width_min)
+        return text
+
+    return render
 
 
 class LogFormat:
-    """A compiled logformat definition."""
+    """A compiled logformat definition: literal strings and per-code renderers."""
 
-    __slots__ = ("definition", "_tokens")
+    __slots__ = ("definition", "_parts")
 
     def __init__(self, definition: str, tokens: tuple[_Token, ...]) -> None:
         self.definition = definition
-        self._tokens = tokens
+        parts: list[str | Callable[[AccessRecord], str]] = []
+        for tok in tokens:
+            if tok.code:
+                parts.append(_renderer(tok))
+            elif parts and isinstance(parts[-1], str):
+                parts[-1] += tok.literal
+            else:
+                parts.append(tok.literal)
+        self._parts = tuple(parts)
 
     def render(self, rec: AccessRecord) -> str:
         """One log line for ``rec``, without the trailing newline."""
-        return "".join([_render(tok, rec) for tok in self._tokens])
+        return "".join([p if p.__class__ is str else p(rec) for p in self._parts])
 
     def __repr__(self) -> str:
         return f"LogFormat({self.definition!r})"

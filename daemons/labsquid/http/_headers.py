@@ -78,6 +78,10 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
 
+    def field_lines(self) -> list[bytes]:
+        """``name: value`` for each field, as received (for fast serialisation)."""
+        return [name + b": " + value for _, name, value in self._items]
+
     def copy(self) -> Headers:
         return Headers._from_items(list(self._items))
 

@@ -18,6 +18,7 @@ and every connection ends at ``client_lifetime``.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ class ClientConnection:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer_ip, self.peer_port = peer[0], peer[1]
+        self.peer_address = ipaddress.ip_address(self.peer_ip)  # parsed once, for acls
         local = sock.getsockname()
         self.local_ip, self.local_port = local[0], local[1]
         cfg = ctx.config

@@ -117,8 +117,8 @@ def response_head(resp: Response, policy: ForwardPolicy, framing: str | int | No
 
 def serialize(start_line: bytes, headers: Headers) -> bytes:
     """Head bytes from trusted parts (parsed and validated, or our own)."""
-    parts = [start_line]
-    parts.extend(name + b": " + value for name, value in headers)
+    parts = headers.field_lines()
+    parts.insert(0, start_line)
     parts.append(b"\r\n")
     return b"\r\n".join(parts)
 

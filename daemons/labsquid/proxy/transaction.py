@@ -131,7 +131,7 @@ class Transaction(LocalReplies, UpstreamHandler):
     # -- 2. authorize -------------------------------------------------------
     def access_context(self, dst: tuple | None) -> AccessContext:
         return AccessContext(
-            src=ipaddress.ip_address(self.client.peer_ip), local_port=self.client.local_port,
+            src=self.client.peer_address, local_port=self.client.local_port,
             method=self.method, proto="NONE" if self.method == "CONNECT" else "HTTP",
             host=self.host, port=self.port, url=self.url,
             path=self.path.decode("latin-1"), dst=dst)
