@@ -165,6 +165,8 @@ class PoolEngine:
             code = 1
             try:
                 code = worker.child_main(self.kid, slot, self.generation, theirs, socks, row)
+            except BaseException:
+                log.exception("worker_crashed", worker=slot)
             finally:
                 os._exit(code)
         theirs.close()
@@ -213,7 +215,9 @@ class PoolEngine:
             except OSError:
                 return  # out of fds etc.: retried on the next readiness
             target.conns_sent += 1
-            if not target.channel.send(Kind.CONN, b"", [conn.detach()]):
+            fd = conn.detach()
+            if not target.channel.send(Kind.CONN, b"", [fd]):
+                os.close(fd)  # the client sees a reset rather than a hang
                 log.warning("passfd_send_failed", worker=target.slot)
 
     def _pause_listeners(self, paused: bool) -> None:

@@ -8,14 +8,20 @@ Paths:
     /headers        the request head as the origin received it, as text
     /status/N       an empty reply with that status
     /slow/S         waits S seconds, then a short reply
+    /hop            a reply with hop-by-hop fields (Connection: X-Secret, Keep-Alive…)
     /id/ANY         a short reply naming the path (chaos tests count these)
-Every received head is kept in ``heads`` for assertions.
+Every received head is kept in ``heads`` for assertions, and the client port
+it came from in ``peers`` (one upstream connection = one port).
 """
 
 from __future__ import annotations
 
+import http.client
+import re
+import socket
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -54,6 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         raw = self.requestline + "\r\n" + str(self.headers)
         self.server.heads.append(raw)
+        self.server.peers.append(self.client_address[1])
         body = self._body()
         parts = self.path.split("/")
         kind = parts[1] if len(parts) > 1 else ""
@@ -85,6 +92,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, raw.encode("latin-1"))
         elif kind == "status":
             self._send(int(arg), b"")
+        elif kind == "hop":
+            self._send(200, b"hop\n", extra={"Connection": "X-Secret, keep-alive",
+                                             "X-Secret": "1", "Keep-Alive": "timeout=5",
+                                             "Proxy-Authenticate": "Basic", "X-Kept": "yes"})
         elif kind == "slow":
             time.sleep(float(arg))
             self._send(200, b"slow\n")
@@ -100,6 +111,7 @@ class OriginServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.heads: list[str] = []
+        self.peers: list[int] = []  # the proxy's source port for each received head
         self.port = self.server_address[1]
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -113,3 +125,214 @@ class OriginServer(ThreadingHTTPServer):
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+
+# -- helpers for the proxy end-to-end tests (tests/test_proxy_*.py) -----------
+
+
+
+def proxy_conn(port: int, timeout: float = 5.0) -> http.client.HTTPConnection:
+    """An ``http.client`` connection to the proxy (requests use absolute-form URLs)."""
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+
+def fetch(port: int, method: str, url: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None,
+          timeout: float = 5.0) -> tuple[http.client.HTTPResponse, bytes]:
+    """One request through the proxy on a fresh connection: (response, body)."""
+    conn = proxy_conn(port, timeout)
+    try:
+        conn.request(method, url, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp, resp.read()
+    finally:
+        conn.close()
+
+
+@dataclass
+class RawResponse:
+    status: int
+    reason: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    raw_head: bytes
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+class RawClient:
+    """A raw socket to the proxy, reading responses byte by byte off the wire."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _more(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read_until_close(self) -> bytes:
+        while self._more():
+            pass
+        data, self.buf = self.buf, b""
+        return data
+
+    def closed_by_peer(self) -> bool:
+        """True when the proxy closed (EOF or reset) with nothing more to read."""
+        try:
+            return not self._more() and not self.buf
+        except ConnectionResetError:
+            return True
+
+    def read_response(self, method: str = "GET") -> RawResponse:
+        while b"\r\n\r\n" not in self.buf:
+            if not self._more():
+                raise EOFError(f"connection closed before a full head: {self.buf!r}")
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        version, status, *reason = lines[0].split(" ", 2)
+        headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
+        resp = RawResponse(int(status), reason[0] if reason else "", version,
+                           headers, b"", head + b"\r\n\r\n")  # type: ignore[arg-type]
+        te = (resp.header("Transfer-Encoding") or "").lower()
+        length = resp.header("Content-Length")
+        if method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200:
+            return resp
+        if te == "chunked":
+            body = b""
+            while True:
+                while b"\r\n" not in self.buf:
+                    if not self._more():
+                        raise EOFError("EOF in chunk size")
+                line, self.buf = self.buf.split(b"\r\n", 1)
+                size = int(line.split(b";")[0], 16)
+                if size == 0:
+                    while b"\r\n\r\n" not in b"\r\n" + self.buf:
+                        if not self._more():
+                            raise EOFError("EOF in trailers")
+                    _t, self.buf = (b"\r\n" + self.buf).split(b"\r\n\r\n", 1)
+                    break
+                while len(self.buf) < size + 2:
+                    if not self._more():
+                        raise EOFError("EOF in chunk")
+                body += self.buf[:size]
+                self.buf = self.buf[size + 2:]
+            resp.body = body
+        elif length is not None:
+            n = int(length)
+            while len(self.buf) < n:
+                if not self._more():
+                    raise EOFError("EOF in body")
+            resp.body, self.buf = self.buf[:n], self.buf[n:]
+        else:
+            resp.body = self.read_until_close()
+        return resp
+
+
+def raw_exchange(port: int, data: bytes, method: str = "GET",
+                 timeout: float = 5.0) -> RawResponse:
+    """Send raw bytes, read one response."""
+    with RawClient(port, timeout) as c:
+        c.send(data)
+        return c.read_response(method)
+
+
+class EchoServer:
+    """A plain TCP echo server (a TLS-less CONNECT target), one thread per client."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    try:
+                        conn.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    return
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> EchoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# squid's native format: %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt
+SQUID_LINE = re.compile(
+    r"^(?P<ts>\d{10})\.(?P<ms>\d{3}) (?P<elapsed> *\d+) (?P<client>\S+) "
+    r"(?P<tag>[A-Z_]+)/(?P<status>\d{3}) (?P<size>\d+) (?P<method>\S+) (?P<url>\S+) "
+    r"(?P<user>\S+) (?P<hier>[A-Z_]+)/(?P<peer>\S+) (?P<mime>\S+)$")
+
+
+def parse_squid_line(line: str) -> dict[str, str]:
+    m = SQUID_LINE.match(line)
+    if m is None:
+        raise AssertionError(f"not a squid native access.log line: {line!r}")
+    return m.groupdict()
+
+
+def module_labsquid(tmp_path_factory, **kwargs):
+    """Generator for a module-scoped started labsquid (one start for many tests)."""
+    from support.service import Labsquid
+
+    instance = Labsquid(tmp_path_factory.mktemp("ls"), **kwargs).start()
+    try:
+        yield instance
+    finally:
+        if instance.proc is not None and instance.proc.poll() is None:
+            instance.kill_tree()
+
+
+def module_origin():
+    with OriginServer() as server:
+        yield server

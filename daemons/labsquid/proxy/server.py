@@ -102,6 +102,8 @@ class ProxyServer:
         client = ClientConnection(self.ctx, conn, addr or conn.getpeername(), self._closed)
         self.connections.add(client)
         self.ctx.stats.add("active", 1)
+        if len(self.connections) >= self.ctx.config.pool_max_connections:
+            self._pause_for_capacity()  # (passfd: also marks us full, so we report room later)
         client.start()
 
     def _pause_for_capacity(self) -> None:

@@ -155,7 +155,10 @@ class Transaction(LocalReplies, UpstreamHandler):
 
     def is_manager(self) -> bool:
         path = self.path.decode("latin-1")
-        return path.startswith(MGR_PREFIX) and self.host in mgr.own_names(self.ctx, self.client)
+        # Host *and* port must be ours (as squid checks): the same path on an
+        # origin, even a local one, is that origin's business.
+        return (path.startswith(MGR_PREFIX) and self.port == self.client.local_port
+                and self.host in mgr.own_names(self.ctx, self.client))
 
     def resolve(self, then) -> None:  # type: ignore[no-untyped-def]
         if self.addresses:

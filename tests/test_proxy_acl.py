@@ -1,0 +1,178 @@
+"""Every acl type decides real requests through the proxy (http_access)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from support.origin import RawClient, module_origin, parse_squid_line
+from support.service import Labsquid, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def origin():
+    yield from module_origin()
+
+
+@pytest.fixture(scope="module")
+def ports():
+    return {"second": free_port(), "blocked": free_port()}
+
+
+@pytest.fixture(scope="module")
+def labsquid(tmp_path_factory, origin, ports):
+    folder = tmp_path_factory.mktemp("ls")
+    hosts = folder / "hosts"
+    hosts.write_text("127.0.0.1 okhost.test\n127.0.0.2 dsthost.test\n")
+    rules = f"""\
+acl SSL_ports port 443
+acl Safe_ports port 80 21 443 70 210 1025-65535 280 488 591 777
+acl CONNECT method CONNECT
+acl badsrc src 127.0.0.2
+acl goodsrc src 127.0.0.3
+acl badmethod method PATCH
+acl baddomain dstdomain .denied.test
+acl badregex url_regex -i /forbidden/
+acl baddst dst 127.0.0.2
+acl badport port {ports['blocked']}
+acl second localport {ports['second']}
+acl isproto proto HTTP
+acl protopath urlpath_regex ^/proto-check
+http_access deny !Safe_ports
+http_access deny CONNECT !SSL_ports
+http_access allow localhost manager
+http_access deny manager
+http_access deny badsrc
+http_access deny badmethod
+http_access deny baddomain
+http_access deny badregex
+http_access deny badport
+http_access deny second
+http_access deny isproto protopath
+http_access deny baddst
+http_access allow localhost
+http_access allow goodsrc
+http_access deny all
+"""
+    extra = f"http_port 127.0.0.1:{ports['second']}\nhosts_file {hosts}\n"
+    instance = Labsquid(folder, rules=rules, extra=extra).start()
+    yield instance
+    if instance.proc is not None and instance.proc.poll() is None:
+        instance.kill_tree()
+
+
+def ask(port: int, method: str, url: str, source: str = "127.0.0.1", body: bytes = b""):
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    c = RawClient.__new__(RawClient)
+    c.sock, c.buf = sock, b""
+    with c:
+        length = f"Content-Length: {len(body)}\r\n" if body else ""
+        c.send(f"{method} {url} HTTP/1.1\r\nHost: h\r\n{length}\r\n".encode() + body)
+        return c.read_response(method)
+
+
+def denied(resp) -> bool:
+    return resp.status == 403 and resp.header("X-Squid-Error") == "ERR_ACCESS_DENIED 0"
+
+
+def test_src(labsquid, origin):
+    url = origin.url("/id/src")
+    assert denied(ask(labsquid.port, "GET", url, source="127.0.0.2"))
+    assert ask(labsquid.port, "GET", url, source="127.0.0.3").status == 200
+    assert ask(labsquid.port, "GET", url).status == 200
+
+
+def test_method(labsquid, origin):
+    assert denied(ask(labsquid.port, "PATCH", origin.url("/echo"), body=b"x"))
+    assert ask(labsquid.port, "PUT", origin.url("/echo"), body=b"x").status == 200
+
+
+def test_dstdomain(labsquid):
+    assert denied(ask(labsquid.port, "GET", "http://www.denied.test/"))
+    assert denied(ask(labsquid.port, "GET", "http://denied.test/"))
+
+
+def test_url_regex(labsquid, origin):
+    assert denied(ask(labsquid.port, "GET", origin.url("/id/FORBIDDEN/x")))
+    assert ask(labsquid.port, "GET", origin.url("/id/allowed/x")).status == 200
+
+
+def test_port(labsquid, ports):
+    resp = ask(labsquid.port, "GET", f"http://127.0.0.1:{ports['blocked']}/")
+    assert denied(resp), "denied before any connect attempt (else 503)"
+
+
+def test_localport(labsquid, origin, ports):
+    assert denied(ask(ports["second"], "GET", origin.url("/id/lp")))
+    assert ask(labsquid.port, "GET", origin.url("/id/lp")).status == 200
+
+
+def test_proto(labsquid, origin):
+    assert denied(ask(labsquid.port, "GET", origin.url("/proto-check")))
+
+
+def test_dst_by_address_and_by_name(labsquid, origin):
+    assert denied(ask(labsquid.port, "GET", f"http://127.0.0.2:{origin.port}/id/d"))
+    assert denied(ask(labsquid.port, "GET", f"http://dsthost.test:{origin.port}/id/d"))
+    resp = ask(labsquid.port, "GET", f"http://okhost.test:{origin.port}/id/ok")
+    assert resp.status == 200 and resp.body == b"path /id/ok\n"
+
+
+def test_denied_requests_never_reach_the_origin(labsquid, origin):
+    before = len(origin.heads)
+    ask(labsquid.port, "GET", origin.url("/id/forbidden/"))
+    ask(labsquid.port, "GET", origin.url("/id/x"), source="127.0.0.2")
+    assert len(origin.heads) == before
+    line = wait_for(lambda: [x for x in labsquid.access_lines() if "127.0.0.2 " in x],
+                    timeout=5)[-1]
+    fields = parse_squid_line(line)
+    assert (fields["client"], fields["tag"], fields["status"]) == \
+        ("127.0.0.2", "TCP_DENIED", "403")
+
+
+@pytest.mark.parametrize("action, expect", [
+    ("menu", "info"), ("info", "Number of HTTP requests received"),
+    ("counters", "client_http.requests ="), ("pool", "dispatch: serial")])
+def test_manager_from_localhost(labsquid, action, expect):
+    url = f"http://127.0.0.1:{labsquid.port}/squid-internal-mgr/{action}"
+    resp = ask(labsquid.port, "GET", url)
+    assert resp.status == 200
+    assert resp.header("Content-Type").startswith("text/plain")
+    assert expect in resp.body.decode()
+
+
+def test_manager_origin_form(labsquid):
+    resp = ask(labsquid.port, "GET", "/squid-internal-mgr/menu")
+    assert resp.status == 200 and "counters" in resp.body.decode()
+
+
+def test_manager_denied_from_elsewhere(labsquid):
+    url = f"http://127.0.0.1:{labsquid.port}/squid-internal-mgr/info"
+    resp = ask(labsquid.port, "GET", url, source="127.0.0.3")
+    assert denied(resp)
+    assert b"Number of HTTP requests" not in resp.body
+
+
+def test_manager_unknown_action(labsquid):
+    url = f"http://127.0.0.1:{labsquid.port}/squid-internal-mgr/nonsense"
+    resp = ask(labsquid.port, "GET", url)
+    assert resp.status == 404
+
+
+def test_no_http_access_lines_denies_everything(make_labsquid, origin):
+    ls = make_labsquid(rules="").start()
+    resp = ask(ls.port, "GET", origin.url("/id/x"))
+    assert denied(resp)
+
+
+def test_manager_path_on_another_origin_is_forwarded(labsquid, origin):
+    """Only this proxy's own host:port is the cache manager; an origin's path is its own."""
+    resp = ask(labsquid.port, "GET", origin.url("/squid-internal-mgr/info"))
+    assert resp.status == 200
+    assert resp.body == b"path /squid-internal-mgr/info\n"

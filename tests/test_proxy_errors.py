@@ -1,0 +1,243 @@
+"""squid's error pages from a real proxy: status, X-Squid-Error, and the access.log line.
+
+The machine's resolver matters for ERR_DNS_FAIL: ``.invalid`` never resolves
+(RFC 6761), and ``dns_timeout 2 seconds`` bounds the wait when the name
+server in /etc/resolv.conf does not answer at all.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from support.origin import (
+    RawClient,
+    fetch,
+    module_labsquid,
+    module_origin,
+    parse_squid_line,
+    raw_exchange,
+)
+from support.service import DEFAULT_RULES, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+RULES = "acl blocked dstdomain .blocked.test\nhttp_access deny blocked\n" + DEFAULT_RULES
+EXTRA = """\
+dns_timeout 2 seconds
+read_timeout 1 second
+request_header_max_size 1 KB
+request_body_max_size 10 KB
+"""
+
+
+@pytest.fixture(scope="module")
+def labsquid(tmp_path_factory):
+    yield from module_labsquid(tmp_path_factory, rules=RULES, extra=EXTRA)
+
+
+@pytest.fixture(scope="module")
+def origin():
+    yield from module_origin()
+
+
+def last_line(ls, contains: str) -> dict[str, str]:
+    def find():
+        for line in reversed(ls.access_lines()):
+            if contains in line:
+                return parse_squid_line(line)
+        return None
+    return wait_for(find, timeout=5, what=f"an access.log line with {contains!r}")
+
+
+def assert_error_page(resp, status: int, code: str) -> None:
+    assert resp.status == status, (resp.status, resp.raw_head)
+    assert resp.header("X-Squid-Error").split(" ")[0] == code
+    assert resp.header("Content-Type").startswith("text/html")
+    assert int(resp.header("Content-Length")) == len(resp.body)
+    assert code.encode() in resp.body
+
+
+def test_telnet_hello_is_protocol_unknown(labsquid):
+    with RawClient(labsquid.port) as c:
+        c.send(b"hello\r\n")
+        resp = c.read_response()
+        assert_error_page(resp, 400, "ERR_PROTOCOL_UNKNOWN")
+        assert resp.header("X-Squid-Error") == "ERR_PROTOCOL_UNKNOWN 0"
+        assert c.closed_by_peer(), "the connection closes after an unparseable request"
+    line = last_line(labsquid, "error:invalid-request")
+    assert (line["tag"], line["status"], line["method"]) == ("NONE_NONE", "400", "NONE")
+    assert int(line["size"]) == len(resp.raw_head) + len(resp.body)
+
+
+@pytest.mark.parametrize("target", ["http://bad host/", "http://exa mple/", "http:///x",
+                                    "http://a_b^c/", "http://[zz/", "http://h:99999/"])
+def test_invalid_url(labsquid, origin, target):
+    before = len(origin.heads)
+    resp = raw_exchange(labsquid.port, f"GET {target} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    assert_error_page(resp, 400, "ERR_INVALID_URL")
+    assert len(origin.heads) == before
+
+
+def test_connect_refused(labsquid):
+    port = free_port()  # bound then closed: nothing listens there
+    url = f"http://127.0.0.1:{port}/refused"
+    resp = raw_exchange(labsquid.port, f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    assert_error_page(resp, 503, "ERR_CONNECT_FAIL")
+    assert resp.header("X-Squid-Error") == "ERR_CONNECT_FAIL 111"
+    line = last_line(labsquid, url)
+    assert (line["tag"], line["status"]) == ("TCP_MISS", "503")
+    assert int(line["size"]) == len(resp.raw_head) + len(resp.body)
+
+
+def test_unknown_host(labsquid):
+    url = "http://no-such-host.invalid/x"
+    resp = raw_exchange(labsquid.port, f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    assert_error_page(resp, 503, "ERR_DNS_FAIL")
+    line = last_line(labsquid, url)
+    assert (line["tag"], line["status"], line["hier"], line["peer"]) == \
+        ("TCP_MISS", "503", "HIER_NONE", "-")
+
+
+def test_read_timeout(labsquid, origin):
+    url = origin.url("/slow/3")
+    resp = raw_exchange(labsquid.port, f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    assert_error_page(resp, 504, "ERR_READ_TIMEOUT")
+    line = last_line(labsquid, url)
+    assert (line["tag"], line["status"]) == ("TCP_MISS", "504")
+    assert 900 <= int(line["elapsed"]) < 2500
+
+
+def test_access_denied(labsquid, origin):
+    url = "http://www.blocked.test/secret"
+    resp = raw_exchange(labsquid.port, f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    assert_error_page(resp, 403, "ERR_ACCESS_DENIED")
+    line = last_line(labsquid, url)
+    assert (line["tag"], line["status"], line["hier"]) == ("TCP_DENIED", "403", "HIER_NONE")
+
+
+def test_request_header_too_big(labsquid, origin):
+    before = len(origin.heads)
+    big = "X-Big: " + "a" * 2000 + "\r\n"
+    resp = raw_exchange(labsquid.port,
+                        f"GET {origin.url('/id/big')} HTTP/1.1\r\nHost: h\r\n{big}\r\n".encode())
+    assert resp.status in (413, 431)
+    assert resp.header("X-Squid-Error").split()[0] == "ERR_TOO_BIG"
+    assert len(origin.heads) == before
+    line = last_line(labsquid, f"NONE_NONE/{resp.status} ")
+    assert int(line["size"]) == len(resp.raw_head) + len(resp.body)
+
+
+def test_request_body_too_big_content_length(labsquid, origin):
+    before = len(origin.heads)
+    resp, body = fetch(labsquid.port, "POST", origin.url("/echo"), body=b"b" * 20000)
+    assert resp.status == 413
+    assert resp.getheader("X-Squid-Error").split()[0] == "ERR_TOO_BIG"
+    assert len(origin.heads) == before
+
+
+def test_request_body_too_big_chunked(labsquid, origin):
+    before = len(origin.heads)
+    url = origin.url("/echo")
+    chunk = b"%x\r\n%s\r\n" % (4000, b"q" * 4000)
+    with RawClient(labsquid.port) as c:
+        c.send(f"POST {url} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+               + chunk * 4 + b"0\r\n\r\n")
+        resp = c.read_response()
+    assert resp.status == 413
+    assert resp.header("X-Squid-Error").split()[0] == "ERR_TOO_BIG"
+    assert len(origin.heads) == before
+
+
+def test_request_body_at_the_limit_passes(labsquid, origin):
+    resp, body = fetch(labsquid.port, "POST", origin.url("/echo"), body=b"b" * 10240)
+    assert resp.status == 200 and body == b"b" * 10240
+
+
+SMUGGLING = {
+    "cl_and_te": "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "duplicate_cl": "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "cl_list": "Content-Length: 5, 6\r\n\r\nhello!",
+    "bad_chunk_size": "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "obs_fold": "X-Foo: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    "bare_cr": "X-Foo: a\rb\r\nContent-Length: 0\r\n\r\n",
+    "space_before_colon": "Content-Length : 5\r\n\r\nhello",
+    "te_not_chunked": "Transfer-Encoding: gzip\r\n\r\nhello",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMUGGLING))
+def test_smuggling_never_forwarded(labsquid, origin, case):
+    before = len(origin.heads)
+    data = f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: h\r\n{SMUGGLING[case]}".encode()
+    follow = f"GET {origin.url('/id/smuggled')} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
+    with RawClient(labsquid.port) as c:
+        c.send(data + follow)
+        resp = c.read_response()
+        assert resp.status in ((400, 501) if case == "te_not_chunked" else (400,)), resp.raw_head
+        assert resp.header("X-Squid-Error") is not None
+        assert resp.header("Connection").lower() == "close"
+        assert c.closed_by_peer(), "the proxy must not read a request after a broken one"
+    assert origin.heads[before:] == []
+
+
+def test_error_page_connection_reusable_for_http_errors(labsquid, origin):
+    """A 503 from a refused connect closes the connection (squid's way) cleanly."""
+    port = free_port()
+    with RawClient(labsquid.port) as c:
+        c.send(f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        resp = c.read_response()
+        assert resp.status == 503
+        if (resp.header("Connection") or "").lower() == "close":
+            assert c.closed_by_peer()
+        else:
+            c.send(f"GET {origin.url('/id/after')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+            assert c.read_response().body == b"path /id/after\n"
+
+
+def test_zero_size_reply(make_labsquid, origin):
+    """An origin that accepts and closes without a byte: 502 ERR_ZERO_SIZE_OBJECT."""
+    labsquid = make_labsquid(dispatch="notify").start()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        resp = raw_exchange(labsquid.port,
+                            f"GET http://127.0.0.1:{port}/z HTTP/1.1\r\nHost: h\r\n\r\n".encode(),
+                            timeout=2)
+    finally:
+        srv.close()
+    assert_error_page(resp, 502, "ERR_ZERO_SIZE_OBJECT")
+    resp, body = fetch(labsquid.port, "GET", origin.url("/id/alive"))
+    assert body == b"path /id/alive\n"
+
+
+def test_invalid_response(make_labsquid, origin):
+    labsquid = make_labsquid().start()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        resp = raw_exchange(labsquid.port,
+                            f"GET http://127.0.0.1:{port}/r HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    finally:
+        srv.close()
+    assert_error_page(resp, 502, "ERR_INVALID_RESP")

@@ -1,0 +1,164 @@
+"""Every dispatch mode under concurrent clients; workers killed and reloaded under load."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from support.origin import fetch
+from support.service import wait_for
+
+pytestmark = pytest.mark.slow
+
+MODES = ["serial", "notify", "passfd", "shared", "reuseport"]
+
+
+def started(ls):
+    ls.start(wait=False)
+    ls.wait_ready(timeout=5)
+    return ls
+
+
+def one(port: int, url: str) -> bytes:
+    _resp, body = fetch(port, "GET", url, timeout=5)
+    return body
+
+
+@pytest.mark.parametrize("dispatch", MODES)
+def test_burst_of_50_concurrent_requests(make_labsquid, origin, dispatch):
+    ls = started(make_labsquid(dispatch=dispatch, pool_size=2))
+    urls = [origin.url(f"/id/{i}") for i in range(50)]
+    with ThreadPoolExecutor(50) as pool:
+        bodies = list(pool.map(lambda u: one(ls.port, u), urls))
+    assert bodies == [f"path /id/{i}\n".encode() for i in range(50)]
+    wait_for(lambda: len(ls.access_lines()) >= 50, timeout=5, what="50 access.log lines")
+
+
+@pytest.mark.parametrize("dispatch", MODES)
+def test_simultaneous_connections_never_stranded(make_labsquid, origin, dispatch):
+    """The notes' experiment 7: two clients connecting at the same instant, 30 times."""
+    ls = started(make_labsquid(dispatch=dispatch, pool_size=2))
+    request = f"GET {origin.url('/id/x')} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    for _round in range(30):
+        barrier = threading.Barrier(2)
+        results: list[object] = []
+
+        def client(barrier=barrier, results=results):
+            barrier.wait()
+            t0 = time.monotonic()
+            try:
+                with socket.create_connection(("127.0.0.1", ls.port), timeout=2) as s:
+                    s.sendall(request.encode())
+                    data = s.recv(15)
+                results.append((data, time.monotonic() - t0))
+            except OSError as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=client) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5)
+        assert len(results) == 2
+        for r in results:
+            assert isinstance(r, tuple) and r[0] == b"HTTP/1.1 200 OK", (_round, results)
+            assert r[1] < 2
+
+
+class Traffic:
+    """A thread doing requests in a loop on fresh connections, counting outcomes."""
+
+    def __init__(self, port: int, url: str) -> None:
+        self.port, self.url = port, url
+        self.ok = 0
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            try:
+                resp, body = fetch(self.port, "GET", self.url, timeout=3)
+                if resp.status == 200 and body.startswith(b"path "):
+                    self.ok += 1
+                else:
+                    self.failed.append(f"{resp.status} {body[:60]!r}")
+            except Exception as exc:  # noqa: BLE001 - OSError and http.client's errors
+                self.failed.append(f"{exc!r} after {time.monotonic() - t0:.2f}s")
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def more(self, n: int = 5) -> None:
+        start = self.ok
+        try:
+            wait_for(lambda: self.ok >= start + n, timeout=8, what=f"{n} more requests")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; ok={self.ok} failed={self.failed}") from None
+
+
+@pytest.mark.parametrize("dispatch", ["notify", "reuseport"])
+def test_killed_worker_is_replaced_others_keep_serving(make_labsquid, origin, dispatch):
+    ls = started(make_labsquid(dispatch=dispatch, pool_size=2))
+    workers = ls.workers()
+    victim = workers[0]
+    with Traffic(ls.port, origin.url("/id/k")) as traffic:
+        traffic.more(10)
+        victim.kill()
+        victim.wait(3)
+        traffic.more(20)
+        wait_for(lambda: len(ls.workers()) == 2 and victim.pid not in
+                 {w.pid for w in ls.workers()}, timeout=5, what="a replacement worker")
+        traffic.more(10)
+    assert len(traffic.failed) <= 1, traffic.failed  # at most the one in flight on the victim
+    titles = sorted(" ".join(w.cmdline()).strip() for w in ls.workers())
+    assert titles == ["(labsquid-1 worker-1)", "(labsquid-1 worker-2)"]
+
+
+@pytest.mark.parametrize("dispatch", ["notify", "reuseport"])
+def test_reconfigure_under_load_loses_nothing(make_labsquid, origin, dispatch):
+    ls = started(make_labsquid(dispatch=dispatch, pool_size=2))
+    refused: list[str] = []
+    stop = threading.Event()
+
+    def connector():
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", ls.port), timeout=2):
+                    pass
+            except OSError as exc:
+                refused.append(repr(exc))
+            time.sleep(0.005)
+
+    knocker = threading.Thread(target=connector, daemon=True)
+    knocker.start()
+    seen = {w.pid for w in ls.workers()}
+    try:
+        with Traffic(ls.port, origin.url("/id/hup")) as traffic:
+            traffic.more(5)
+            for _ in range(5):
+                current = {w.pid for w in ls.workers()}
+                ls.signal(signal.SIGHUP)
+                wait_for(lambda c=current: len(ls.workers()) == 2 and
+                         not ({w.pid for w in ls.workers()} & c),
+                         timeout=5, what="a new generation of workers")
+                new = {w.pid for w in ls.workers()}
+                assert not new & seen, "new workers have new pids"
+                seen |= new
+                traffic.more(5)
+    finally:
+        stop.set()
+        knocker.join(5)
+    assert traffic.failed == []
+    assert refused == [], "the listening socket refused a connection during reload"
