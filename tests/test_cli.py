@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -209,3 +210,22 @@ def test_k_status_prints_the_live_tree_with_ipc_fds(make_labsquid):
     ls.stop()
     gone = ls.run("-k", "status")
     assert gone.returncode == 1 and "No running copy" in gone.stderr
+
+
+def test_logs_are_json_off_a_terminal_and_readable_on_one(make_labsquid):
+    ls = make_labsquid().start()
+    first = ls.stderr_text().splitlines()[0]
+    assert first.startswith("{") and '"role": "master"' in first and '"pid": ' in first
+    ls.stop()
+    # The same start on a terminal (script(1) gives it a pty): console lines, not JSON.
+    ls2 = make_labsquid()
+    cmd = " ".join(ls2.command("--foreground"))
+    proc = subprocess.Popen(["script", "-qfec", cmd, "/dev/null"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ls2.folder)
+    wait_for(lambda: ls2.pidfile.exists() and ls2.answers(), what="the terminal instance")
+    time.sleep(0.5)
+    os.kill(int(ls2.pidfile.read_text()), signal.SIGTERM)
+    out = proc.communicate(timeout=20)[0].decode(errors="replace")
+    lines = [ln for ln in out.splitlines() if "master_started" in ln]
+    assert lines and not lines[0].lstrip().startswith("{"), out[:500]
+    assert "role=master" in lines[0] and "pid=" in lines[0]
