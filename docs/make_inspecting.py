@@ -50,6 +50,38 @@ def traced(pid: int, action, args: list[str]) -> str:  # noqa: ANN001
     return text.rstrip()
 
 
+def under_systemd() -> dict[str, str]:
+    """systemctl status and journalctl from the package running in a booted systemd.
+
+    Uses the test suite's harness (tests/support/systemd.py): a real systemd
+    252 in namespaces on a throw-away overlay, with the built .deb installed.
+    """
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from support.systemd import SystemdContainer, build_deb, unavailable_reason
+
+    if unavailable_reason():
+        return {"systemctl": f"(systemd cannot boot here: {unavailable_reason()})",
+                "journal": "", "journal_kid": ""}
+    out = {}
+    with SystemdContainer() as box:
+        box.exec("rm", "-f", "/usr/sbin/policy-rc.d", check=True)
+        box.install_deb(build_deb())
+        box.systemctl("restart", "labsquid")
+        kid = box.exec("pgrep", "-f", "^[(]labsquid-1[)]").stdout.split()[0]
+        box.exec("kill", "-9", kid)
+        time.sleep(2)
+        out["systemctl"] = box.exec("systemctl", "status", "--no-pager", "-l", "-n", "0",
+                                    "labsquid").stdout.rstrip()
+        out["journal"] = box.exec("journalctl", "-u", "labsquid", "--no-pager", "-n", "12",
+                                  "-o", "cat").stdout.rstrip()
+        died = [e for e in box.journal_json("-u", "labsquid")
+                if e.get("LABSQUID_EVENT") == "kid_died"]
+        fields = {k: v for k, v in died[-1].items()
+                  if k.startswith("LABSQUID_") or k in ("MESSAGE", "PRIORITY", "_PID")}
+        out["journal_kid"] = "\n".join(f"{k}={v}" for k, v in sorted(fields.items()))
+    return out
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="labsquid-doc-"))
     port = 3128 + os.getpid() % 1000
@@ -88,6 +120,8 @@ def main() -> int:
                            "wait4,setsid,kill,exit_group"])
     master.send_signal(signal.SIGTERM)
     master.wait(20)
+
+    t.update(under_systemd())
 
     template = (HERE / "inspecting.md.in").read_text()
     for key, text in t.items():

@@ -58,10 +58,12 @@ class _JournalRenderer:
     def __call__(self, _logger: Any, name: str, event: dict[str, Any]) -> str:
         message = event.pop("event", "")
         level = event.pop("level", name)
-        fields = {"LABSQUID_" + k.upper(): str(v) for k, v in event.items()
-                  if k not in ("timestamp",)}
+        # A field that is None (an exit code when a signal killed the kid) is
+        # simply absent, as journal fields usually are.
+        event = {k: v for k, v in event.items() if v is not None and k != "timestamp"}
+        fields = {"LABSQUID_" + k.upper(): str(v) for k, v in event.items()}
         extra = " ".join(f"{k}={v}" for k, v in event.items()
-                         if k not in ("role", "pid", "timestamp", "exception"))
+                         if k not in ("role", "pid", "exception"))
         text = f"{event.get('role', '?')}[{event.get('pid', '?')}]: {message}"
         if extra:
             text += " " + extra
