@@ -464,3 +464,24 @@ def test_kill_9_mid_stream_then_restart_writes_every_line_once(daemons, log, buf
     assert d2.close() == 0
     assert text(log).splitlines() == first + second
     assert q.skipped > 0
+
+
+def test_symlink_planted_by_another_user_is_refused(tmp_path):
+    """The daemon follows a symlink at its path only when it or root owns the link."""
+    import pwd
+
+    from labsquid.logfile_daemon import refuse_foreign_symlink
+
+    target = tmp_path / "elsewhere"
+    own = tmp_path / "own.log"
+    own.symlink_to(target)
+    refuse_foreign_symlink(str(own))  # ours: followed
+    if os.geteuid() != 0:
+        pytest.skip("needs root to plant a link owned by another user")
+    planted = tmp_path / "planted.log"
+    planted.symlink_to(target)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.lchown(planted, nobody, -1)
+    with pytest.raises(OSError, match="refusing a symbolic link owned by uid"):
+        refuse_foreign_symlink(str(planted))
+    assert not target.exists()

@@ -95,6 +95,21 @@ def _quietly(fn: Callable[..., None], *args: str) -> None:
         pass
 
 
+def refuse_foreign_symlink(path: str) -> None:
+    """A symlink at the log's path is followed only if we or root made it.
+
+    An administrator may point access.log elsewhere on purpose; another user
+    who can write to the log folder must not be able to make us append to
+    (or create) a file of their choosing.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, os.geteuid()):
+        raise OSError(errno.ELOOP, f"refusing a symbolic link owned by uid {st.st_uid}", path)
+
+
 class LogFile:
     """The log file, always on fd 3 while open."""
 
@@ -103,6 +118,7 @@ class LogFile:
         self.is_open = False
 
     def open(self) -> None:
+        refuse_foreign_symlink(self.path)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         fd = os.open(self.path, flags, 0o644)
         if fd != LOG_FD:
