@@ -12,6 +12,7 @@ import urllib.request
 import psutil
 import pytest
 
+from labsquid.inspect import tcp_connections
 from support.service import wait_for
 
 pytestmark = pytest.mark.slow
@@ -147,7 +148,7 @@ def test_hup_with_good_config_reloads_without_closing_the_port(make_labsquid, or
 
 
 def _listen_inode(ls) -> int:
-    for conn in psutil.Process(ls.proc.pid).net_connections(kind="tcp"):
+    for conn in tcp_connections(psutil.Process(ls.proc.pid)):
         if conn.status == psutil.CONN_LISTEN and conn.laddr.port == ls.port:
             return conn.fd and os.stat(f"/proc/{ls.proc.pid}/fd/{conn.fd}").st_ino
     raise AssertionError("master holds no listening socket")

@@ -38,6 +38,12 @@ class ProcInfo:
     shm: list[str] = field(default_factory=list)
 
 
+def tcp_connections(p: psutil.Process) -> list:
+    """``net_connections`` (psutil >= 6) or ``connections`` (Debian 12's psutil 5.9)."""
+    method = getattr(p, "net_connections", None) or p.connections
+    return method(kind="tcp")
+
+
 def role_of(title: str) -> str:
     if title.startswith("(logfile-daemon)"):
         return "logfile-daemon"
@@ -92,7 +98,7 @@ def collect(master_pid: int) -> list[ProcInfo]:
             title = " ".join(p.cmdline()).strip()
             info = ProcInfo(role_of(title), p.pid, p.ppid(), title, p.status(), p.username(),
                             0)
-            conns = p.net_connections(kind="tcp")
+            conns = tcp_connections(p)
         except psutil.Error:
             continue
         info.connections = sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED)
