@@ -219,6 +219,18 @@ class EventLoop:
         self._epoll.close()
 
 
+def bind_signal_handlers(loop: EventLoop, owner: object, names: tuple[str, ...]) -> None:
+    """gunicorn's arbiter convention: SIGTERM goes to ``owner.handle_term`` and so on.
+
+    SIGPIPE is ignored in every role: a peer that went away shows up as an
+    EPIPE from ``send``, handled where it happens.
+    """
+    for name in names:
+        loop.add_signal_handler(getattr(signal, "SIG" + name.upper()),
+                                getattr(owner, "handle_" + name))
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
 def _ignore_in_handler(signum: int, frame: object) -> None:
     """The real work happens in the loop; see ``EventLoop.add_signal_handler``."""
 

@@ -33,7 +33,7 @@ from labsquid import log as logsetup
 from labsquid import process
 from labsquid.access_logger import AccessLogger
 from labsquid.config import Config, ConfigError
-from labsquid.eventloop import EventLoop
+from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import Channel, Kind
 from labsquid.pool import make_engine
 from labsquid.settings import load_config
@@ -71,13 +71,7 @@ class Kid:
         os.chdir("/")  # paths are absolute; the start folder may be closed to us now
         # Created as the user that will unlink it at exit (/dev/shm is sticky).
         self.stats = Stats(self.name)
-        for signum, handler in ((signal.SIGTERM, self.handle_term),
-                                (signal.SIGINT, self.handle_int),
-                                (signal.SIGHUP, self.handle_hup),
-                                (signal.SIGUSR1, self.handle_usr1),
-                                (signal.SIGCHLD, self.handle_chld)):
-            self.loop.add_signal_handler(signum, handler)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        bind_signal_handlers(self.loop, self, ("term", "int", "hup", "usr1", "chld"))
         if self._control_sock is not None:
             self.control = Channel(self.loop, self._control_sock, self._on_control,
                                    self._on_master_gone)

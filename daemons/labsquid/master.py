@@ -28,7 +28,7 @@ import structlog
 
 from labsquid import listeners, process
 from labsquid.config import Config, ConfigError
-from labsquid.eventloop import EventLoop, Timer
+from labsquid.eventloop import EventLoop, Timer, bind_signal_handlers
 from labsquid.ipc import Channel, Kind, channel_pair
 from labsquid.notify import Notifier
 from labsquid.pidfile import PidFile
@@ -65,13 +65,7 @@ class Master:
         self._reload_pending = False
 
     def run(self) -> int:
-        for signum, handler in ((signal.SIGTERM, self.handle_term),
-                                (signal.SIGINT, self.handle_int),
-                                (signal.SIGHUP, self.handle_hup),
-                                (signal.SIGUSR1, self.handle_usr1),
-                                (signal.SIGCHLD, self.handle_chld)):
-            self.loop.add_signal_handler(signum, handler)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        bind_signal_handlers(self.loop, self, ("term", "int", "hup", "usr1", "chld"))
         self.listeners = listeners.open_all(port_specs(self.config),
                                             listeners.systemd_sockets())
         log.info("master_started", listening=[str(listeners.address_of(s))

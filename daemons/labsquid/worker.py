@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from labsquid import log as logsetup
-from labsquid.eventloop import EventLoop
+from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import Channel, Kind
 from labsquid.process import set_title
 from labsquid.proxy.context import ServeContext
@@ -55,11 +55,9 @@ class Worker:
         self.lifetime = kid.config.shutdown_lifetime
 
     def run(self) -> int:
-        self.loop.add_signal_handler(signal.SIGTERM, self.handle_term)
-        self.loop.add_signal_handler(signal.SIGINT, self.handle_int)
-        for signum in (signal.SIGHUP, signal.SIGUSR1):
+        bind_signal_handlers(self.loop, self, ("term", "int"))
+        for signum in (signal.SIGHUP, signal.SIGUSR1):  # the kid's business
             signal.signal(signum, signal.SIG_IGN)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         if self.mode == "shared":
             for sock in self.socks:
                 self.server.listen(sock, exclusive=True)
