@@ -243,9 +243,11 @@ class ChunkedDecoder:
                 return Data(data)
             if state == self._SIZE:
                 end = buf.find(b"\r\n")
+                # The limit holds however the bytes arrived (with or without
+                # the CRLF in the same read).
+                if (end if end >= 0 else len(buf)) > _MAX_CHUNK_LINE:
+                    raise ProtocolError("chunk-size line too long")
                 if end < 0:
-                    if len(buf) > _MAX_CHUNK_LINE:
-                        raise ProtocolError("chunk-size line too long")
                     break
                 self._chunk_size(bytes(buf[:end]))
                 del buf[: end + 2]

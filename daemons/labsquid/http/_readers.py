@@ -174,7 +174,9 @@ class _Reader:
         if buf.find(b"\n\n", scan) >= 0:
             raise ProtocolError("bare LF line ending in message head")
         if len(buf) > self.max_header_size:
-            self._head_too_big(0 if self._start_checked else -1)
+            # The start line's own length decides 414 vs 431, whether or not
+            # its CRLF has arrived yet.
+            self._head_too_big(buf.find(b"\r\n"))
         if self._eof:
             raise ProtocolError("connection closed inside a message head")
 

@@ -115,6 +115,11 @@ class Transaction(LocalReplies, UpstreamHandler):
         self.scheme = target.scheme or ("connect" if target.form == "authority" else "")
         if target.form == "authority":
             self.url = target.authority.decode("ascii")  # squid logs CONNECT as host:port
+        elif target.form == "absolute":
+            # Rebuilt like squid's log URL: no userinfo (no passwords in the
+            # log), the host as it was resolved, the default port left out.
+            self.url = (f"{target.scheme}://{target.authority.decode('ascii')}"
+                        f"{target.path.decode('latin-1')}")
         if target.form in ("origin", "asterisk"):
             if self.path.decode("latin-1").startswith(MGR_PREFIX):
                 self.host = self.client.local_ip
