@@ -45,15 +45,18 @@ FdCallback = Callable[[int], None]  # receives the epoll event mask
 class Timer:
     """A pending call; ``cancel()`` makes it a no-op (lazy removal from the heap)."""
 
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("when", "callback", "cancelled", "_loop")
 
-    def __init__(self, when: float, callback: Callable[[], Any]) -> None:
+    def __init__(self, when: float, callback: Callable[[], Any], loop: EventLoop) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self._loop = loop
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self._loop._timer_cancelled()
 
 
 class EventLoop:
@@ -63,6 +66,7 @@ class EventLoop:
         self._callbacks: dict[int, FdCallback] = {}
         self._masks: dict[int, int] = {}
         self._timers: list[tuple[float, int, Timer]] = []
+        self._cancelled = 0  # cancelled timers still in the heap (roughly)
         self._seq = itertools.count()
         self._running = False
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
@@ -97,9 +101,19 @@ class EventLoop:
 
     # -- timers -------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
-        timer = Timer(time.monotonic() + delay, callback)
+        timer = Timer(time.monotonic() + delay, callback, self)
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         return timer
+
+    def _timer_cancelled(self) -> None:
+        # Cancelled timers stay in the heap until their deadline; with
+        # per-request timeouts of minutes that would be millions of dead
+        # entries under load, so the heap is compacted once they dominate.
+        self._cancelled += 1
+        if self._cancelled > 1024 and self._cancelled * 2 > len(self._timers):
+            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
 
     def call_soon(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` on the next turn, before waiting again."""
@@ -175,6 +189,7 @@ class EventLoop:
             return 0
         while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
+            self._cancelled = max(0, self._cancelled - 1)
         if not self._timers:
             return -1
         return max(0.0, self._timers[0][0] - time.monotonic())
@@ -183,8 +198,10 @@ class EventLoop:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
-                timer.cancelled = True
+            if timer.cancelled:
+                self._cancelled = max(0, self._cancelled - 1)
+            else:
+                timer.cancelled = True  # fired: a later cancel() is a no-op
                 self._guard(timer.callback)
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
