@@ -56,6 +56,9 @@ class Timer:
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
+            # Let go of the callback now: it may hold a whole connection,
+            # which must not live on until the deadline of a dead timer.
+            self.callback = _nothing
             self._loop._timer_cancelled()
 
 
@@ -234,6 +237,10 @@ class EventLoop:
         self._callbacks.clear()
         self._masks.clear()
         self._epoll.close()
+
+
+def _nothing() -> None:
+    pass
 
 
 def bind_signal_handlers(loop: EventLoop, owner: object, names: tuple[str, ...]) -> None:

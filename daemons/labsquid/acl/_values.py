@@ -45,16 +45,20 @@ _BACKREF = re.compile(r"\\[1-9]|\(\?P=")
 # -- ports ----------------------------------------------------------------------
 
 class PortSet:
-    __slots__ = ("_singles", "_ranges")
+    """Ports and ranges as a 64 KB table: one index per check, which runs per request."""
+
+    __slots__ = ("_table",)
 
     def __init__(self, singles: set[int], ranges: list[tuple[int, int]]) -> None:
-        self._singles = frozenset(singles)
-        self._ranges = tuple(sorted(ranges))
+        table = bytearray(65536)
+        for port in singles:
+            table[port] = 1
+        for low, high in ranges:
+            table[low : high + 1] = b"\x01" * (high - low + 1)
+        self._table = bytes(table)
 
     def __contains__(self, port: int) -> bool:
-        if port in self._singles:
-            return True
-        return any(low <= port <= high for low, high in self._ranges)
+        return 0 <= port <= 65535 and self._table[port] == 1
 
 
 def _port_set(lines: list[Values], label: str, problems: Problems) -> PortSet:

@@ -78,6 +78,11 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
 
+    def raw_items(self) -> list[tuple[bytes, bytes, bytes]]:
+        """The (lowercased name, name, value) triples themselves: read-only, for
+        one-pass rewriting in the proxy's hot path."""
+        return self._items
+
     def field_lines(self) -> list[bytes]:
         """``name: value`` for each field, as received (for fast serialisation)."""
         return [name + b": " + value for _, name, value in self._items]

@@ -18,9 +18,10 @@ Rules, as squid applies them:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from labsquid.http import Headers, Request, Response
+from labsquid.http import HOP_BY_HOP, Headers, Request, Response
 
 UPSTREAM_VERSION = b"HTTP/1.1"
 
@@ -33,53 +34,64 @@ class ForwardPolicy:
     forwarded_for: str
     server_persistent: bool
 
-    @property
+    @functools.cached_property
     def via_value(self) -> bytes:
         product = f" ({self.version})" if self.version else ""
         return f"1.1 {self.hostname}{product}".encode()
 
 
-def _strip_hop_by_hop(headers: Headers) -> Headers:
-    out = headers.copy()
-    tokens = [t.lower() for t in out.get_list(b"connection")]
-    out.remove_hop_by_hop(tokens)
-    return out
+def _dropped(items: list[tuple[bytes, bytes, bytes]]) -> frozenset[bytes]:
+    """Hop-by-hop fields plus every field named in ``Connection`` (lowercased)."""
+    tokens = [t.strip().lower() for lower, _name, value in items if lower == b"connection"
+              for t in value.split(b",")]
+    return HOP_BY_HOP | {t for t in tokens if t} if tokens else HOP_BY_HOP
 
 
 def request_head(req: Request, authority: bytes, path: bytes, client_ip: str,
                  policy: ForwardPolicy, body: int | str) -> bytes:
-    """The head sent upstream; ``body`` is the framing we will use (length or "chunked")."""
-    headers = _strip_hop_by_hop(req.headers)
-    headers.remove(b"content-length")
-    headers.set(b"Host", authority)
-    if policy.via:
-        headers.add(b"Via", policy.via_value)
+    """The head sent upstream; ``body`` is the framing we will use (length or "chunked").
+
+    One pass over the received fields (this runs for every request): dropped,
+    replaced in place, or copied as received; our own fields go last.
+    """
+    items = req.headers.raw_items()
+    drop = _dropped(items)
     xff = policy.forwarded_for
+    fix_max_forwards = req.method in (b"TRACE", b"OPTIONS")
+    lines = [b"%s %s %s" % (req.method, path, UPSTREAM_VERSION)]
+    old_xff: list[bytes] = []
+    host_written = False
+    for lower, name, value in items:
+        if lower in drop or lower == b"content-length":
+            continue
+        if lower == b"host":
+            if not host_written:  # the URI's authority wins (RFC 9112 §3.2.2)
+                lines.append(b"Host: " + authority)
+                host_written = True
+        elif lower == b"x-forwarded-for" and xff != "transparent":
+            old_xff.append(value)
+        elif lower == b"max-forwards" and fix_max_forwards:
+            lines.append(b"Max-Forwards: %d" % max(parse_max_forwards(value) - 1, 0))
+        else:
+            lines.append(name + b": " + value)
+    if not host_written:
+        lines.append(b"Host: " + authority)
+    if policy.via:
+        lines.append(b"Via: " + policy.via_value)
     if xff == "on":
-        _append_xff(headers, client_ip.encode())
+        lines.append(b"X-Forwarded-For: " + b", ".join([*old_xff, client_ip.encode()]))
     elif xff == "off":
-        _append_xff(headers, b"unknown")
-    elif xff == "delete":
-        headers.remove(b"x-forwarded-for")
+        lines.append(b"X-Forwarded-For: " + b", ".join([*old_xff, b"unknown"]))
     elif xff == "truncate":
-        headers.set(b"X-Forwarded-For", client_ip.encode())
-    max_forwards = req.headers.get(b"max-forwards")
-    if max_forwards is not None and req.method in (b"TRACE", b"OPTIONS"):
-        headers.set(b"Max-Forwards", str(max(parse_max_forwards(max_forwards) - 1, 0)).encode())
+        lines.append(b"X-Forwarded-For: " + client_ip.encode())
     if body == "chunked":
-        headers.add(b"Transfer-Encoding", b"chunked")
+        lines.append(b"Transfer-Encoding: chunked")
     elif isinstance(body, int) and (body > 0 or req.method in (b"POST", b"PUT", b"PATCH")):
-        headers.add(b"Content-Length", str(body).encode())
+        lines.append(b"Content-Length: %d" % body)
     if not policy.server_persistent:
-        headers.add(b"Connection", b"close")
-    start = b"%s %s %s" % (req.method, path, UPSTREAM_VERSION)
-    return serialize(start, headers)
-
-
-def _append_xff(headers: Headers, value: bytes) -> None:
-    old = headers.get_all(b"x-forwarded-for")
-    headers.remove(b"x-forwarded-for")
-    headers.add(b"X-Forwarded-For", b", ".join([*old, value]) if old else value)
+        lines.append(b"Connection: close")
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 def parse_max_forwards(value: bytes) -> int:
@@ -97,22 +109,24 @@ def response_head(resp: Response, policy: ForwardPolicy, framing: str | int | No
     from the origin), ``"chunked"``, ``"close"`` (read-until-close), or None
     for a bodiless reply (HEAD, 1xx, 204, 304: the origin's length fields are kept).
     """
-    headers = _strip_hop_by_hop(resp.headers)
-    if framing is not None:
-        headers.remove(b"content-length")
-    if isinstance(framing, int):
-        headers.add(b"Content-Length", str(framing).encode())
-    elif framing == "chunked":
-        headers.add(b"Transfer-Encoding", b"chunked")
-    if policy.via:
-        headers.add(b"Via", policy.via_value)
-    if resp.status >= 200:
-        if keep_alive:
-            headers.add(b"Connection", b"keep-alive")
-        else:
-            headers.add(b"Connection", b"close")
+    items = resp.headers.raw_items()
+    drop = _dropped(items)
     # We speak HTTP/1.1 whatever the origin spoke (RFC 9110 §2.5).
-    return serialize(b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b""), headers)
+    lines = [b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b"")]
+    for lower, name, value in items:
+        if lower in drop or (lower == b"content-length" and framing is not None):
+            continue
+        lines.append(name + b": " + value)
+    if isinstance(framing, int):
+        lines.append(b"Content-Length: %d" % framing)
+    elif framing == "chunked":
+        lines.append(b"Transfer-Encoding: chunked")
+    if policy.via:
+        lines.append(b"Via: " + policy.via_value)
+    if resp.status >= 200:
+        lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 def serialize(start_line: bytes, headers: Headers) -> bytes:
