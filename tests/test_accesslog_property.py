@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labsquid.accesslog import AccessRecord, builtin_formats, compile_logformat
@@ -77,3 +77,11 @@ def test_all_codes_render_clean(rec: AccessRecord) -> None:
         "%err_code %err_detail %'ru %/>ru %#>ru %\">ru %[>h"
     )
     assert BAD.search(every.render(rec)) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(records)
+def test_hand_written_native_renderer_equals_the_generic_one(rec: AccessRecord) -> None:
+    native = builtin_formats()["squid"]
+    assert compile_logformat(native).render(rec) == \
+        compile_logformat(native, fast=False).render(rec)

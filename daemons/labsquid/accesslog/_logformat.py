@@ -469,6 +469,47 @@ class LogFormat:
         return f"LogFormat({self.definition!r})"
 
 
-def compile_logformat(fmt: str) -> LogFormat:
-    """Parse a squid ``logformat`` definition; raises ``LogFormatError``."""
-    return LogFormat(fmt, _parse(fmt))
+def _dash(text: str | None, encode: Callable[[str], str]) -> str:
+    return encode(text) if text else "-"
+
+
+def _word(text: str | None) -> str:
+    return _escape.defang(text) if text else "-"
+
+
+def render_native(rec: AccessRecord) -> str:
+    """squid's native line, written out by hand: the format every request logs.
+
+    Exactly what the generic renderer makes of ``_BUILTIN["squid"]`` (a
+    property test holds the two equal), at a fraction of the cost.
+    """
+    sec, usec = _split_time(rec.end_time)
+    return (
+        f"{sec}.{usec // 1000:03d} {rec.duration_ms:>6d} {_word(rec.client_addr)} "
+        f"{_word(rec.log_tag)}/{rec.http_status:03d} {rec.reply_size} "
+        f"{_dash(rec.method, _escape.url_unescaped)} "
+        f"{_word(_escape.clean_log_uri(rec.url) if rec.url else '')} "
+        f"{_dash(rec.user_name(), _USER_BLOB)} "
+        f"{_word(rec.hierarchy)}/{_word(rec.peer_addr)} {_word(_media_type(rec.mime_type))}"
+    )
+
+
+_USER_BLOB = functools.partial(_escape.mimeblob, escape_space=True)
+
+
+class _NativeFormat(LogFormat):
+    __slots__ = ()
+
+    def render(self, rec: AccessRecord) -> str:
+        return render_native(rec)
+
+
+def compile_logformat(fmt: str, *, fast: bool = True) -> LogFormat:
+    """Parse a squid ``logformat`` definition; raises ``LogFormatError``.
+
+    squid's native format gets the hand-written renderer unless ``fast`` is off.
+    """
+    tokens = _parse(fmt)
+    if fast and fmt == _BUILTIN["squid"]:
+        return _NativeFormat(fmt, tokens)
+    return LogFormat(fmt, tokens)
