@@ -146,6 +146,11 @@ class AccessLogger:
         if self.sock is not None:
             self._send()
 
+    def set_rotate_count(self, count: int) -> None:
+        self.rotate_count = count
+        self.queue.command("r", str(count))
+        self._want_write()
+
     def rotate(self) -> None:
         self.queue.command("R")
         self._want_write()

@@ -135,6 +135,18 @@ class Channel:
             if self.closed:
                 return
 
+    def drain(self) -> None:
+        """The peer is dead: deliver every message it sent before dying, then close.
+
+        Its messages and then EOF are all in our receive buffer already, so
+        this never waits; it must run before ``close`` or they are lost.
+        """
+        for _ in range(100_000):  # bounded: the buffer holds far fewer messages
+            if self.closed:
+                return
+            self._read()
+        self.close()
+
     def flush_blocking(self, timeout: float = 2.0) -> None:
         """At exit: push out what is queued, waiting for the peer at most ``timeout``."""
         if self.closed or not self._queue:

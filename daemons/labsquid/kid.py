@@ -149,8 +149,7 @@ class Kid:
                 self.logger.close()  # drains and exits; replaced right away
             self.logger = self._start_logger(new)
         elif self.logger is not None:
-            self.logger.rotate_count = new.logfile_rotate
-            self.logger.queue.command("r", str(new.logfile_rotate))
+            self.logger.set_rotate_count(new.logfile_rotate)
         assert self.engine is not None
         self.engine.reconfigure(new)
         log.info("reconfigured", generation=self.reconfigures)

@@ -257,7 +257,9 @@ class PoolEngine:
         child = self.children.pop(pid, None)
         if child is None:
             return False
-        child.channel.close()
+        # SIGCHLD may be handled before the channel's last messages (its final
+        # access-log lines) were read: take them first.
+        child.channel.drain()
         self.kid.stats.row(child.row).set("state", 0)
         self.kid.stats.row(child.row).set("pid", 0)
         text, code, _sig = process.describe_status(status)

@@ -264,8 +264,14 @@ class ClientConnection:
         self.close()
 
     def shutdown_when_idle(self) -> None:
+        """Close after the current exchange; idle keep-alive connections at once.
+
+        A connection that has not yet sent its first request is not idle: it
+        was accepted, so its client is about to speak and gets its answer
+        (``shutdown_lifetime`` bounds the wait).
+        """
         self._shutdown = True
-        if self.txn is None:
+        if self.txn is None and self.requests > 0 and not self.reader.trailing_data:
             self.close()
 
     def abort(self, reason: str) -> None:
