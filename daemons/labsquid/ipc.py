@@ -112,19 +112,21 @@ class Channel:
         if mask & (READ | ERROR):
             self._read()
 
-    def _read(self) -> None:
+    def _read(self) -> int:
+        """Deliver up to 64 messages (one chatty peer must not starve the loop);
+        returns how many were delivered."""
         fd_size = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
-        for _ in range(64):  # bounded so one chatty peer cannot starve the loop
+        delivered = 0
+        for _ in range(64):
             try:
                 data, anc, _flags, _addr = self.sock.recvmsg(MAX_MESSAGE, fd_size)
             except OSError as exc:
-                if is_would_block(exc):
-                    return
-                self.close()
-                return
+                if not is_would_block(exc):
+                    self.close()
+                return delivered
             if not data:
                 self.close()
-                return
+                return delivered
             fds: list[int] = []
             for level, ctype, cdata in anc:
                 if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
@@ -132,8 +134,10 @@ class Channel:
                     arr.frombytes(cdata[: len(cdata) - (len(cdata) % arr.itemsize)])
                     fds.extend(arr)
             self._on_message(data[:1], data[1:], fds)
+            delivered += 1
             if self.closed:
-                return
+                return delivered
+        return delivered
 
     def drain(self) -> None:
         """The peer is dead: deliver every message it sent before dying, then close.
@@ -141,10 +145,8 @@ class Channel:
         Its messages and then EOF are all in our receive buffer already, so
         this never waits; it must run before ``close`` or they are lost.
         """
-        for _ in range(100_000):  # bounded: the buffer holds far fewer messages
-            if self.closed:
-                return
-            self._read()
+        while not self.closed and self._read():
+            pass
         self.close()
 
     def flush_blocking(self, timeout: float = 2.0) -> None:
