@@ -79,18 +79,23 @@ def _split_amount(tokens: Sequence[str], what: str) -> tuple[str, str | None]:
     return tokens[0], (tokens[1] if len(tokens) == 2 else None)
 
 
-def parse_time(tokens: Sequence[str], default_unit: str = "second") -> float:
-    """`NUMBER [UNIT]` as seconds; a bare number is in `default_unit`."""
-    number_token, unit = _split_amount(tokens, "time value")
+def _scaled(tokens: Sequence[str], what: str, units: dict[str, float], default_unit: str,
+            unknown: str) -> float:
+    """`NUMBER [UNIT]` times the unit's scale; a bare number is in `default_unit`."""
+    number_token, unit = _split_amount(tokens, what)
     number = parse_number(number_token)
     if unit is None:
-        scale = TIME_UNITS[default_unit]
-    else:
-        found = TIME_UNITS.get(_unit_key(unit))
-        if found is None:
-            raise BadValue(f"unknown time unit '{unit}'")
-        scale = found
-    seconds = number * scale
+        return number * units[default_unit]
+    scale = units.get(_unit_key(unit))
+    if scale is None:
+        raise BadValue(unknown.format(unit=unit))
+    return number * scale
+
+
+def parse_time(tokens: Sequence[str], default_unit: str = "second") -> float:
+    """`NUMBER [UNIT]` as seconds; a bare number is in `default_unit`."""
+    seconds = _scaled(tokens, "time value", TIME_UNITS, default_unit,
+                      "unknown time unit '{unit}'")
     if not seconds < _MAX_SECONDS:  # also catches an infinite product
         raise BadValue(f"time '{' '.join(tokens)}' is too large")
     return seconds
@@ -98,16 +103,8 @@ def parse_time(tokens: Sequence[str], default_unit: str = "second") -> float:
 
 def parse_size(tokens: Sequence[str], default_unit: str = "byte") -> int:
     """`NUMBER [UNIT]` as bytes (rounded down); a bare number is in `default_unit`."""
-    number_token, unit = _split_amount(tokens, "size")
-    number = parse_number(number_token)
-    if unit is None:
-        scale = SIZE_UNITS[default_unit]
-    else:
-        found = SIZE_UNITS.get(_unit_key(unit))
-        if found is None:
-            raise BadValue(f"unknown size unit '{unit}' (expected bytes, KB, MB or GB)")
-        scale = found
-    size = number * scale
+    size = _scaled(tokens, "size", SIZE_UNITS, default_unit,
+                   "unknown size unit '{unit}' (expected bytes, KB, MB or GB)")
     if not size < 2**63:  # squid stores sizes in int64_t; also catches infinity
         raise BadValue(f"size '{' '.join(tokens)}' is too large")
     return int(size)
