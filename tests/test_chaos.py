@@ -268,7 +268,9 @@ def test_connection_accepted_before_a_reload_is_served(make_labsquid, origin, di
     assert reply.startswith(b"HTTP/1.1 200"), (holder.pid, reply[:200])
     assert reply.endswith(b"path /id/late\n")
     assert ls.stop() == 0
-    assert [line for line in ls.access_lines() if url in line]
+    assert [line for line in ls.access_lines() if url in line], (
+        "no access.log line for the request served across the reload", ls.access_lines(),
+        ls.stderr_text()[-4000:])
 
 
 def test_term_right_after_a_reload_exits_promptly(make_labsquid):
