@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from labsquid.inspect import tcp_connections
 from support.service import wait_for
 
 pytestmark = pytest.mark.slow
@@ -113,3 +114,21 @@ def test_telnet_hello_walks_the_whole_path(labsquid):
     assert fields[3] == "NONE_NONE/400"
     assert int(fields[4]) == len(reply)
     assert fields[5:] == ["NONE", "error:invalid-request", "-", "HIER_NONE/-", "text/html"]
+
+
+def test_reuseport_children_each_have_their_own_socket(make_labsquid):
+    """reuseport: one SO_REUSEPORT socket per child on the same port, bound by the master."""
+    ls = make_labsquid(dispatch="reuseport", pool_size=2).start()
+    listening = {}
+    for worker in ls.workers():
+        inodes = set()
+        for conn in tcp_connections(worker):
+            if conn.status == "LISTEN" and conn.laddr.port == ls.port:
+                inodes.add(os.stat(f"/proc/{worker.pid}/fd/{conn.fd}").st_ino)
+        assert len(inodes) == 1, (worker.pid, inodes)
+        listening[worker.pid] = inodes.pop()
+    assert len(listening) == 2 and len(set(listening.values())) == 2, listening
+    ss = subprocess.run(["ss", "-ltn", f"sport = :{ls.port}"], capture_output=True,
+                        text=True).stdout
+    assert len([ln for ln in ss.splitlines() if "LISTEN" in ln]) == 2, ss
+    assert ls.stop() == 0

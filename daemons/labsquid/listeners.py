@@ -22,6 +22,7 @@ SD_LISTEN_FDS_START = 3
 class PortSpec:
     host: str  # "" for every address
     port: int
+    reuseport: bool = False  # one of several SO_REUSEPORT sockets on this address
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -70,16 +71,27 @@ def systemd_sockets() -> list[socket.socket]:
 
 def open_all(specs: list[PortSpec], inherited: list[socket.socket] | None = None
              ) -> list[socket.socket]:
-    """One socket per spec: an inherited one with the same address, else a new bind."""
+    """One socket per spec: an inherited one with the same address, else a new bind.
+
+    ``reuseport`` specs of one address are bound as a SO_REUSEPORT group, where
+    the kernel spreads connections itself. An inherited socket of that address
+    (systemd's, without SO_REUSEPORT) cannot join a group: it is shared instead.
+    """
     pool = list(inherited or [])
-    result = []
+    result: list[socket.socket] = []
     for spec in specs:
         match = next((s for s in pool if _same(address_of(s), spec)), None)
         if match is not None:
             pool.remove(match)
             result.append(match)
-        else:
-            result.append(bind(spec))
+            continue
+        try:
+            result.append(bind(spec, reuseport=spec.reuseport))
+        except OSError:
+            first = next((s for s in result if _same(address_of(s), spec)), None)
+            if not spec.reuseport or first is None:
+                raise
+            result.append(first.dup())  # the same socket, shared, for this child too
     for extra in pool:  # activation sockets the config does not name: still serve them
         result.append(extra)
     return result

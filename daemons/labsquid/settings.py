@@ -44,4 +44,14 @@ def absolute_paths(config: Config) -> Config:
 
 
 def port_specs(config: Config) -> list[PortSpec]:
-    return [PortSpec(p.host or "", p.port) for p in config.http_port]
+    """The listening sockets the master opens for this config.
+
+    ``pool_dispatch reuseport`` needs one SO_REUSEPORT socket per pool child and
+    port (child *i* gets socket *i* of each port, see ``pool.listener_groups``);
+    the master binds them all, so children need no privileges to bind.
+    """
+    if config.pool_dispatch != "reuseport":
+        return [PortSpec(p.host or "", p.port) for p in config.http_port]
+    size = config.pool_size or os.cpu_count() or 1
+    return [PortSpec(p.host or "", p.port, reuseport=True)
+            for p in config.http_port for _ in range(size)]
