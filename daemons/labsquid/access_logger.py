@@ -62,7 +62,6 @@ class AccessLogger:
         self.restarts = 0
         self.young_deaths = 0
         self.started_at = 0.0
-        self.lines_logged = 0
         self._respawn_timer: Timer | None = None
         self._drop_timer: Timer | None = None
         self._closing = False
@@ -131,9 +130,7 @@ class AccessLogger:
 
     # -- writing ------------------------------------------------------------
     def write_line(self, line: str | bytes) -> None:
-        if self.queue.append(line):
-            self.lines_logged += 1
-        elif self._drop_timer is None:
+        if not self.queue.append(line) and self._drop_timer is None:
             self._drop_timer = self.loop.call_later(DROP_REPORT_INTERVAL, self._report_drops)
         # One send per loop turn for however many lines the turn produced,
         # tried directly: epoll's EPOLLOUT is only needed when the socket is full.

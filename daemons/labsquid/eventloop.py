@@ -88,9 +88,6 @@ class EventLoop:
             self._epoll.modify(fd, mask)
             self._masks[fd] = mask
 
-    def mask(self, fd: int) -> int:
-        return self._masks[fd]
-
     def remove(self, fd: int) -> None:
         if self._callbacks.pop(fd, None) is not None:
             del self._masks[fd]

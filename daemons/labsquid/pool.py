@@ -118,7 +118,6 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     stopping: bool = False
-    conns_sent: int = 0
 
 
 class PoolEngine:
@@ -214,7 +213,6 @@ class PoolEngine:
                 return
             except OSError:
                 return  # out of fds etc.: retried on the next readiness
-            target.conns_sent += 1
             fd = conn.detach()
             if not target.channel.send(Kind.CONN, b"", [fd]):
                 os.close(fd)  # the client sees a reset rather than a hang

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -77,7 +76,6 @@ class ClientConnection:
         self._timer: Timer | None = None
         self._lifetime: Timer | None = None
         self.on_drain: Callable[[], None] | None = None
-        self.head_started = time.time()
 
     # -- start and events ---------------------------------------------------
     def start(self) -> None:
@@ -195,7 +193,6 @@ class ClientConnection:
             return
         self._arm(CLIENT_IDLE_TIMEOUT if not self.reader.trailing_data
                   else self.ctx.config.request_timeout, self._request_timeout)
-        self.head_started = time.time()
         self.loop.call_soon(self.process)
 
     # -- output -------------------------------------------------------------
@@ -235,10 +232,6 @@ class ClientConnection:
         self._update()
         if len(self.out) <= LOW_WATER and self.on_drain is not None:
             self.on_drain()
-
-    @property
-    def buffered(self) -> int:
-        return len(self.out)
 
     def pause_reading(self, paused: bool) -> None:
         if self.reading == paused:

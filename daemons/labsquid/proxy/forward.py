@@ -136,7 +136,3 @@ def serialize(start_line: bytes, headers: Headers) -> bytes:
     parts.append(b"\r\n")
     return b"\r\n".join(parts)
 
-
-def trace_reply(req: Request, raw_head: bytes) -> tuple[Headers, bytes]:
-    """TRACE with ``Max-Forwards: 0``: echo the request as ``message/http``."""
-    return Headers([(b"Content-Type", b"message/http")]), raw_head

@@ -55,14 +55,13 @@ class _Direction:
             except OSError as exc:
                 if exc.errno == errno.EAGAIN:
                     return True
-                return exc.errno in (errno.ECONNRESET, errno.EPIPE) and self._mark_eof()
+                if exc.errno not in (errno.ECONNRESET, errno.EPIPE):
+                    return False
+                n = 0  # a reset reads as the end of this direction
             if n == 0:
-                return self._mark_eof()
+                self.eof = True
+                return True
             self.in_pipe += n
-        return True
-
-    def _mark_eof(self) -> bool:
-        self.eof = True
         return True
 
     def pump_out(self) -> bool:

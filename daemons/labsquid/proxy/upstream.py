@@ -11,9 +11,8 @@ closed by the origin or sent bytes nobody asked for: both end it.
 from __future__ import annotations
 
 import errno
+import os
 import socket
-import time
-from collections.abc import Callable
 
 from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, Timer, is_would_block
 
@@ -47,7 +46,6 @@ class Upstream:
         self.reading = True
         self.out = bytearray()
         self.requests = 0  # served on this connection; >0 means it is a reused one
-        self.idle_since = 0.0
         self._idle_timer: Timer | None = None
         self._pool: UpstreamPool | None = None
 
@@ -199,7 +197,6 @@ class UpstreamPool:
             return
         up.handler = None
         up._pool = self
-        up.idle_since = time.monotonic()
         up._idle_timer = self.loop.call_later(self.idle_timeout, up.close)
         up.loop.modify(up.fd, READ)
         conns.append(up)
@@ -221,13 +218,4 @@ class UpstreamPool:
 
 
 def connect_error_text(err: int) -> str:
-    return f"({err}) {errno.errorcode.get(err, '?')}: {_strerror(err)}"
-
-
-def _strerror(err: int) -> str:
-    import os
-
-    return os.strerror(err)
-
-
-OnDone = Callable[[], None]
+    return f"({err}) {errno.errorcode.get(err, '?')}: {os.strerror(err)}"
