@@ -67,11 +67,12 @@ class Channel:
         self._max_queue = max_queue
         self.dropped = 0
         self.closed = False
+        self.broken = False  # the peer stopped reading; see _peer_gone
         loop.add(self.fd, READ, self._on_event)
 
     def send(self, kind: bytes, payload: bytes = b"", fds: list[int] | None = None) -> bool:
         """Queue one message; False when the channel is closed or its queue is full."""
-        if self.closed:
+        if self.closed or self.broken:
             return False
         if len(self._queue) >= self._max_queue:
             self.dropped += 1
@@ -97,12 +98,26 @@ class Channel:
             except OSError as exc:
                 if is_would_block(exc):
                     break
-                self.close()
+                self._peer_gone()
                 return
             self._queue.popleft()
             for fd in fds:  # the peer holds its own reference now
                 os.close(fd)
         self.loop.modify(self.fd, READ | WRITE if self._queue else READ)
+
+    def _peer_gone(self) -> None:
+        """A send failed (EPIPE): the peer closed its end, maybe exiting.
+
+        What it sent before that (a worker's last access-log lines) is still
+        in our receive buffer; closing now would throw it away.  So nothing
+        more is sent, and the channel is drained on the next turn instead.
+        """
+        self.broken = True
+        for _data, fds in self._queue:
+            for fd in fds:
+                os.close(fd)
+        self._queue.clear()
+        self.loop.call_soon(self.drain)
 
     def _on_event(self, mask: int) -> None:
         if mask & WRITE:
@@ -117,9 +132,19 @@ class Channel:
         returns how many were delivered."""
         fd_size = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
         delivered = 0
+        reset_seen = False
         for _ in range(64):
             try:
                 data, anc, _flags, _addr = self.sock.recvmsg(MAX_MESSAGE, fd_size)
+            except ConnectionResetError:
+                # The peer exited with a message of ours unread.  Linux reports
+                # that once, *before* the messages the peer sent us, which are
+                # still queued (a worker's last access-log lines): read on.
+                if reset_seen:
+                    self.close()
+                    return delivered
+                reset_seen = True
+                continue
             except OSError as exc:
                 if not is_would_block(exc):
                     self.close()
