@@ -32,6 +32,70 @@ def test_cancelled_timers_do_not_pile_up():
     assert all(not t.cancelled for t in live)
 
 
+def _run_until(loop: EventLoop, done, limit: float = 2.0) -> float:
+    started = time.monotonic()
+    while not done() and time.monotonic() - started < limit:
+        loop.run_once(0.01)
+    return time.monotonic() - started
+
+
+def test_deadline_fires_once_after_its_delay():
+    loop = EventLoop()
+    fired: list[float] = []
+    deadline = loop.deadline()
+    deadline.set(0.05, lambda: fired.append(time.monotonic()))
+    took = _run_until(loop, lambda: fired)
+    assert len(fired) == 1 and 0.04 <= took < 1.0
+    assert not deadline.armed
+    _run_until(loop, lambda: False, 0.1)
+    assert len(fired) == 1
+
+
+def test_deadline_moved_later_fires_at_the_new_time_only():
+    loop = EventLoop()
+    fired: list[str] = []
+    deadline = loop.deadline()
+    deadline.set(0.03, lambda: fired.append("old"))
+    deadline.set(0.20, lambda: fired.append("new"))
+    assert len(loop._timers) == 1  # moving later pushes nothing
+    took = _run_until(loop, lambda: fired)
+    assert fired == ["new"] and took >= 0.18
+
+
+def test_deadline_moved_earlier_fires_at_the_earlier_time():
+    loop = EventLoop()
+    fired: list[str] = []
+    deadline = loop.deadline()
+    deadline.set(30, lambda: fired.append("idle"))
+    deadline.set(0.03, lambda: fired.append("request"))
+    took = _run_until(loop, lambda: fired)
+    assert fired == ["request"] and took < 1.0
+
+
+def test_cleared_deadline_never_fires_and_can_be_set_again():
+    loop = EventLoop()
+    fired: list[str] = []
+    deadline = loop.deadline()
+    deadline.set(0.02, lambda: fired.append("cleared"))
+    deadline.clear()
+    _run_until(loop, lambda: False, 0.1)
+    assert fired == []
+    deadline.set(0.02, lambda: fired.append("again"))
+    _run_until(loop, lambda: fired)
+    assert fired == ["again"]
+
+
+def test_closed_deadlines_do_not_pile_up():
+    """One deadline per connection; 100,000 short connections must not leave
+    100,000 entries waiting out their 15-minute read_timeout."""
+    loop = EventLoop()
+    for _ in range(100_000):
+        deadline = loop.deadline()
+        deadline.set(900, lambda: None)
+        deadline.close()
+    assert len(loop._timers) < 3000
+
+
 def test_call_soon_runs_before_waiting():
     loop = EventLoop()
     ran = []

@@ -12,6 +12,11 @@ readiness on a file descriptor:
   the handler registered for each number *from the loop*, never from the
   signal handler itself (the "unified event source" of the notes);
 * timers: a heap of deadlines; ``epoll_wait``'s timeout is the nearest one.
+  ``call_later`` makes a one-shot ``Timer``; a connection's timeouts use one
+  re-armable ``Deadline`` instead, because a proxy re-arms them several times
+  per request: moving a deadline later is an attribute write, and the heap
+  entry is re-pushed only when it comes due early (squid checks its
+  connection timeouts lazily for the same reason).
 
 Callbacks run one at a time, to completion, in the loop's thread, so no state
 needs locking.  A callback that raises is logged and the loop goes on: one bad
@@ -62,13 +67,61 @@ class Timer:
             self._loop._timer_cancelled()
 
 
+class Deadline:
+    """One connection's re-armable timeout: ``set(delay, callback)``, ``clear()``.
+
+    At most a few heap entries exist per deadline (``_entries``, their times):
+    ``set`` pushes only when no entry is due at or before the new time, and an
+    entry that comes due while the deadline has moved later is pushed again at
+    the new time.  ``close()`` when the connection ends, so its stale entries
+    count toward the heap's compaction.
+    """
+
+    __slots__ = ("when", "callback", "_entries", "_loop", "closed")
+
+    def __init__(self, loop: EventLoop) -> None:
+        self.when: float | None = None
+        self.callback: Callable[[], Any] | None = None
+        self._entries: list[float] = []
+        self._loop = loop
+        self.closed = False
+
+    def set(self, delay: float, callback: Callable[[], Any]) -> None:
+        when = self._loop.now + delay
+        self.when = when
+        self.callback = callback
+        entries = self._entries
+        if not entries or min(entries) > when:
+            entries.append(when)
+            self._loop._push(when, self)
+
+    def clear(self) -> None:
+        self.when = None
+        self.callback = None
+
+    @property
+    def armed(self) -> bool:
+        return self.when is not None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.when = None
+            self.callback = None
+            if self._entries:
+                self._loop._timer_cancelled(len(self._entries))
+
+
 class EventLoop:
     def __init__(self) -> None:
         self._epoll = select.epoll()
         os.set_inheritable(self._epoll.fileno(), False)
         self._callbacks: dict[int, FdCallback] = {}
         self._masks: dict[int, int] = {}
-        self._timers: list[tuple[float, int, Timer]] = []
+        self._timers: list[tuple[float, int, Timer | Deadline]] = []
+        # The time at the start of this turn's callbacks: what deadlines are
+        # measured from (a turn lasts microseconds to a few milliseconds).
+        self.now = time.monotonic()
         self._cancelled = 0  # cancelled timers still in the heap (roughly)
         self._seq = itertools.count()
         self._running = False
@@ -102,16 +155,23 @@ class EventLoop:
     # -- timers -------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
         timer = Timer(time.monotonic() + delay, callback, self)
-        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        self._push(timer.when, timer)
         return timer
 
-    def _timer_cancelled(self) -> None:
+    def deadline(self) -> Deadline:
+        """A re-armable timeout (see ``Deadline``); one per connection."""
+        return Deadline(self)
+
+    def _push(self, when: float, entry: Timer | Deadline) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), entry))
+
+    def _timer_cancelled(self, count: int = 1) -> None:
         # Cancelled timers stay in the heap until their deadline; with
-        # per-request timeouts of minutes that would be millions of dead
-        # entries under load, so the heap is compacted once they dominate.
-        self._cancelled += 1
+        # timeouts of minutes that would be millions of dead entries under
+        # load, so the heap is compacted once they dominate.
+        self._cancelled += count
         if self._cancelled > 1024 and self._cancelled * 2 > len(self._timers):
-            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+            self._timers = [entry for entry in self._timers if not _dead(entry[2])]
             heapq.heapify(self._timers)
             self._cancelled = 0
 
@@ -174,6 +234,7 @@ class EventLoop:
             events = self._epoll.poll(timeout)
         except InterruptedError:  # pragma: no cover - PEP 475 retries for us
             events = []
+        self.now = time.monotonic()
         for fd, mask in events:
             callback = self._callbacks.get(fd)
             if callback is not None:  # an earlier callback may have removed it
@@ -187,22 +248,46 @@ class EventLoop:
     def _next_timeout(self) -> float:
         if self._ready_calls:
             return 0
-        while self._timers and self._timers[0][2].cancelled:
-            heapq.heappop(self._timers)
+        while self._timers and _dead(self._timers[0][2]):
+            _, _, entry = heapq.heappop(self._timers)
+            if type(entry) is Deadline:
+                entry._entries.clear()  # closed: it will not be set again
             self._cancelled = max(0, self._cancelled - 1)
         if not self._timers:
             return -1
         return max(0.0, self._timers[0][0] - time.monotonic())
 
     def _run_timers(self) -> None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, timer = heapq.heappop(self._timers)
-            if timer.cancelled:
+        now = self.now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, _, entry = heapq.heappop(timers)
+            if type(entry) is Deadline:
+                self._deadline_due(entry, at, now)
+            elif entry.cancelled:
                 self._cancelled = max(0, self._cancelled - 1)
             else:
-                timer.cancelled = True  # fired: a later cancel() is a no-op
-                self._guard(timer.callback)
+                entry.cancelled = True  # fired: a later cancel() is a no-op
+                self._guard(entry.callback)
+
+    def _deadline_due(self, deadline: Deadline, at: float, now: float) -> None:
+        entries = deadline._entries
+        if at in entries:
+            entries.remove(at)
+        if deadline.closed:
+            self._cancelled = max(0, self._cancelled - 1)
+            return
+        when = deadline.when
+        if when is None:
+            return  # cleared; a later set() pushes again
+        if when <= now:
+            callback = deadline.callback
+            deadline.when = deadline.callback = None
+            assert callback is not None
+            self._guard(callback)
+        elif not entries or min(entries) > when:
+            entries.append(when)  # moved later meanwhile: wait again
+            self._push(when, deadline)
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -238,6 +323,10 @@ class EventLoop:
 
 def _nothing() -> None:
     pass
+
+
+def _dead(entry: Timer | Deadline) -> bool:
+    return entry.closed if type(entry) is Deadline else entry.cancelled  # type: ignore[union-attr]
 
 
 def bind_signal_handlers(loop: EventLoop, owner: object, names: tuple[str, ...]) -> None:

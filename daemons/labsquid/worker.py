@@ -49,6 +49,7 @@ class Worker:
         self._pending_lines: list[bytes] = []
         self._pending_size = 0
         self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
+        self.ctx.flush_log = self._flush_lines
         self.server = ProxyServer(self.ctx)
         self.server.on_capacity = lambda: self.channel.send(Kind.READY)
         self.stopping = False
@@ -72,14 +73,15 @@ class Worker:
         return 0
 
     # -- access-log lines go to the kid in batches, once per loop turn --------
+    # ...and before that turn's client writes (ServeContext.write_at_turn_end).
     def log_line(self, line: str | bytes) -> None:
         data = line.encode("utf-8", "replace") if isinstance(line, str) else line
-        if not self._pending_lines:
-            self.loop.call_soon(self._flush_lines)
         self._pending_lines.append(data)
         self._pending_size += len(data) + 1
         if self._pending_size >= LOG_BATCH:
             self._flush_lines()
+        else:
+            self.ctx.end_turn_soon()
 
     def _flush_lines(self) -> None:
         if self._pending_lines:

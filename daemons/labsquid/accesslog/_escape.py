@@ -173,6 +173,16 @@ def defang(value: str, *, allow_space: bool = False) -> str:
 _WHITESPACE = re.compile("[ \t\n\v\f\r]")
 
 
+def is_plain_word(value: str) -> bool:
+    """Printable ASCII without spaces: what `defang` returns unchanged."""
+    return _NOT_WORD_CHAR.search(value) is None
+
+
+def is_url_safe(value: str) -> bool:
+    """What `url_unescaped` and `clean_log_uri` return unchanged, for a plain word."""
+    return _UNSAFE_KEEP_PERCENT.search(value) is None
+
+
 def clean_log_uri(raw: str) -> str:
     """The URL as squid stores it for ``%ru`` under the default ``uri_whitespace strip``.
 

@@ -41,6 +41,7 @@ read only when it changed, as squid reads it at configure time.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import secrets
@@ -119,8 +120,15 @@ class _HostsFile:
         self._path = path
         self._stamp: tuple[int, int, int] | None = None
         self._table: dict[str, list[str]] = {}
+        self._next_check = 0.0
 
     def lookup(self, name: str) -> list[str] | None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return self._table.get(name)
+        # A stat per lookup would be a syscall per request; once a second is
+        # soon enough to notice an edited /etc/hosts.
+        self._next_check = now + 1.0
         try:
             st = os.stat(self._path)
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -136,6 +144,7 @@ class _HostsFile:
         return self._table.get(name)
 
 
+@functools.lru_cache(maxsize=4096)  # every request asks; ipaddress is slow
 def _ip_literal(host: str) -> str | None:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -217,7 +226,8 @@ class Resolver:
             self._start_query(lookup, qtype)
 
     def cached(self, host: str) -> list[str] | None:
-        """Addresses already known for ``host`` without asking anyone, or None."""
+        """Addresses known for ``host`` without asking anyone (a literal,
+        /etc/hosts, the cache), or None. The caller owns the list."""
         literal = _ip_literal(host)
         if literal is not None:
             return [literal]
@@ -225,9 +235,12 @@ class Resolver:
             name = canonical_name(host)
         except ValueError:
             return None
+        from_hosts = self._hosts.lookup(name)
+        if from_hosts:
+            return _v4_first(from_hosts)
         entry = self._cache.get(name)
-        if entry is not None and entry.expires > time.monotonic():
-            return entry.addresses
+        if entry is not None and entry.expires > time.monotonic() and entry.addresses:
+            return list(entry.addresses)
         return None
 
     def close(self) -> None:

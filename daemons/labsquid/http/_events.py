@@ -12,8 +12,12 @@ compare equal to h11's in the differential tests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._headers import Headers
+
+if TYPE_CHECKING:
+    from ._target import Target
 
 # Names of the squid error pages (errors/templates/ERR_*) the proxy should
 # answer with when a reader raises ProtocolError.
@@ -67,10 +71,19 @@ class Paused(metaclass=_Sentinel):
 
 @dataclass(slots=True)
 class Request:
+    """A request head.  The reader also reports what it had to work out anyway
+    to frame the message, so the proxy need not parse it twice: ``framing``
+    (body length, 0 for none, or CHUNKED), ``parsed_target`` (the validated
+    request-target) and ``keep_alive`` (what the client offers).  They are None
+    on a ``Request`` built by hand, and never part of equality."""
+
     method: bytes
     target: bytes
     http_version: bytes = b"1.1"
     headers: Headers = field(default_factory=Headers)
+    framing: int | str | None = field(default=None, compare=False, repr=False)
+    parsed_target: Target | None = field(default=None, compare=False, repr=False)
+    keep_alive: bool | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -81,6 +94,9 @@ class Response:
     reason: bytes = b""
     http_version: bytes = b"1.1"
     headers: Headers = field(default_factory=Headers)
+    # Set by the reader, like Request's: TUNNEL for 101 and CONNECT 2xx.
+    framing: int | str | None = field(default=None, compare=False, repr=False)
+    keep_alive: bool | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -61,7 +61,7 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _CHUNK_EXT = re.compile(rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*")
 
 
-FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
+FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host", b"connection"})
 
 
 def content_length(headers: Headers) -> int | None:
@@ -133,12 +133,14 @@ def request_framing(request: Request, fields: dict[bytes, list[bytes]] | None = 
     return 0 if framing is None else framing
 
 
-def response_framing(response: Response, request_method: bytes) -> int | str:
+def response_framing(response: Response, request_method: bytes,
+                     fields: dict[bytes, list[bytes]] | None = None) -> int | str:
     """Body framing of a response to `request_method` (RFC 9112 §6.3 order)."""
     status = response.status
     # Validate framing headers even where they are ignored: a response that
     # carries garbage there is not one to trust for anything else.
-    fields = response.headers.collect(FRAMING_FIELDS)
+    if fields is None:
+        fields = response.headers.collect(FRAMING_FIELDS)
     framing = _length_or_chunked(fields, response.http_version)
     if request_method == b"CONNECT" and 200 <= status < 300:
         return TUNNEL
@@ -151,10 +153,19 @@ def response_framing(response: Response, request_method: bytes) -> int | str:
 
 def keep_alive(event: Request | Response) -> bool:
     """Whether the sender of `event` offers to keep the connection (RFC 9112 §9.3)."""
-    tokens = [t.lower() for t in event.headers.get_list(b"connection")]
+    if event.keep_alive is not None:
+        return event.keep_alive
+    return offers_keep_alive(event.headers.get_all(b"connection"), event.http_version)
+
+
+def offers_keep_alive(connection: list[bytes] | None, http_version: bytes) -> bool:
+    """`keep_alive` from the Connection field lines (None or [] when absent)."""
+    if not connection:
+        return http_version != b"1.0"
+    tokens = [t.strip(OWS).lower() for value in connection for t in value.split(b",")]
     if b"close" in tokens:
         return False
-    if event.http_version == b"1.0":
+    if http_version == b"1.0":
         return b"keep-alive" in tokens
     return True
 

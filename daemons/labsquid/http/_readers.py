@@ -44,6 +44,7 @@ from ._framing import (
     ChunkedDecoder,
     ContentLengthDecoder,
     UntilCloseDecoder,
+    offers_keep_alive,
     request_framing,
     response_framing,
 )
@@ -55,7 +56,7 @@ from ._head import (
     parse_request_line,
     parse_status_line,
 )
-from ._target import ORIGIN, classify_target, validate_host_header
+from ._target import ORIGIN, parse_target, validate_host_header
 
 Event = Request | Response | Data | EndOfMessage | ConnectionClosed
 
@@ -245,16 +246,17 @@ class RequestReader(_Reader):
         (method, target, http_version), field_lines = self._split_head(head)
         headers = parse_fields(field_lines, self.max_headers)
         request = Request(method, target, http_version, headers)
-        form = classify_target(method, target)
+        parsed = request.parsed_target = parse_target(method, target)
         fields = headers.collect(FRAMING_FIELDS)
         hosts = fields.get(b"host", ())
         if len(hosts) > 1:
             raise ProtocolError("more than one Host header")
         if hosts:
-            validate_host_header(hosts[0], required=form == ORIGIN)
+            validate_host_header(hosts[0], required=parsed.form == ORIGIN)
         elif http_version == b"1.1":
             raise ProtocolError("HTTP/1.1 request without Host header")
-        framing = request_framing(request, fields)
+        framing = request.framing = request_framing(request, fields)
+        request.keep_alive = offers_keep_alive(fields.get(b"connection"), http_version)
         if self.max_body_size and type(framing) is int and framing > self.max_body_size:
             raise ProtocolError("request body too large", 413, ERR_TOO_BIG)
         self._start_body(framing)
@@ -299,7 +301,9 @@ class ResponseReader(_Reader):
         (http_version, status, reason), field_lines = self._split_head(head)
         headers = parse_fields(field_lines, self.max_headers)
         response = Response(status, reason, http_version, headers)
-        framing = response_framing(response, self.request_method)
+        fields = headers.collect(FRAMING_FIELDS)
+        framing = response.framing = response_framing(response, self.request_method, fields)
+        response.keep_alive = offers_keep_alive(fields.get(b"connection"), http_version)
         if status < 200 and status != 101:
             return response  # informational: the final response follows
         if framing == TUNNEL:

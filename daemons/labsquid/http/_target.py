@@ -57,12 +57,17 @@ class Target(NamedTuple):
     @property
     def authority(self) -> bytes:
         """``host[:port]`` for a Host header, the port omitted when default."""
-        host = self.host or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if self.port is not None and self.port != DEFAULT_PORTS.get(self.scheme or ""):
-            host = f"{host}:{self.port}"
-        return host.encode("ascii")
+        return format_authority(self.host or "", self.port, DEFAULT_PORTS.get(self.scheme or ""))
+
+
+@functools.lru_cache(maxsize=4096)  # asked once or twice per request, same few hosts
+def format_authority(host: str, port: int | None, default_port: int | None) -> bytes:
+    """``host[:port]`` (IPv6 bracketed), the port left out when it is the default."""
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != default_port:
+        host = f"{host}:{port}"
+    return host.encode("ascii")
 
 
 def _bad(reason: str) -> ProtocolError:

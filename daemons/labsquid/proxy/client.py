@@ -73,7 +73,10 @@ class ClientConnection:
         self.bytes_in = 0
         self._on_closed = on_closed
         self._shutdown = False
-        self._timer: Timer | None = None
+        # One re-armable deadline for the whole connection: request_timeout or
+        # the idle timeout between requests, and the transaction's connect and
+        # read timeouts while one runs (the two never overlap).
+        self.timeout = self.loop.deadline()
         self._lifetime: Timer | None = None
         self.on_drain: Callable[[], None] | None = None
 
@@ -84,14 +87,10 @@ class ClientConnection:
         self._arm(self.ctx.config.request_timeout, self._request_timeout)
 
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(delay, callback)
+        self.timeout.set(delay, callback)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.timeout.clear()
 
     def _mask(self) -> int:
         return (READ if self.reading and not self.eof else 0) | (WRITE if self.out else 0)
@@ -147,7 +146,7 @@ class ClientConnection:
                 return
             if event is NeedData:
                 if self.eof and self.txn is None:
-                    self.close()
+                    self.close_when_flushed()
                 return
             if event is Paused:
                 return
@@ -163,7 +162,7 @@ class ClientConnection:
                 assert self.txn is not None
                 self.txn.request_end()
             elif type(event) is ConnectionClosed:
-                self.close()
+                self.close_when_flushed()
                 return
 
     def _protocol_error(self, exc: ProtocolError) -> None:
@@ -179,17 +178,13 @@ class ClientConnection:
             return
         self.txn = None
         if not keep_alive or self._shutdown or self.eof:
-            self.closing = True
-            if not self.out:
-                self.close()
+            self.close_when_flushed()
             return
         self.pause_reading(False)
         try:
             self.reader.start_next_cycle()
         except Exception:  # the request body was not read whole: cannot reuse
-            self.closing = True
-            if not self.out:
-                self.close()
+            self.close_when_flushed()
             return
         self._arm(CLIENT_IDLE_TIMEOUT if not self.reader.trailing_data
                   else self.ctx.config.request_timeout, self._request_timeout)
@@ -197,24 +192,23 @@ class ClientConnection:
 
     # -- output -------------------------------------------------------------
     def write(self, data: bytes) -> int:
-        """Send or buffer ``data``; returns the bytes now buffered."""
+        """Buffer ``data`` for the end of this loop turn; returns the bytes buffered.
+
+        Everything written to a connection in one turn (a response head and
+        its small body, several pipelined responses) leaves in one send, and
+        only after the turn's access-log lines went to the kid (see
+        ``ServeContext.write_at_turn_end``).
+        """
         if self.closed:
             return 0
         if not self.out:
-            try:
-                sent = self.sock.send(data)
-            except OSError as exc:
-                if not is_would_block(exc):
-                    self.loop.call_soon(lambda: self.abort("client write error"))
-                    return 0
-                sent = 0
-            self.ctx.stats.add("bytes_out", sent)
-            if sent == len(data):
-                return 0
-            data = data[sent:]
+            self.ctx.write_at_turn_end(self)
         self.out += data
-        self._update()
         return len(self.out)
+
+    def turn_ended(self) -> None:
+        if not self.closed and self.out:
+            self._flush()
 
     def _flush(self) -> None:
         try:
@@ -240,7 +234,6 @@ class ClientConnection:
 
     # -- ending -------------------------------------------------------------
     def _request_timeout(self) -> None:
-        self._timer = None
         if self.txn is not None:
             return
         if self.reader.trailing_data:
@@ -265,6 +258,13 @@ class ClientConnection:
         """
         self._shutdown = True
         if self.txn is None and self.requests > 0 and not self.reader.trailing_data:
+            self.close_when_flushed()
+
+    def close_when_flushed(self) -> None:
+        """Close once what was written has gone out (at the latest, this turn's end)."""
+        if self.out:
+            self.closing = True
+        else:
             self.close()
 
     def abort(self, reason: str) -> None:
@@ -276,9 +276,9 @@ class ClientConnection:
         if self.closed:
             return
         self.closed = True
-        for timer in (self._timer, self._lifetime):
-            if timer is not None:
-                timer.cancel()
+        self.timeout.close()
+        if self._lifetime is not None:
+            self._lifetime.cancel()
         if self.txn is not None:
             txn, self.txn = self.txn, None
             txn.abort("client closed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from labsquid import __version__, acl
 from labsquid.accesslog import AccessRecord, LogFormat, builtin_formats, compile_logformat
@@ -19,6 +20,9 @@ from labsquid.eventloop import EventLoop
 from labsquid.proxy.forward import ForwardPolicy
 from labsquid.proxy.upstream import UpstreamPool
 from labsquid.stats import Row, Stats
+
+if TYPE_CHECKING:
+    from labsquid.proxy.client import ClientConnection
 
 LogSink = Callable[[str], None]
 
@@ -33,6 +37,10 @@ class ServeContext:
         self.started = time.time()
         self.resolver: Resolver | None = None
         self.upstreams = UpstreamPool(loop)
+        # Set by a pool worker: sends the access-log lines it has batched.
+        self.flush_log: Callable[[], None] | None = None
+        self._writers: list[ClientConnection] = []
+        self._turn_end_due = False
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -49,6 +57,7 @@ class ServeContext:
         daemon = next((e for e in config.access_log if e.module == "daemon"), None)
         self.log_format: LogFormat | None = (
             compile_logformat(formats[daemon.logformat]) if daemon else None)
+        self.log_headers = self.log_format is not None and self.log_format.uses_request_headers
         if self.resolver is not None:
             self.resolver.close()
         self.resolver = Resolver(self.loop, hosts_file=config.hosts_file or "/dev/null",
@@ -56,6 +65,29 @@ class ServeContext:
                                  positive_ttl=config.positive_dns_ttl,
                                  negative_ttl=config.negative_dns_ttl)
         self.upstreams.idle_timeout = config.pconn_timeout
+
+    # -- the end of a loop turn ------------------------------------------------
+    # Client writes wait for the end of the turn that made them.  Then the
+    # turn's access-log lines go to the kid first, and the client bytes after:
+    # a worker killed at any moment has never given a client a response whose
+    # line it had not yet sent.  It also batches both: one message to the kid
+    # and one send per client per turn.
+    def write_at_turn_end(self, client: ClientConnection) -> None:
+        self._writers.append(client)
+        self.end_turn_soon()
+
+    def end_turn_soon(self) -> None:
+        if not self._turn_end_due:
+            self._turn_end_due = True
+            self.loop.call_soon(self._end_turn)
+
+    def _end_turn(self) -> None:
+        self._turn_end_due = False
+        if self.flush_log is not None:
+            self.flush_log()
+        writers, self._writers = self._writers, []
+        for client in writers:
+            client.turn_ended()
 
     def log(self, record: AccessRecord) -> None:
         """Count the transaction and send its line(s) to the logfile daemon's feeder."""

@@ -34,7 +34,6 @@ import structlog
 
 from labsquid.accesslog import AccessRecord
 from labsquid.acl import AccessContext
-from labsquid.eventloop import Timer
 from labsquid.http import (
     ConnectionClosed,
     Data,
@@ -45,6 +44,7 @@ from labsquid.http import (
     Request,
     Response,
     ResponseReader,
+    format_authority,
     keep_alive,
     parse_target,
     request_framing,
@@ -95,7 +95,6 @@ class Transaction(LocalReplies, UpstreamHandler):
         self.upstream_reusable = False
         self.finished = False
         self.retried = False
-        self._timer: Timer | None = None
         self.tunnel = None
 
     # -- 1. classify --------------------------------------------------------
@@ -105,12 +104,15 @@ class Transaction(LocalReplies, UpstreamHandler):
         cfg = self.ctx.config
         self.client_keep_alive = keep_alive(req) and cfg.client_persistent_connections
         self.url = req.target.decode("latin-1")
-        try:
-            self.body_framing = request_framing(req)
-            target = parse_target(req.method, req.target)
-        except ProtocolError as exc:
-            self.reply_error(exc.error_code, exc.status, detail=exc.reason)
-            return
+        framing, target = req.framing, req.parsed_target
+        if framing is None or target is None:  # not from a RequestReader
+            try:
+                framing = request_framing(req)
+                target = parse_target(req.method, req.target)
+            except ProtocolError as exc:
+                self.reply_error(exc.error_code, exc.status, detail=exc.reason)
+                return
+        self.body_framing = framing
         self.host, self.port, self.path = target.host or "", target.port or 0, target.path
         self.scheme = target.scheme or ("connect" if target.form == "authority" else "")
         if target.form == "authority":
@@ -170,6 +172,16 @@ class Transaction(LocalReplies, UpstreamHandler):
             then()
             return
         assert self.ctx.resolver is not None
+        known = self.ctx.resolver.cached(self.host)
+        if known:  # a literal, /etc/hosts or the cache
+            self.addresses = known
+            if self.body_framing == 0:
+                then()
+            else:
+                # Wait one turn so the body bytes already buffered get parsed:
+                # a malformed body is refused before anything goes upstream.
+                self.ctx.loop.call_soon(lambda: None if self.finished else then())
+            return
 
         def done(addresses: list[str] | None, error: str | None) -> None:
             if self.finished:
@@ -210,7 +222,6 @@ class Transaction(LocalReplies, UpstreamHandler):
         self.peer = up.address
 
     def _connect_timeout(self) -> None:
-        self._timer = None
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
@@ -251,9 +262,7 @@ class Transaction(LocalReplies, UpstreamHandler):
         self._arm(self.ctx.config.read_timeout, self._read_timeout)
 
     def _authority(self) -> bytes:
-        default = 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode("idna")
+        return format_authority(self.host, self.port, 80)
 
     # -- 4a. request body ---------------------------------------------------
     def request_data(self, data: bytes) -> None:
@@ -364,7 +373,9 @@ class Transaction(LocalReplies, UpstreamHandler):
             if resp.status != 101 and req.http_version == b"1.1":
                 self.client.write(forward.response_head(resp, policy, None, True))
             return
-        framing = response_framing(resp, req.method)
+        framing = resp.framing
+        if framing is None:  # not from a ResponseReader
+            framing = response_framing(resp, req.method)
         if framing == 0 and (req.method == b"HEAD" or resp.status in (204, 304)):
             client_framing: int | str | None = None
         elif isinstance(framing, int):
@@ -416,7 +427,6 @@ class Transaction(LocalReplies, UpstreamHandler):
         self.finish(self.client_keep_alive and self.body_done)
 
     def _read_timeout(self) -> None:
-        self._timer = None
         if self.finished:
             return
         if not self.head_sent:
@@ -463,7 +473,8 @@ class Transaction(LocalReplies, UpstreamHandler):
             request_size=0, method=self.method, url=self.url, user=None,
             hierarchy=self.hierarchy, peer_addr=self.peer if self.hierarchy != "HIER_NONE"
             else None, mime_type=self.mime, error_code=self.error_code,
-            referer=_header(self.req, b"referer"), user_agent=_header(self.req, b"user-agent"),
+            referer=_header(self.req, b"referer") if self.ctx.log_headers else None,
+            user_agent=_header(self.req, b"user-agent") if self.ctx.log_headers else None,
             http_version=self.req.http_version.decode() if self.req else "0.0")
 
     def client_aborted(self) -> None:
@@ -471,10 +482,13 @@ class Transaction(LocalReplies, UpstreamHandler):
         self.client.close()
 
     def client_protocol_error(self, exc: ProtocolError) -> None:
-        if self.head_sent or self.upstream is not None and self.upstream.connected:
+        """The request body turned out malformed (bad chunking, too big...)."""
+        if self.head_sent:
             self.abort(exc.reason)
             self.client.close()
         else:
+            # The origin may have the head already; reply_error drops that
+            # connection (it saw half a request), the client gets its 400.
             self.reply_error(exc.error_code, exc.status, detail=exc.reason)
 
     def abort(self, reason: str) -> None:
@@ -497,14 +511,15 @@ class Transaction(LocalReplies, UpstreamHandler):
             self.upstream.close()
             self.upstream = None
 
+    # The connect and read timeouts live on the client connection's deadline,
+    # which is idle while a transaction runs (see ClientConnection.timeout).
     def _arm(self, delay: float, callback) -> None:  # type: ignore[no-untyped-def]
-        self._disarm()
-        self._timer = self.ctx.loop.call_later(delay, callback)
+        if not self.finished and self.client.txn is self:
+            self.client.timeout.set(delay, callback)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.client.txn is self:
+            self.client.timeout.clear()
 
 
 def _header(req: Request | None, name: bytes) -> str | None:

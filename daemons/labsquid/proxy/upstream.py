@@ -14,7 +14,7 @@ import errno
 import os
 import socket
 
-from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, Timer, is_would_block
+from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, is_would_block
 
 READ_SIZE = 65536
 MAX_IDLE_PER_ORIGIN = 64
@@ -46,7 +46,7 @@ class Upstream:
         self.reading = True
         self.out = bytearray()
         self.requests = 0  # served on this connection; >0 means it is a reused one
-        self._idle_timer: Timer | None = None
+        self.idle_deadline = loop.deadline()  # pconn_timeout while in the pool
         self._pool: UpstreamPool | None = None
 
     # -- connecting ---------------------------------------------------------
@@ -157,8 +157,7 @@ class Upstream:
         if self.closed:
             return
         self.closed = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        self.idle_deadline.close()
         if self._pool is not None:
             self._pool.forget(self)
         self.loop.remove(self.fd)
@@ -179,8 +178,7 @@ class UpstreamPool:
         conns = self._idle.get(key)
         while conns:
             up = conns.pop()
-            if up._idle_timer is not None:
-                up._idle_timer.cancel()
+            up.idle_deadline.clear()
             up._pool = None
             if not up.closed:
                 self.reused += 1
@@ -197,7 +195,7 @@ class UpstreamPool:
             return
         up.handler = None
         up._pool = self
-        up._idle_timer = self.loop.call_later(self.idle_timeout, up.close)
+        up.idle_deadline.set(self.idle_timeout, up.close)
         up.loop.modify(up.fd, READ)
         conns.append(up)
 

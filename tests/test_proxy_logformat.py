@@ -1,0 +1,63 @@
+"""Log formats other than squid's native one, through a real transaction.
+
+The proxy only looks up request header fields when the access log's format
+prints them (``%>h``, as in ``combined``); these tests hold that it still
+does when one does.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from support.origin import RawClient, module_origin
+from support.service import Labsquid, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def origin():
+    yield from module_origin()
+
+
+def start_with_format(folder, fmt_name: str, logformat: str = "") -> Labsquid:
+    ls = Labsquid(folder)
+    text = ls.config_text().replace(f"access_log daemon:{ls.access_log} squid",
+                                    f"{logformat}access_log daemon:{ls.access_log} {fmt_name}")
+    ls.write_config(text=text)
+    return ls.start()
+
+
+def one_request(ls: Labsquid, url: str, extra_headers: str) -> None:
+    with RawClient(ls.port) as c:
+        c.send(f"GET {url} HTTP/1.1\r\nHost: h\r\n{extra_headers}Connection: close\r\n\r\n"
+               .encode())
+        assert c.read_until_close().startswith(b"HTTP/1.1 200")
+
+
+def test_combined_logs_referer_and_user_agent(tmp_path, origin):
+    ls = start_with_format(tmp_path, "combined")
+    try:
+        url = origin.url("/id/combined")
+        one_request(ls, url, "Referer: http://example.test/from\r\nUser-Agent: probe/1.0\r\n")
+        line = wait_for(lambda: next((x for x in ls.access_lines() if url in x), None),
+                        timeout=5, what="the combined line")
+    finally:
+        ls.stop()
+    assert re.fullmatch(
+        r'127\.0\.0\.1 - - \[[^\]]+\] "GET ' + re.escape(url) + r' HTTP/1\.1" 200 \d+ '
+        r'"http://example\.test/from" "probe/1\.0" TCP_MISS:HIER_DIRECT', line), line
+
+
+def test_custom_format_with_a_request_header(tmp_path, origin):
+    ls = start_with_format(tmp_path, "agents", 'logformat agents %rm %ru %{User-Agent}>h\n')
+    try:
+        url = origin.url("/id/agents")
+        one_request(ls, url, "User-Agent: custom-agent/2\r\n")
+        line = wait_for(lambda: next((x for x in ls.access_lines() if url in x), None),
+                        timeout=5, what="the custom line")
+    finally:
+        ls.stop()
+    assert line == f"GET {url} custom-agent/2", line
