@@ -8,6 +8,7 @@ import pytest
 
 from labsquid.accesslog import AccessRecord, builtin_formats, compile_logformat
 from labsquid.accesslog import _escape as esc
+from support import proof
 
 BASE = AccessRecord(
     start_time=1648951600.0,
@@ -100,6 +101,13 @@ def test_hostile_strings_stay_on_one_line(name: str, evil: str) -> None:
         referer=evil, user_agent=evil, peer_addr=evil, client_addr=evil,
         request_headers=(("Referer", evil), ("User-Agent", evil)),
     )
+    forged = (len(line.splitlines()) != 1
+              or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in line)
+              or "\u2028" in line)
+    proof.record("security", "log forging: hostile strings in every logged field", 1,
+                 int(forged), unit="lines forged",
+                 detail="CR, LF, ESC, NUL, U+2028 in URL, method, user, headers...: one line, "
+                        "no control character, in each of the 5 built-in formats")
     assert len(line.splitlines()) == 1
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in line)
     assert "\u2028" not in line
@@ -107,6 +115,10 @@ def test_hostile_strings_stay_on_one_line(name: str, evil: str) -> None:
 
 def test_hostile_url_in_native_line() -> None:
     line = render("squid", url="http://h/x\r\n1.0 0 6.6.6.6 TCP_HIT/200", method="GET")
+    proof.record("security", "log forging: CR LF and a fake line in a URL (native format)",
+                 1, int(" http://h/x1.00" not in line or line.count("TCP_HIT") != 1),
+                 unit="lines forged", detail="the whitespace is stripped out of %ru: no "
+                 "second line, no second log tag")
     assert " http://h/x1.00" in line  # squid strips the whitespace out of %ru
     assert line.count("TCP_HIT") == 1
 
@@ -128,6 +140,9 @@ def test_escape_sequences_are_visible_in_every_mode() -> None:
 
 def test_header_block_in_brackets_keeps_lines_apart() -> None:
     headers = (("Host", "h"), ("X-Evil", "a\r\nInjected: 1"))
-    assert render("[%>h]", request_headers=headers) == (
-        "[Host: h\\r\\nX-Evil: a\\r\\nInjected: 1\\r\\n]"
-    )
+    line = render("[%>h]", request_headers=headers)
+    want = "[Host: h\\r\\nX-Evil: a\\r\\nInjected: 1\\r\\n]"
+    proof.record("security", "log forging: CR LF inside a logged header block", 1,
+                 int(line != want), unit="lines forged",
+                 detail="%[>h keeps each header's CR LF escaped, on one line")
+    assert line == want

@@ -28,6 +28,8 @@ import re
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ import h11
 import psutil
 import pytest
 
+from support import proof
 from support.origin import module_labsquid, parse_squid_line
 from support.service import wait_for
 from support.strict_origin import StrictOrigin
@@ -224,6 +227,48 @@ def load_corpus(folder: Path = CORPUS) -> list[Case]:
 CASES = load_corpus()
 
 
+# The proof report's classes of bad input: (corpus file, case-name pattern, class).
+# The first match wins; a case no rule names gets a row of its own file's.
+INPUT_CLASSES: list[tuple[str, str, str]] = [
+    ("smuggling.txt", r"cl-te-both|te-cl-both|te-identity-with-cl",
+     "smuggling CL.TE / TE.CL (both framings)"),
+    ("smuggling.txt", r"te-.*", "smuggling TE.TE (Transfer-Encoding variants)"),
+    ("smuggling.txt", r"cl-(?!shorter-than-sent|named-in-connection).*",
+     "duplicate, signed, malformed Content-Length"),
+    ("smuggling.txt", r".*", "body framing and pipelining"),
+    ("chunked.txt", r"chunk-size-.*|chunk-empty-size-line", "chunk-size overflow, malformed"),
+    ("chunked.txt", r"chunk-ext-.*", "chunk extensions"),
+    ("chunked.txt", r".*", "chunk data, last chunk, trailers"),
+    ("head.txt", r"obs-fold-.*|first-field-line-indented", "obs-fold (folded field lines)"),
+    ("head.txt", r"bare-(cr|lf)-.*", "bare CR, bare LF"),
+    ("head.txt", r"(nul|escape|del|form-feed)-.*", "NUL and control bytes"),
+    ("head.txt", r"space-in-field-name|space-before-colon-.*|tab-before-colon|empty-field-.*|"
+                 r"field-line-without-colon|tab-inside-field-value",
+     "field syntax: spaces in names, empty names, no colon"),
+    ("head.txt", r"non-ascii-.*", "non-ASCII bytes"),
+    ("head.txt", r"host-.*|http10-without-host", "Host missing, duplicated, conflicting"),
+    ("head.txt", r"leading-empty-lines|whitespace-before-method|two-spaces-after-method|"
+                 r"space-after-version|space-in-target|tab-in-target", "request-line whitespace"),
+    ("head.txt", r".*", "body framing and pipelining"),
+    ("request_line.txt", r"method-.*", "invalid methods"),
+    ("request_line.txt", r"version-.*", "invalid versions"),
+    ("request_line.txt", r".*", "absurd lengths (URI, head, field count)"),
+    ("connect.txt", r".*", "CONNECT abuse"),
+    ("uri.txt", r"userinfo-.*|fragment-before-at|query-before-at",
+     "URI userinfo, authority confusion"),
+    ("uri.txt", r"port-.*", "URI port tricks"),
+    ("uri.txt", r"host-.*|percent-encoded-host", "URI host tricks (numeric, encoded, IPv6)"),
+    ("uri.txt", r".*", "URI forms and schemes"),
+]
+
+
+def input_class(case: Case) -> str:
+    for source, pattern, name in INPUT_CLASSES:
+        if case.source == source and re.fullmatch(pattern, case.name):
+            return name
+    return f"other ({case.source})"
+
+
 def _marks(case: Case) -> list:
     reason = KNOWN_BUGS.get(case.name)
     return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
@@ -410,6 +455,24 @@ def _normal_request(proxy, origin, ledger: Ledger, tag: str) -> None:
 
 # -- one test per corpus case -------------------------------------------------------
 
+CASE_CHECKS = ("status and error page as the corpus says, closed after an error; exactly "
+               "the named requests reached the origin, whole (h11); proxy alive")
+
+
+@contextmanager
+def _proof_row(case: Case) -> Iterator[None]:
+    """Record the case in its class's row of the proof report: lost if any check in the
+    block fails, recorded before the failure propagates."""
+    try:
+        yield
+    except BaseException as exc:
+        if not isinstance(exc, pytest.skip.Exception):
+            proof.record("bad-input", input_class(case), 1, 1, unit="cases",
+                         detail=CASE_CHECKS)
+        raise
+    proof.record("bad-input", input_class(case), 1, 0, unit="cases", detail=CASE_CHECKS)
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=_marks(c)) for c in CASES])
 def test_case(case: Case, proxy, origin, ledger: Ledger) -> None:
     segments = case.segments(origin.port)
@@ -434,39 +497,44 @@ def test_case(case: Case, proxy, origin, ledger: Ledger) -> None:
             tag, logged_method = case.log_entry(reply.status, method)
             ledger.log_entries.append((tag, reply.status, reply.size, logged_method))
 
-    time.sleep(0.01)  # let a (wrongly) forwarded request land before counting
-    requests_after, errors_after, truncated_after = origin.snapshot()
-    _assert_alive(proxy)
-    if ledger.cases_run % HEALTH_EVERY == 0:
-        _normal_request(proxy, origin, ledger, case.name)
+    # The verdict of every check below is the case's row in the proof report.
+    with _proof_row(case):
+        time.sleep(0.01)  # let a (wrongly) forwarded request land before counting
+        requests_after, errors_after, truncated_after = origin.snapshot()
+        _assert_alive(proxy)
+        if ledger.cases_run % HEALTH_EVERY == 0:
+            _normal_request(proxy, origin, ledger, case.name)
 
-    # The replies.
-    assert out.problem is None, \
-        f"{out.problem} (got {[r.status for r in out.replies]}; send: {out.send_error or 'ok'})"
-    got = [r.status for r in out.replies]
-    assert len(out.replies) == len(case.expects), f"replies {got}, expected {case.expects}"
-    accepted = 0
-    for reply, expect in zip(out.replies, case.expects, strict=True):
-        assert reply.status in expect.statuses, \
-            f"status {reply.status}, expected {sorted(expect.statuses)}: {reply.body[:300]!r}"
-        if expect.ok:
-            _check_forwarded(reply, case.upstream[accepted], origin, requests_before)
-            accepted += 1
-        else:
-            _check_error_page(reply, expect)
-    if not case.expects[-1].ok:
-        assert out.closed, "the proxy kept the connection open after an error reply"
-        assert out.after_close == b"", f"bytes after the error reply: {out.after_close[:200]!r}"
+        # The replies.
+        assert out.problem is None, (
+            f"{out.problem} (got {[r.status for r in out.replies]}; "
+            f"send: {out.send_error or 'ok'})")
+        got = [r.status for r in out.replies]
+        assert len(out.replies) == len(case.expects), f"replies {got}, expected {case.expects}"
+        accepted = 0
+        for reply, expect in zip(out.replies, case.expects, strict=True):
+            assert reply.status in expect.statuses, (
+                f"status {reply.status}, expected {sorted(expect.statuses)}: "
+                f"{reply.body[:300]!r}")
+            if expect.ok:
+                _check_forwarded(reply, case.upstream[accepted], origin, requests_before)
+                accepted += 1
+            else:
+                _check_error_page(reply, expect)
+        if not case.expects[-1].ok:
+            assert out.closed, "the proxy kept the connection open after an error reply"
+            assert out.after_close == b"", \
+                f"bytes after the error reply: {out.after_close[:200]!r}"
 
-    # Exactly the expected requests reached the origin, each a clean message.
-    assert origin.errors[errors_before:errors_after] == [], \
-        "h11 refused what the proxy forwarded"
-    assert origin.truncated[truncated_before:truncated_after] == [], \
-        "the proxy cut a forwarded request short"
-    arrived = origin.requests[requests_before:requests_after]
-    assert len(arrived) == accepted, \
-        f"{len(arrived)} request(s) reached the origin, {accepted} expected: " \
-        f"{[(r.method, r.target[:80]) for r in arrived]}"
+        # Exactly the expected requests reached the origin, each a clean message.
+        assert origin.errors[errors_before:errors_after] == [], \
+            "h11 refused what the proxy forwarded"
+        assert origin.truncated[truncated_before:truncated_after] == [], \
+            "the proxy cut a forwarded request short"
+        arrived = origin.requests[requests_before:requests_after]
+        assert len(arrived) == accepted, \
+            f"{len(arrived)} request(s) reached the origin, {accepted} expected: " \
+            f"{[(r.method, r.target[:80]) for r in arrived]}"
 
 
 def _check_error_page(reply: Reply, expect: Expect) -> None:
@@ -513,21 +581,39 @@ def test_proxy_serves_after_the_corpus(proxy, origin, ledger: Ledger) -> None:
     _normal_request(proxy, origin, ledger, "the-end")
 
 
+TREE_CASE = "whole corpus: the process tree"
+TREE_CHECKS = "no process of the tree died or was replaced; none burns CPU when idle"
+
+
 def test_no_process_died_or_spins(proxy, ledger: Ledger) -> None:
     _require_cases(ledger)
-    assert _tree_pids(proxy) == ledger.pids, "a process of the tree was replaced"
+    now = _tree_pids(proxy)
+    replaced = sum(now.get(name) != pid for name, pid in ledger.pids.items())
+    if replaced:  # the CPU check below cannot run on a dead process: record now
+        proof.record("bad-input", TREE_CASE, ledger.cases_run, replaced, unit="processes",
+                     detail=TREE_CHECKS)
+    assert now == ledger.pids, "a process of the tree was replaced"
     procs = [psutil.Process(pid) for pid in ledger.pids.values()]
     before = [sum(p.cpu_times()[:2]) for p in procs]
     time.sleep(1.0)
     after = [sum(p.cpu_times()[:2]) for p in procs]
     busy = {name: round(b - a, 2) for name, a, b in zip(ledger.pids, before, after, strict=True)
             if b - a > 0.3}
+    proof.record("bad-input", TREE_CASE, ledger.cases_run, len(busy), unit="processes",
+                 detail=TREE_CHECKS)
     assert not busy, f"processes burning CPU while idle (s of CPU in 1s): {busy}"
 
 
 def test_origin_got_nothing_unexpected(origin, ledger: Ledger) -> None:
     _require_cases(ledger)
     time.sleep(0.2)  # anything forwarded late would land now
+    unexpected = (len(origin.errors) + len(origin.truncated)
+                  + sum(not r.complete for r in origin.requests)
+                  + abs(len(origin.requests) - ledger.upstream_expected))
+    proof.record("bad-input", "whole corpus: what reached the origin", ledger.cases_run,
+                 unexpected, unit="requests",
+                 detail="the origin got exactly the requests counted, none refused by h11 "
+                        "or cut short")
     assert origin.errors == [], [(e.error, e.received[:300]) for e in origin.errors]
     assert origin.truncated == [], [(e.error, e.received[:300]) for e in origin.truncated]
     assert all(r.complete for r in origin.requests)
@@ -549,14 +635,23 @@ def test_every_reply_has_its_access_log_line(proxy, ledger: Ledger) -> None:
     wait_for(lambda: len(_log_lines(proxy)) >= len(ledger.log_entries), timeout=10,
              what=f"{len(ledger.log_entries)} access.log lines")
     seen: Counter = Counter()
+    odd_none: list[dict[str, str]] = []  # method NONE but not squid's invalid-request line
     for raw in _log_lines(proxy):
         line = parse_squid_line(raw.decode("utf-8", "replace"))
         seen[(line["tag"], int(line["status"]), int(line["size"]), line["method"])] += 1
-        if line["method"] == "NONE":
-            assert (line["tag"], line["url"]) == ("NONE_NONE", "error:invalid-request"), line
+        if line["method"] == "NONE" and \
+                (line["tag"], line["url"]) != ("NONE_NONE", "error:invalid-request"):
+            odd_none.append(line)
     missing = wanted - seen
-    assert not missing, f"replies without their access.log line: {dict(missing)}"
     extra = seen - wanted
+    proof.record("bad-input", "whole corpus: an access.log line per reply",
+                 sum(wanted.values()),
+                 sum(missing.values()) + max(0, sum(extra.values()) - ledger.abnormal)
+                 + len(odd_none), unit="lines",
+                 detail="every reply has its line (tag, status, size, method); no other line")
+    for line in odd_none:
+        assert (line["tag"], line["url"]) == ("NONE_NONE", "error:invalid-request"), line
+    assert not missing, f"replies without their access.log line: {dict(missing)}"
     # An exchange that went wrong may log an extra (aborted) line; nothing else may.
     assert sum(extra.values()) <= ledger.abnormal, f"unexpected access.log lines: {dict(extra)}"
 
@@ -566,12 +661,19 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 def test_access_log_has_no_control_characters(proxy, ledger: Ledger) -> None:
     _require_cases(ledger)
-    bad = [line for line in _log_lines(proxy) if _CONTROL.search(line)]
+    lines = _log_lines(proxy)
+    bad = [line for line in lines if _CONTROL.search(line)]
+    proof.record("security", "log forging: the corpus's control bytes in access.log",
+                 len(lines), len(bad), unit="lines",
+                 detail="no access.log line written for the corpus holds a control byte")
     assert not bad, bad[:5]
 
 
 def test_access_log_hides_userinfo_credentials(proxy, ledger: Ledger) -> None:
     if "userinfo-stripped" not in ledger.names:
         pytest.skip("the userinfo-stripped case did not run")
-    leaked = [line for line in _log_lines(proxy) if b"user:secret@" in line]
+    lines = _log_lines(proxy)
+    leaked = [line for line in lines if b"user:secret@" in line]
+    proof.record("security", "credentials in a URI's userinfo", len(lines), len(leaked),
+                 unit="lines", detail="no access.log line shows the userinfo's password")
     assert not leaked, leaked

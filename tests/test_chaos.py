@@ -25,6 +25,7 @@ from collections import Counter
 import psutil
 import pytest
 
+from support import proof
 from support.chaos import (
     ChaosDriver,
     Clients,
@@ -71,6 +72,57 @@ def _configs(ls) -> tuple[str, str]:
 
 def _logged_urls(ls) -> Counter:
     return Counter(parse_squid_line(line)["url"] for line in ls.access_lines())
+
+
+# The proof report's rows for the chaos mix: the driver's event kinds (a SIGHUP
+# split by its config), each with what the row counts as injected.
+CHAOS_ROWS = {
+    "kill_worker": "kill -9 pool child (chaos under load)",
+    "kill_logfile_daemon": "kill -9 logfile daemon (chaos under load)",
+    "hup_good": "SIGHUP, good config (chaos under load)",
+    "hup_broken": "SIGHUP, broken config (chaos under load)",
+    "usr1": "SIGUSR1 rotate (chaos under load)",
+}
+CHAOS_CHECKS = {
+    "kill_worker": "only requests in flight on the killed child may fail (cut off); every "
+                   "answered request logged once",
+    "kill_logfile_daemon": "no request fails; every answered request logged exactly once",
+    "hup_good": "the kid applies each reload; no request fails; every answer logged once",
+    "hup_broken": "the master refuses each broken config; no request fails; every answer "
+                  "logged once",
+    "usr1": "no request fails; every answered request logged exactly once across the "
+            "rotated files",
+}
+
+
+def _kind(action: str, detail: str) -> str:
+    """A timeline entry's row: a SIGHUP is good or broken by its detail."""
+    if action == "hup":
+        return "hup_good" if detail.startswith("SIGHUP, good") else "hup_broken"
+    return action
+
+
+def _record_chaos(driver: ChaosDriver, losses: list[tuple[float, int]], refused: int,
+                  reloaded: int, at_exit: int, fds_over: int) -> None:
+    """The chaos run's rows: each loss (when, how many) goes to the kind of the last
+    event before it; losses before any event, and those only the end can show
+    (exit code, leftovers, lines for requests never sent), to the final SIGTERM."""
+    lost: Counter = Counter()
+    for moment, count in losses:
+        before = [(t, a, d) for t, a, d in driver.timeline if t <= moment]
+        lost[_kind(*before[-1][1:]) if before else "term"] += count
+    lost["hup_good"] += abs(reloaded - driver.counts["hup_good"])
+    lost["hup_broken"] += abs(refused - driver.counts["hup_broken"])
+    for kind, case in CHAOS_ROWS.items():
+        proof.record("fault", case, driver.counts[kind], lost[kind], unit="requests/lines",
+                     detail=CHAOS_CHECKS[kind] + "; a loss counts for the last event before it")
+    proof.record("fault", "SIGTERM after the chaos", 1, lost["term"] + at_exit,
+                 unit="lines/processes",
+                 detail="exit 0, no process or shm segment left, no line for a request never "
+                        "sent, none lost before the first event")
+    proof.record("fault", "descriptors across the chaos mix", len(driver.timeline), fds_over,
+                 unit="fds", detail=f"the kid's and the master's fd counts back within "
+                                    f"{FD_SLACK} after every event")
 
 
 @pytest.mark.timeout(240)
@@ -135,14 +187,30 @@ def test_chaos_under_load(make_labsquid, origin, dispatch):
         print(f"  failed {o.url.rsplit('/', 1)[1]}: status {o.status}, {o.error!r}; "
               f"last event: {driver.event_before(o.ended)}")
 
-    assert code == 0, ls.stderr_text()[-3000:]
+    # The proof report's rows, before any assertion.
+    ended = {o.url: o.ended for o in outcomes}
+    bad_failures = [o for o in failed if o.http_error or not o.cut_off
+                    or not driver.killed_during(o)]
     left = driver.left_running()
+    refused = [e for e in events(ls, "reconfigure_refused") if e.get("role") == "master"]
+    _record_chaos(
+        driver,
+        losses=[(o.ended, 1) for o in bad_failures]
+        + [(o.ended, 1) for o in answered if logged[o.url] == 0]
+        + [(ended[url], n - 1) for url, n in twice.items() if url in ended],
+        refused=sum("htp_port" in e.get("problem", "") for e in refused),
+        reloaded=len(events(ls, "reconfigured")),
+        at_exit=int(code != 0) + len(left) + int(os.path.exists(shm_segment(kid_pid)))
+        + sum(logged[url] for url in strangers),
+        fds_over=max(0, abs(end_kid.fds - start_kid.fds) - FD_SLACK)
+        + max(0, abs(end_master.fds - start_master.fds) - FD_SLACK))
+
+    assert code == 0, ls.stderr_text()[-3000:]
     assert not left, f"processes of the tree left behind: {left}"
     assert not os.path.exists(shm_segment(kid_pid)), "the kid's statistics segment remains"
 
     # The broken configs were refused by the master, each of them, and the kid
     # applied every good one.
-    refused = [e for e in events(ls, "reconfigure_refused") if e.get("role") == "master"]
     assert len(refused) == driver.counts["hup_broken"]
     assert all("htp_port" in e["problem"] for e in refused)
     assert len(events(ls, "reconfigured")) == driver.counts["hup_good"]
@@ -210,6 +278,11 @@ def test_no_leak_across_many_reloads_and_rotations(make_labsquid, origin):
     end_master, end_kid = Sample.of(master), Sample.of(kid)
     print(f"{reloads} reloads, {rotations} rotations in {time.monotonic() - began:.1f}s; "
           f"master {start_master} -> {end_master}; kid {start_kid} -> {end_kid}")
+    proof.record("fault", "100 SIGHUP + 100 SIGUSR1, one at a time: descriptors",
+                 reloads + rotations,
+                 abs(end_master.fds - start_master.fds) + abs(end_kid.fds - start_kid.fds),
+                 unit="fds", detail="the master's and the kid's fd counts come back exactly "
+                                    "(memory growth under 10 MiB is asserted too)")
     assert ls.stop() == 0
     assert end_master.fds == start_master.fds, (start_master, end_master)
     assert end_kid.fds == start_kid.fds, (start_kid, end_kid)
@@ -229,16 +302,23 @@ def test_reloads_lose_no_request_and_no_line(make_labsquid, origin, dispatch):
     random.Random(_seed()).shuffle(signals)
     with Clients(ls.port, origin, 1) as clients:
         wait_for(lambda: clients.answered() > 20, timeout=30, what="traffic to flow")
-        _reload_and_rotate(ls, signals, good)
+        reloads, rotations = _reload_and_rotate(ls, signals, good)
         target = clients.answered() + 10
         wait_for(lambda: clients.answered() > target, timeout=30, what="traffic after")
-    assert ls.stop() == 0
+    code = ls.stop()
     outcomes = clients.all()
     logged = _logged_urls(ls)
     unlogged = [o.url for o in outcomes if o.ok and logged[o.url] == 0]
     failed = [(o.url, o.status, repr(o.error)) for o in outcomes if not o.ok]
     print(f"{len(outcomes)} requests, {len(failed)} failed, {len(unlogged)} answered but "
           "not logged")
+    sent = {o.url for o in outcomes}
+    proof.record("fault", "100 SIGHUP + 25 SIGUSR1 under a steady client", reloads + rotations,
+                 len(failed) + len(unlogged) + sum(n - 1 for n in logged.values())
+                 + sum(n for url, n in logged.items() if url not in sent) + int(code != 0),
+                 unit="requests/lines",
+                 detail="every request answered and logged exactly once, no stray line, exit 0")
+    assert code == 0
     assert failed == []
     assert unlogged == []
     assert sorted(logged) == sorted(o.url for o in outcomes)

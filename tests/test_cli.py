@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from support import proof
 from support.service import DEFAULT_RULES, wait_for
 
 pytestmark = pytest.mark.slow
@@ -78,9 +79,14 @@ def test_pid_file_symlink_is_refused(make_labsquid, tmp_path):
     victim.write_text("keep me\n")
     os.symlink(victim, ls.pidfile)
     ls.start(wait=False)
-    assert ls.proc.wait(15) == 1
+    code = ls.proc.wait(15)
+    kept = victim.read_text() == "keep me\n"
+    proof.record("security", "symlink at the pid file's path", 1,
+                 int(code != 1 or not kept), unit="files written",
+                 detail="the start is refused (exit 1); the link's target is untouched")
+    assert code == 1
     assert "symbolic link" in ls.stderr_text()
-    assert victim.read_text() == "keep me\n"
+    assert kept
 
 
 def test_parse_lists_every_problem(make_labsquid):

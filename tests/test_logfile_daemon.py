@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import suppress
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from labsquid.logfile import (
     Opened,
     WriteFailed,
 )
+from support import proof
 
 pytestmark = pytest.mark.slow
 
@@ -384,6 +386,11 @@ def test_write_errors_are_reported_retried_and_nothing_is_lost(daemons, log):
     assert log.stat().st_size == 100
     resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
     assert d.until_ack(31) == Acked(31, 245)
+    sent = [f"line {i:02d}" for i in range(30)] + ["more"]
+    proof.record("fault", "logfile daemon write fails (EFBIG, file size limit)", 1,
+                 _lines_off(text(log).splitlines(), sent), unit="lines",
+                 detail="reported once, retried in order until it fits; every line written "
+                        "once, none torn")
     assert text(log) == "".join(f"line {i:02d}\n" for i in range(30)) + "more\n"
     assert d.close() == 0
 
@@ -411,6 +418,15 @@ def pump(d: Daemon, q: LogQueue, done, timeout: float = 20.0) -> None:
             q.feed(data)
 
 
+def _lines_off(written: list[str], sent: list[str]) -> int:
+    """Lines missing, written twice, or out of order, for the proof report."""
+    if written == sent:
+        return 0
+    counted = Counter(written)
+    wanted = Counter(sent)
+    return max(1, sum(((counted - wanted) + (wanted - counted)).values()))
+
+
 def expected(n: int, start: int = 0) -> list[str]:
     return [f"request {i} " + "p" * (i % 50) for i in range(start, start + n)]
 
@@ -433,8 +449,12 @@ def test_lines_written_but_not_acked_are_not_written_twice(daemons, log):
     q.daemon_restarted()
     q.append("after restart")
     pump(d2, q, q.idle)
+    code = d2.close()
+    proof.record("fault", "kill -9 logfile daemon with lines written, not acked", 1,
+                 _lines_off(text(log).splitlines(), ls + ["after restart"]), unit="lines",
+                 detail="the new daemon skips what the file already holds: nothing twice")
     assert q.skipped == 300
-    assert d2.close() == 0
+    assert code == 0
     assert text(log).splitlines() == ls + ["after restart"]
 
 
@@ -461,7 +481,12 @@ def test_kill_9_mid_stream_then_restart_writes_every_line_once(daemons, log, buf
     for line in second:
         assert q.append(line)
     pump(d2, q, q.idle)
-    assert d2.close() == 0
+    code = d2.close()
+    proof.record("fault", "kill -9 logfile daemon mid-stream, then a new one", 1,
+                 _lines_off(text(log).splitlines(), first + second), unit="lines",
+                 detail=f"{len(first) + len(second)} lines across the kill: each written "
+                        "exactly once, in order")
+    assert code == 0
     assert text(log).splitlines() == first + second
     assert q.skipped > 0
 
@@ -482,6 +507,15 @@ def test_symlink_planted_by_another_user_is_refused(tmp_path):
     planted.symlink_to(target)
     nobody = pwd.getpwnam("nobody").pw_uid
     os.lchown(planted, nobody, -1)
+    try:  # the same call as below, observed for the proof report before asserting
+        refuse_foreign_symlink(str(planted))
+        refused = False
+    except OSError as exc:
+        refused = "refusing a symbolic link owned by uid" in str(exc)
+    proof.record("security", "symlink planted at the log path by another user", 1,
+                 int(not refused or target.exists()), unit="files followed",
+                 detail="the logfile daemon refuses a link owned by another user; the "
+                        "target is not created")
     with pytest.raises(OSError, match="refusing a symbolic link owned by uid"):
         refuse_foreign_symlink(str(planted))
     assert not target.exists()

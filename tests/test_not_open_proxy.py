@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from support import proof
 from support.service import Labsquid, wait_for
 
 pytestmark = pytest.mark.slow
@@ -94,6 +95,11 @@ def test_shipped_rules_deny_a_client_from_another_host(tmp_path, two_hosts):
     try:
         wait_for(lambda: '"service_ready"' in ls.stderr_text(), what="labsquid in its netns")
         remote = run_client(client_ns, HOST_ADDR, ls.port, "http://192.0.2.1:9/from-afar")
+        proof.record("security", "open proxy: a client on another host, shipped rules", 1,
+                     int(not remote.startswith("HTTP/1.1 403 Forbidden")
+                         or "X-Squid-Error: ERR_ACCESS_DENIED" not in remote),
+                     unit="requests served", detail="conf/labsquid.conf's acl lines: a "
+                     "client in another network namespace gets 403 ERR_ACCESS_DENIED")
         assert remote.startswith("HTTP/1.1 403 Forbidden"), remote
         assert "X-Squid-Error: ERR_ACCESS_DENIED" in remote
         # The same proxy answers this machine (localhost): its manager menu.

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from support import proof
 from support.origin import RawClient, module_labsquid, module_origin, parse_squid_line
 from support.service import wait_for
 
@@ -103,8 +104,11 @@ def test_escaped_url_cannot_forge_a_line(labsquid, origin, path):
     before = len(labsquid.access_lines())
     exchange(labsquid, "GET", url)
     _line, f = line_for(labsquid, "GET", url)
-    assert f["url"] == url
     lines = labsquid.access_lines()
+    proof.record("security", "log forging: percent-encoded CR LF in a URL", 1,
+                 int(f["url"] != url or len(lines) != before + 1), unit="lines forged",
+                 detail="the URL is logged still encoded, as one line (end to end)")
+    assert f["url"] == url
     assert len(lines) == before + 1
     for line in lines:
         parse_squid_line(line)
@@ -115,8 +119,12 @@ def test_raw_control_bytes_in_url_rejected_not_logged_raw(labsquid, origin):
     with RawClient(labsquid.port) as c:
         c.send(b"GET http://127.0.0.1:%d/a\x0bb\x7f HTTP/1.1\r\nHost: h\r\n\r\n" % origin.port)
         resp = c.read_response()
-    assert resp.status == 400
     wait_for(lambda: len(labsquid.access_lines()) > before, timeout=5)
+    raw = [line for line in labsquid.access_lines() if "\x0b" in line or "\x7f" in line]
+    proof.record("security", "log forging: raw control bytes in a URL", 1,
+                 int(resp.status != 400) + len(raw), unit="requests/lines",
+                 detail="400, and no access.log line holds the raw bytes (end to end)")
+    assert resp.status == 400
     for line in labsquid.access_lines():
         parse_squid_line(line)
         assert "\x0b" not in line and "\x7f" not in line

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from support import proof
 from support.origin import RawClient, module_origin, parse_squid_line
 from support.service import Labsquid, free_port, wait_for
 
@@ -126,8 +127,11 @@ def test_dst_by_address_and_by_name(labsquid, origin):
 
 def test_denied_requests_never_reach_the_origin(labsquid, origin):
     before = len(origin.heads)
-    ask(labsquid.port, "GET", origin.url("/id/forbidden/"))
-    ask(labsquid.port, "GET", origin.url("/id/x"), source="127.0.0.2")
+    answers = [ask(labsquid.port, "GET", origin.url("/id/forbidden/")),
+               ask(labsquid.port, "GET", origin.url("/id/x"), source="127.0.0.2")]
+    proof.record("security", "denied requests reaching the origin", len(answers),
+                 len(origin.heads) - before, unit="requests",
+                 detail="requests denied by url_regex and src never reach the origin")
     assert len(origin.heads) == before
     line = wait_for(lambda: [x for x in labsquid.access_lines() if "127.0.0.2 " in x],
                     timeout=5)[-1]
@@ -155,6 +159,10 @@ def test_manager_origin_form(labsquid):
 def test_manager_denied_from_elsewhere(labsquid):
     url = f"http://127.0.0.1:{labsquid.port}/squid-internal-mgr/info"
     resp = ask(labsquid.port, "GET", url, source="127.0.0.3")
+    proof.record("security", "cache manager from a host other than localhost", 1,
+                 int(not denied(resp) or b"Number of HTTP requests" in resp.body),
+                 unit="requests answered", detail="403 ERR_ACCESS_DENIED; nothing of the "
+                 "report in the body")
     assert denied(resp)
     assert b"Number of HTTP requests" not in resp.body
 
@@ -168,6 +176,8 @@ def test_manager_unknown_action(labsquid):
 def test_no_http_access_lines_denies_everything(make_labsquid, origin):
     ls = make_labsquid(rules="").start()
     resp = ask(ls.port, "GET", origin.url("/id/x"))
+    proof.record("security", "no http_access line at all", 1, int(not denied(resp)),
+                 unit="requests allowed", detail="with no rules the proxy denies everything")
     assert denied(resp)
 
 

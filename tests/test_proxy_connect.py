@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from support import proof
 from support.origin import EchoServer, RawClient, module_origin, parse_squid_line
 from support.service import Labsquid, free_port, wait_for
 
@@ -131,6 +132,10 @@ def test_connect_to_port_not_in_ssl_ports_is_denied(labsquid, origin):
     with RawClient(labsquid.port) as c:
         c.send(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         resp = c.read_response()
+    proof.record("security", "CONNECT to a port not in SSL_ports", 1,
+                 int(resp.status != 403 or bool(origin.heads) or bool(origin.peers)),
+                 unit="tunnels opened", detail="403 ERR_ACCESS_DENIED; the origin sees no "
+                 "connection at all")
     assert resp.status == 403
     assert resp.header("X-Squid-Error").split()[0] == "ERR_ACCESS_DENIED"
     assert origin.heads == [] and origin.peers == []

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from support import proof
 from support.origin import fetch
 from support.service import wait_for
 
@@ -121,6 +122,10 @@ def test_killed_worker_is_replaced_others_keep_serving(make_labsquid, origin, di
         wait_for(lambda: len(ls.workers()) == 2 and victim.pid not in
                  {w.pid for w in ls.workers()}, timeout=5, what="a replacement worker")
         traffic.more(10)
+    # The one request in flight on the victim may fail; any other failure is a loss.
+    proof.record("fault", "kill -9 pool child under load", 1, max(0, len(traffic.failed) - 1),
+                 unit="requests", detail="a replacement worker starts, the other keeps "
+                 "serving; at most the request in flight on the victim fails")
     assert len(traffic.failed) <= 1, traffic.failed  # at most the one in flight on the victim
     titles = sorted(" ".join(w.cmdline()).strip() for w in ls.workers())
     assert titles == ["(labsquid-1 worker-1)", "(labsquid-1 worker-2)"]
@@ -144,12 +149,14 @@ def test_reconfigure_under_load_loses_nothing(make_labsquid, origin, dispatch):
     knocker = threading.Thread(target=connector, daemon=True)
     knocker.start()
     seen = {w.pid for w in ls.workers()}
+    hups = 0
     try:
         with Traffic(ls.port, origin.url("/id/hup")) as traffic:
             traffic.more(5)
             for _ in range(5):
                 current = {w.pid for w in ls.workers()}
                 ls.signal(signal.SIGHUP)
+                hups += 1
                 wait_for(lambda c=current: len(ls.workers()) == 2 and
                          not ({w.pid for w in ls.workers()} & c),
                          timeout=5, what="a new generation of workers")
@@ -160,5 +167,9 @@ def test_reconfigure_under_load_loses_nothing(make_labsquid, origin, dispatch):
     finally:
         stop.set()
         knocker.join(5)
+    proof.record("fault", "SIGHUP under load (new generation of workers)", hups,
+                 len(traffic.failed) + len(refused), unit="requests/connections",
+                 detail="no request fails and the listening socket refuses no connection "
+                        "while the workers are replaced")
     assert traffic.failed == []
     assert refused == [], "the listening socket refused a connection during reload"
