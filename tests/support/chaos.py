@@ -7,6 +7,13 @@ and records what each request got: a 200 with the origin's body, another
 status, or an exception.  ``ChaosDriver`` does something nasty to a running
 ``Labsquid`` at random moments (``random.Random(seed)``) and keeps a timeline,
 so a failure can be set beside the event that preceded it.
+
+The driver's actions are its methods named in ``weights``: a flavour for another
+setting (``tests/test_chaos_systemd.py`` reloads with ``systemctl reload`` and
+rotates with ``logrotate``) subclasses it, adds its own methods and weights, and
+may watch the service after each event in ``after_event``.  ``settled`` and the
+driver only need a ``ProcessTree``: a ``Labsquid``, or the same tree seen from
+elsewhere (a systemd unit's processes, by their host PIDs).
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import psutil
 
@@ -51,6 +60,7 @@ class Outcome:
     status: int | None = None  # None: no response (see ``error``)
     error: BaseException | None = None
     body_ok: bool = False
+    via: str | None = None  # the response's Via field: names the config's visible_hostname
 
     @property
     def ok(self) -> bool:
@@ -68,10 +78,15 @@ class Outcome:
 
 
 class Clients:
-    """``count`` threads, each sending one request per fresh connection until stopped."""
+    """``count`` threads, each sending one request per fresh connection until stopped.
 
-    def __init__(self, proxy_port: int, origin, count: int = 4, timeout: float = 20.0) -> None:
+    ``thread_setup``, when given, runs first in each thread: e.g. to move the thread
+    into a container's network namespace, where the proxy's port is."""
+
+    def __init__(self, proxy_port: int, origin, count: int = 4, timeout: float = 20.0,
+                 thread_setup: Callable[[], object] | None = None) -> None:
         self.proxy_port, self.origin, self.timeout = proxy_port, origin, timeout
+        self.thread_setup = thread_setup
         self.outcomes: list[list[Outcome]] = [[] for _ in range(count)]
         self._stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True,
@@ -93,6 +108,8 @@ class Clients:
         assert not alive, f"client threads still stuck in a request: {alive}"
 
     def _run(self, index: int) -> None:
+        if self.thread_setup is not None:
+            self.thread_setup()
         n = 0
         record = self.outcomes[index]
         while not self._stop.is_set():
@@ -107,6 +124,7 @@ class Clients:
             conn.request("GET", url)
             resp = conn.getresponse()
             out.status = resp.status
+            out.via = resp.getheader("Via")
             body = resp.read()
             out.body_ok = body == f"path {path}\n".encode()
         except Exception as exc:  # noqa: BLE001 - every failure is recorded
@@ -124,6 +142,23 @@ class Clients:
         return sum(1 for per_thread in self.outcomes for o in per_thread if o.ok)
 
 
+class ProcessTree(Protocol):
+    """What ``settled`` and ``ChaosDriver`` look at: the master, its kid, the kid's
+    logfile daemon and pool workers (``Labsquid`` is one; the hup and usr1 actions
+    also need its ``write_config`` and ``signal``)."""
+
+    pool_size: int
+
+    @property
+    def master(self) -> psutil.Process: ...
+
+    def kid(self) -> psutil.Process | None: ...
+
+    def logfile_daemon(self, kid: psutil.Process | None = None) -> psutil.Process | None: ...
+
+    def workers(self, kid: psutil.Process | None = None) -> list[psutil.Process]: ...
+
+
 @dataclass
 class Sample:
     fds: int
@@ -137,7 +172,7 @@ class Sample:
         return f"{self.fds} fds, {self.rss / 2**20:.1f} MiB"
 
 
-def settled(ls: Labsquid, timeout: float = 30.0) -> tuple[psutil.Process, psutil.Process]:
+def settled(ls: ProcessTree, timeout: float = 30.0) -> tuple[psutil.Process, psutil.Process]:
     """Wait until the tree is whole and quiet: the daemon, exactly ``pool_size``
     workers (no draining generation left, no respawn pending) and a kid whose
     descriptor count holds still for half a second.  Returns (master, kid)."""
@@ -186,7 +221,7 @@ def events(ls: Labsquid, name: str) -> list[dict]:
 
 @dataclass
 class ChaosDriver:
-    ls: Labsquid
+    ls: ProcessTree  # a Labsquid for the hup and usr1 actions
     good_config: str
     broken_config: str
     seed: int
@@ -224,7 +259,11 @@ class ChaosDriver:
             detail = getattr(self, action)()
             self.timeline.append((time.monotonic(), action, detail))
             self.note_tree()
+            self.after_event(action, detail)
         self.finish_reloads()
+
+    def after_event(self, action: str, detail: str) -> None:
+        """Called after each event; a flavour may look at the service here."""
 
     # -- the events -------------------------------------------------------------
     def kill_worker(self) -> str:
@@ -302,6 +341,13 @@ class ChaosDriver:
             return "none"
         t, _action, detail = previous[-1]
         return f"{detail} ({moment - t:.3f}s before)"
+
+
+def chaos_seed() -> int:
+    """``CHAOS_SEED`` from the environment, or a fresh random one; printed for a replay."""
+    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1 << 32))
+    print(f"\nchaos seed: {seed} (replay with CHAOS_SEED={seed})")
+    return seed
 
 
 def holder_of(ls: Labsquid, client_port: int) -> psutil.Process | None:

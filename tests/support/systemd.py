@@ -41,10 +41,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 INNER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWNET = 0x40000000
 
 # Units that would touch host-global kernel state, or that have nothing to do in a container.
 MASKED = (
@@ -295,6 +298,56 @@ class SystemdContainer:
     def read_file(self, inside: str) -> str:
         return self.host_path(inside).read_text(errors="replace")
 
+    # -- seen from the host ---------------------------------------------------
+    def enter_netns(self) -> None:
+        """Move the calling *thread* into the container's network namespace for good:
+        sockets it opens from then on are the container's (its 127.0.0.1, its ports).
+        Other threads are not affected (for a thread of its own, e.g. a client's)."""
+        if not self.running:
+            raise SystemdError("the container is not running")
+        fd = os.open(f"/proc/{self.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(fd, CLONE_NEWNET)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def netns(self) -> Iterator[None]:
+        """The calling thread in the container's network namespace for a ``with`` block:
+        a socket opened (or a server bound) inside keeps that namespace afterwards."""
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.enter_netns()
+            yield
+        finally:
+            try:
+                _setns(own, CLONE_NEWNET)
+            finally:
+                os.close(own)
+
+    def host_pids(self) -> set[int]:
+        """Host PIDs of every process in the container (from its cgroup, seen from the host)."""
+        return _cgroup_pids(self.cgroup) if self.cgroup is not None else set()
+
+    def unit_host_pids(self, unit: str, slice_: str = "system.slice") -> set[int]:
+        """Host PIDs of the processes in ``unit``'s cgroup (empty once the unit is gone)."""
+        if self.cgroup is None:
+            return set()
+        return _cgroup_pids(self.cgroup / slice_ / unit)
+
+    def host_pid(self, inner: int) -> int | None:
+        """The host PID of the container's process ``inner`` (e.g. a unit's MainPID), so
+        that the host can look at it with /proc and psutil; None if there is none."""
+        if not self.running:
+            raise SystemdError("the container is not running")
+        assert self.init_pid is not None
+        level = len(_nspids(self.init_pid)) - 1  # depth of the container's pid namespace
+        for pid in self.host_pids():
+            ids = _nspids(pid)
+            if len(ids) > level and ids[level] == inner:
+                return pid
+        return None
+
     def install_deb(self, deb: Path | str, timeout: float = 180.0) -> subprocess.CompletedProcess:
         """``apt-get install ./x.deb`` inside, offline: the dependencies must be on the host."""
         deb = Path(deb)
@@ -326,6 +379,40 @@ def _installed(package: str) -> bool:
     result = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True,
                             text=True)
     return result.returncode == 0 and "install ok installed" in result.stdout
+
+
+def _setns(fd: int, nstype: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)  # os.setns is Python 3.12+
+    if libc.setns(fd, nstype) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
+
+
+def _cgroup_pids(folder: Path) -> set[int]:
+    """Every PID in the cgroup ``folder`` and its sub-cgroups (empty if it does not exist)."""
+    pids: set[int] = set()
+    try:
+        files = [folder / "cgroup.procs", *folder.rglob("*/cgroup.procs")]
+    except OSError:
+        return pids
+    for procs in files:
+        try:
+            pids.update(int(p) for p in procs.read_text().split())
+        except OSError:  # removed meanwhile
+            continue
+    return pids
+
+
+def _nspids(pid: int) -> list[int]:
+    """``NSpid`` of /proc/PID/status: the PID in each nested pid namespace, outermost first."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except OSError:
+        pass
+    return []
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
