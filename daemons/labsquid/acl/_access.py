@@ -51,6 +51,8 @@ _NEEDS_DST = Decision(allowed=False, rule=None, needs_dst=True)
 class _Rule:
     line: AccessLine
     terms: tuple[tuple[bool, Acl], ...]  # (negated, acl)
+    decision: Decision  # what the rule decides when it matches; made once
+
 
     def matches(self, ctx: AccessContext) -> Verdict:
         for negated, acl in self.terms:
@@ -80,7 +82,7 @@ class AccessList:
             if verdict is None:
                 return _NEEDS_DST
             if verdict:
-                return Decision(allowed=rule.line.allow, rule=rule.line)
+                return rule.decision
         return self._default
 
 
@@ -99,6 +101,6 @@ def compile_access(lines: list[AccessLine], acls: AclSet) -> AccessList:
                 problems.error(line.where, f"ACL not found: {name}")
             else:
                 terms.append((bool(negated), acl))
-        rules.append(_Rule(line, tuple(terms)))
+        rules.append(_Rule(line, tuple(terms), Decision(allowed=line.allow, rule=line)))
     problems.raise_if_any()
     return AccessList(rules, problems.warnings)

@@ -21,7 +21,7 @@ Verdict = bool | None
 Matcher = Callable[["AccessContext"], Verdict]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and frozen __init__ is slow
 class AccessContext:
     """What an access check may look at, filled in by the HTTP layer.
 

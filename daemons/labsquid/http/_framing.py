@@ -172,6 +172,10 @@ def offers_keep_alive(connection: list[bytes] | None, http_version: bytes) -> bo
 
 # -- decoders: next_event(buf, eof) consumes from the reader's bytearray -------
 
+# The end of a body without trailers, shared: nobody edits an event's fields,
+# and one per message is not worth an allocation and an empty Headers.
+_END = EndOfMessage()
+
 
 def _too_big(limit: int) -> ProtocolError:
     return ProtocolError(f"body larger than {limit} bytes", 413, ERR_TOO_BIG)
@@ -185,7 +189,7 @@ class ContentLengthDecoder:
 
     def next_event(self, buf: bytearray, eof: bool) -> Data | EndOfMessage | type[NeedData]:
         if not self.remaining:
-            return EndOfMessage()
+            return _END
         if not buf:
             if eof:
                 raise ProtocolError(f"connection closed with {self.remaining} body bytes due")
@@ -216,7 +220,7 @@ class UntilCloseDecoder:
             data = bytes(buf)
             buf.clear()
             return Data(data)
-        return EndOfMessage() if eof else NeedData
+        return _END if eof else NeedData
 
 
 class ChunkedDecoder:
@@ -295,7 +299,7 @@ class ChunkedDecoder:
     def _trailers(self, buf: bytearray, eof: bool) -> EndOfMessage | type[NeedData]:
         if buf[:2] == b"\r\n":
             del buf[:2]
-            return EndOfMessage()
+            return _END
         scan = self.scan
         end = buf.find(b"\r\n\r\n", scan)
         if end < 0:
