@@ -26,9 +26,8 @@ before) / count.  Kernel socket buffers are not in either figure.
 labsquid settings that matter here: ``pool_max_connections`` (4096 per pool
 child by default: raised to ``count``, so a child is never full);
 ``client_persistent_connections`` is on by default; an idle keep-alive client
-connection is closed after 120 s (``CLIENT_IDLE_TIMEOUT`` in
-``labsquid/proxy/client.py``; squid's ``client_idle_pconn_timeout``, not a
-directive here), so the whole run must stay well inside 2 minutes.
+connection is closed after ``client_idle_pconn_timeout`` (squid's default,
+2 minutes), so the whole run must stay well inside that.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ from support.exhaust import (
     serving,
     tmpfs,
 )
-from support.origin import fetch, parse_squid_line
+from support.origin import fetch, parse_squid_line, proxy_conn
 from support.proof import record
 from support.service import Labsquid, wait_for
 
@@ -111,38 +111,8 @@ FLOOD = 400
 CPU_WINDOW = 3.0  # seconds of measuring while no descriptor is free
 MAX_CPU_SHARE = 0.15  # of one core, kid + pool children together
 RECOVERY = 6.0  # seconds the client that waited through the exhaustion may wait more
-
-# Why some modes fail (see the report of the test run, and the diagnosis here).
-SPIN_PASSFD_KID = (
-    "passfd: PoolEngine._on_listener (labsquid/pool.py) returns on OSError from accept() "
-    "('retried on the next readiness') but the kid watches the listener level-triggered, "
-    "so with EMFILE epoll reports it readable at once, forever: the kid spins at ~100% of "
-    "a core (and logs nothing) until a descriptor frees up")
-STRANDED_NOTIFY = (
-    "notify: ProxyServer._out_of_fds (labsquid/proxy/server.py) pauses/resumes only "
-    "self.listening, which is empty in notify mode, and nothing re-runs accept_burst or "
-    "asks the kid for a new ACCEPT when descriptors free up; the kid's edge-triggered "
-    "listener does not fire again for connections already queued, so the backlog stays "
-    "stranded (each new arrival drains only as many as there are free descriptors)")
-DROPPED_PASSFD = (
-    "passfd: a pool child at its descriptor limit cannot receive the SCM_RIGHTS socket; "
-    "the kernel closes it and sets MSG_CTRUNC, which Channel._read (labsquid/ipc.py) "
-    "ignores; the kid keeps dispatching to the full child (its 'active' is below "
-    "pool_max_connections), so clients are reset instead of waiting in the backlog")
-LOG_PAIRS = (
-    "ProxyServer.accept_burst (labsquid/proxy/server.py) logs accept_recovered whenever a "
-    "burst accepted at least one connection, even when the same burst then hit EMFILE "
-    "again; _out_of_fds had just counted that as failure 1 of a new episode, so every "
-    "partial burst logs an accept_failed_no_descriptors + accept_recovered pair "
-    "(failed_attempts=1) instead of one pair per episode")
-SILENT_PASSFD = (
-    "passfd: nobody logs the exhaustion: the kid accepts fine, and the pool child never "
-    "sees the descriptors the kernel dropped for it (MSG_CTRUNC ignored in "
-    "Channel._read, labsquid/ipc.py), so the resets it causes leave no trace")
-SILENT_PASSFD_KID = (
-    "passfd: the kid's accept error path in PoolEngine._on_listener (labsquid/pool.py) "
-    "is a bare 'except OSError: return': EMFILE in the kid is never logged")
-
+# passfd-kid: passfd with the kid (which accepts there) out of descriptors.
+FD_MODES = ["serial", "notify", "passfd", "shared", "passfd-kid"]
 
 @dataclass
 class FdEpisode:
@@ -239,17 +209,7 @@ def fd_episode(tmp_path_factory, origin) -> Callable[[str], FdEpisode]:
     return get
 
 
-def _xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-@pytest.mark.parametrize("mode", [
-    "serial",
-    "notify",
-    "passfd",
-    "shared",
-    pytest.param("passfd-kid", marks=_xfail(SPIN_PASSFD_KID)),
-])
+@pytest.mark.parametrize("mode", FD_MODES)
 def test_fd_exhaustion_does_not_spin(fd_episode, mode):
     ep = fd_episode(mode)
     assert ep.exhausted, ep.notes
@@ -257,13 +217,7 @@ def test_fd_exhaustion_does_not_spin(fd_episode, mode):
         f"{ep.cpu:.0%} of a core while no descriptor was free: a busy loop"
 
 
-@pytest.mark.parametrize("mode", [
-    "serial",
-    pytest.param("notify", marks=_xfail(STRANDED_NOTIFY)),
-    pytest.param("passfd", marks=_xfail(DROPPED_PASSFD)),
-    "shared",
-    "passfd-kid",
-])
+@pytest.mark.parametrize("mode", FD_MODES)
 def test_fd_exhaustion_recovers_by_itself(fd_episode, mode):
     ep = fd_episode(mode)
     assert ep.exhausted, ep.notes
@@ -273,13 +227,7 @@ def test_fd_exhaustion_recovers_by_itself(fd_episode, mode):
     assert ep.fresh == 200, f"a client arriving after the flood got {ep.fresh!r}"
 
 
-@pytest.mark.parametrize("mode", [
-    pytest.param("serial", marks=_xfail(LOG_PAIRS)),
-    pytest.param("notify", marks=_xfail(LOG_PAIRS)),
-    pytest.param("passfd", marks=_xfail(SILENT_PASSFD)),
-    pytest.param("shared", marks=_xfail(LOG_PAIRS)),
-    pytest.param("passfd-kid", marks=_xfail(SILENT_PASSFD_KID)),
-])
+@pytest.mark.parametrize("mode", FD_MODES)
 def test_fd_exhaustion_logged_once_per_episode(fd_episode, mode):
     ep = fd_episode(mode)
     assert ep.exhausted, ep.notes
@@ -659,11 +607,47 @@ def test_ten_thousand_idle_keepalive_connections():
     assert result["proxy_exit"] == 0, result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "max_filedescriptors is parsed (config/_directives.py, Config.max_filedescriptors) but "
-    "nothing applies it: no setrlimit anywhere in labsquid/, so the limit stays what the "
-    "shell gave (squid raises RLIMIT_NOFILE to it at start); with a default `ulimit -n` of "
-    "1024 the 10,000 connections above are impossible without prlimit"))
+IDLE_TIMEOUT = 1.0  # client_idle_pconn_timeout below
+
+
+def test_client_idle_pconn_timeout_closes_an_idle_keepalive_connection(make_labsquid, origin):
+    """squid's ``client_idle_pconn_timeout``: a keep-alive client connection that
+    waits for its next request longer than that is closed (silently), while one
+    that sends it in time is served on the same connection."""
+    ls = make_labsquid(dispatch="notify", pool_size=1,
+                       extra="client_idle_pconn_timeout 1 second").start()
+    conn = proxy_conn(ls.port, 5)
+    try:
+        statuses = []
+        for i in range(2):  # the second within the timeout: same connection, served
+            conn.request("GET", origin.url(f"/id/idle-{i}"))
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+            if i == 0:
+                time.sleep(IDLE_TIMEOUT / 2)
+        sock = conn.sock
+        assert sock is not None, "the proxy did not keep the connection alive"
+        idle_since = time.monotonic()
+        sock.settimeout(IDLE_TIMEOUT + 5)
+        try:
+            ending: bytes | str = sock.recv(1)
+        except OSError as exc:
+            ending = type(exc).__name__
+        closed_after = time.monotonic() - idle_since
+    finally:
+        conn.close()
+        _kill(ls)
+    record(area="fault", case="idle keep-alive client past client_idle_pconn_timeout",
+           tried=1, lost=int(ending != b"" or not IDLE_TIMEOUT * 0.9 <= closed_after
+                             < IDLE_TIMEOUT + 1.5),
+           unit="connections not closed in time",
+           detail=f"client_idle_pconn_timeout 1 s: closed after {closed_after:.2f}s idle")
+    assert statuses == [200, 200], statuses
+    assert ending == b"", f"expected the proxy to close the idle connection, got {ending!r}"
+    assert IDLE_TIMEOUT * 0.9 <= closed_after < IDLE_TIMEOUT + 1.5, closed_after
+
+
 def test_max_filedescriptors_raises_the_open_file_limit(tmp_path):
     """squid's way to get enough descriptors for many connections: the soft
     limit is raised (up to the hard one, no privilege needed) for the serving tree."""
@@ -675,3 +659,23 @@ def test_max_filedescriptors_raises_the_open_file_limit(tmp_path):
     finally:
         _kill(ls)
     assert all(soft == 4096 for soft, _hard in limits.values()), limits
+
+
+def test_max_filedescriptors_above_the_hard_limit_without_privilege(tmp_path):
+    """Without CAP_SYS_RESOURCE (the systemd unit gives none) the hard limit
+    cannot be raised: the soft one goes up to it, the service starts anyway,
+    and a warning says what was applied."""
+    ls = LimitedLabsquid(tmp_path, nofile=256, hard=1024, privileged=False, dispatch="notify",
+                         pool_size=1, extra="max_filedescriptors 4096")
+    ls.start()
+    try:
+        limits = {p.pid: nofile_limits(p) for p in serving(ls)}
+        warnings = events(ls, "max_filedescriptors_not_applied")
+        served = _get(ls.port, "http://127.0.0.1:1/")  # any answer: it serves
+    finally:
+        _kill(ls)
+    assert all(limit == (1024, 1024) for limit in limits.values()), limits
+    assert len(warnings) == 1, warnings
+    assert (warnings[0]["max_filedescriptors"], warnings[0]["soft"], warnings[0]["hard"],
+            warnings[0]["was"]) == (4096, 1024, 1024, 256), warnings
+    assert isinstance(served, int), served

@@ -3,6 +3,12 @@ is delivered, however its going away shows up."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+
 from labsquid.eventloop import EventLoop
 from labsquid.ipc import Channel, Kind, channel_pair
 
@@ -40,3 +46,92 @@ def test_send_to_a_gone_peer_still_delivers_what_it_sent():
     assert got == [(Kind.LOG, b"line")]
     assert closed == ["x"]
     assert kid.send(Kind.STOP) is False
+
+
+# -- descriptors that cannot be installed (passfd at RLIMIT_NOFILE) -------------
+
+_TRUNCATED = r"""
+import json, os, resource, socket
+from labsquid.eventloop import EventLoop
+from labsquid.ipc import Channel, Kind, channel_pair
+
+loop = EventLoop()
+kid_end, worker_end = channel_pair()
+got, truncated = [], []
+worker = Channel(loop, worker_end, lambda k, p, f: got.append((k.decode(), f)),
+                 lambda: None, on_truncated=lambda k: truncated.append(k.decode()))
+kid = Channel(loop, kid_end, lambda *a: None, lambda: None)
+client = socket.socket()
+kid.send(Kind.CONN, b"", [os.dup(client.fileno())])
+# No descriptor left in this process: the passed one cannot be installed.
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1,
+                                             resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+loop.run_once(0.5)
+print(json.dumps({"got": got, "truncated": truncated, "count": worker.truncated}))
+"""
+
+
+def test_a_passed_descriptor_the_receiver_cannot_install_is_reported():
+    """At its descriptor limit the receiver gets the message with MSG_CTRUNC and
+    no descriptor (the kernel closed it): the channel says so, and still
+    delivers the message."""
+    run = subprocess.run([sys.executable, "-c", _TRUNCATED], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == {"got": [["C", []]], "truncated": ["C"], "count": 1}, result
+
+
+def test_may_read_pauses_reading_until_resumed():
+    """A receiver that says it cannot take the next message leaves it in the
+    socket, with its descriptor, until it resumes reading."""
+    loop = EventLoop()
+    kid_end, worker_end = channel_pair()
+    got: list[tuple[bytes, list[int]]] = []
+    worker = Channel(loop, worker_end, lambda k, _p, f: got.append((k, f)), lambda: None)
+    kid = Channel(loop, kid_end, lambda *_a: None, lambda: None)
+    allowed = [False]
+    asked: list[int] = []
+
+    def may_read() -> bool:
+        asked.append(1)
+        return allowed[0]
+
+    worker.may_read = may_read
+    with socket.socket() as client:
+        kid.send(Kind.CONN, b"", [os.dup(client.fileno())])
+        for _ in range(3):
+            loop.run_once(0.05)
+        assert got == [] and not worker.reading
+        assert len(asked) == 1, "asked again while paused: a busy loop"
+        allowed[0] = True
+        worker.resume_reading()
+        loop.run_once(0.5)
+        assert [k for k, _f in got] == [Kind.CONN]
+        (fd,) = got[0][1]
+        os.close(fd)
+
+
+def test_on_sent_all_when_a_full_channel_empties():
+    """The sender learns when what it had to queue (the peer's socket was full)
+    is all gone: the pool's cue to hand that child connections again."""
+    loop = EventLoop()
+    kid_end, worker_end = channel_pair()
+    kid_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    kid = Channel(loop, kid_end, lambda *_a: None, lambda: None)
+    emptied: list[int] = []
+    kid.on_sent_all = lambda: emptied.append(kid.backlog)
+    sent = 0
+    while not kid.backlog:
+        kid.send(Kind.ACCEPT, b"\0")
+        sent += 1
+    assert emptied == []
+    worker_end.setblocking(False)
+    for _ in range(sent + 1):  # the peer reads everything
+        try:
+            worker_end.recv(16)
+        except BlockingIOError:
+            loop.run_once(0.05)
+    for _ in range(3):
+        loop.run_once(0.05)
+    assert emptied == [0]

@@ -11,9 +11,20 @@ experiment 3).  Nothing here parses bytes from the network.
 ``Channel`` is the non-blocking endpoint driven by the event loop: ``send``
 queues when the peer is slow (the socket buffer is the bound the kernel gives
 us; the queue is bounded too so a wedged peer cannot eat our memory), and
-received messages are handed to one callback.  The logfile daemon is *not*
-spoken to through here: it is an exec'd program speaking squid's line
-protocol over a ``SOCK_STREAM`` pair (see ``labsquid.logfile``).
+received messages are handed to one callback.
+
+Descriptors can be lost on the way: a receiver that is at its ``RLIMIT_NOFILE``
+cannot get them installed, so the kernel closes them and flags the message
+``MSG_CTRUNC``.  ``Channel`` notices that flag, counts it, and tells its owner
+(``on_truncated``); the message itself is still delivered, with the
+descriptors that did arrive.  A receiver that would rather not lose them sets
+``may_read``: asked before each message, and when it says no, the channel
+stops reading (``pause_reading``) until ``resume_reading`` — what is sent
+meanwhile waits in the socket, and then in the sender's queue.
+
+The logfile daemon is *not* spoken to through here: it is an exec'd program
+speaking squid's line protocol over a ``SOCK_STREAM`` pair (see
+``labsquid.logfile``).
 
 Message kinds (one byte each) are listed in ``Kind``.
 """
@@ -26,10 +37,21 @@ import socket
 from collections import deque
 from collections.abc import Callable
 
+import structlog
+
 from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, is_would_block
+
+log = structlog.get_logger()
 
 MAX_MESSAGE = 256 * 1024  # payload limit of one message; log batches stay far below
 MAX_FDS = 16
+# passfd: the kid's send buffer towards a child (SO_SNDBUF; the kernel doubles
+# it), so that only about PASSFD_IN_FLIGHT sockets are ever in flight to it —
+# 22 measured on Linux 6.1, x86_64.  A child installs every passed socket as it
+# reads it; the window bounds how many can land on it before it closes any,
+# and when it is full the kid stops accepting (the backlog holds the rest).
+PASSFD_SNDBUF = 8192
+PASSFD_IN_FLIGHT = 24
 
 
 class Kind:
@@ -42,11 +64,13 @@ class Kind:
     ACCEPT = b"A"  # kid → pool child (notify mode): accept until EAGAIN
     CONN = b"C"  # kid → pool child (passfd mode): one client socket attached
     STOP = b"Q"  # kid → pool child: stop accepting, finish, exit
-    READY = b"R"  # pool child → kid: started and serving
+    READY = b"R"  # pool child → kid: started and serving (again: room, descriptors)
+    NOFDS = b"N"  # pool child → kid (passfd): out of descriptors, send no CONN until READY
 
 
 OnMessage = Callable[[bytes, bytes, list[int]], None]  # kind, payload, received fds
 OnClose = Callable[[], None]
+OnTruncated = Callable[[bytes], None]  # kind of a message whose descriptors the kernel dropped
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
@@ -56,18 +80,28 @@ def channel_pair() -> tuple[socket.socket, socket.socket]:
 
 class Channel:
     def __init__(self, loop: EventLoop, sock: socket.socket, on_message: OnMessage,
-                 on_close: OnClose, max_queue: int = 4096) -> None:
+                 on_close: OnClose, max_queue: int = 4096,
+                 on_truncated: OnTruncated | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
         sock.setblocking(False)
         self._on_message = on_message
         self._on_close = on_close
+        self._on_truncated = on_truncated
         self._queue: deque[tuple[bytes, list[int]]] = deque()
         self._max_queue = max_queue
         self.dropped = 0
+        self.truncated = 0  # messages received whose descriptors the kernel dropped
         self.closed = False
         self.broken = False  # the peer stopped reading; see _peer_gone
+        # Called when the send queue has emptied after the socket was full:
+        # the peer takes messages (and descriptors) directly again.
+        self.on_sent_all: Callable[[], None] | None = None
+        self._stalled = False
+        # Asked before each message is read: False pauses reading (see above).
+        self.may_read: Callable[[], bool] | None = None
+        self.reading = True
         loop.add(self.fd, READ, self._on_event)
 
     def send(self, kind: bytes, payload: bytes = b"", fds: list[int] | None = None) -> bool:
@@ -86,6 +120,20 @@ class Channel:
     def backlog(self) -> int:
         return len(self._queue)
 
+    def _mask(self) -> int:
+        return (READ if self.reading else 0) | (WRITE if self._queue else 0)
+
+    def pause_reading(self) -> None:
+        if self.reading and not self.closed:
+            self.reading = False
+            self.loop.modify(self.fd, self._mask())
+
+    def resume_reading(self) -> None:
+        """Read again; what waited is reported by epoll (level-triggered) on the next turn."""
+        if not self.reading and not self.closed:
+            self.reading = True
+            self.loop.modify(self.fd, self._mask())
+
     def _flush(self) -> None:
         while self._queue:
             data, fds = self._queue[0]
@@ -97,13 +145,18 @@ class Channel:
                     self.sock.send(data)
             except OSError as exc:
                 if is_would_block(exc):
+                    self._stalled = True
                     break
                 self._peer_gone()
                 return
             self._queue.popleft()
             for fd in fds:  # the peer holds its own reference now
                 os.close(fd)
-        self.loop.modify(self.fd, READ | WRITE if self._queue else READ)
+        self.loop.modify(self.fd, self._mask())
+        if self._stalled and not self._queue:
+            self._stalled = False
+            if self.on_sent_all is not None:
+                self.on_sent_all()
 
     def _peer_gone(self) -> None:
         """A send failed (EPIPE): the peer closed its end, maybe exiting.
@@ -124,18 +177,25 @@ class Channel:
             self._flush()
         if self.closed:
             return
-        if mask & (READ | ERROR):
+        if mask & ERROR:
+            # The peer is gone (or the socket broke): read what it left even
+            # if reading is paused, or epoll reports the hang-up in a loop.
+            self._read(checked=False)
+        elif mask & READ and self.reading:
             self._read()
 
-    def _read(self) -> int:
+    def _read(self, checked: bool = True) -> int:
         """Deliver up to 64 messages (one chatty peer must not starve the loop);
         returns how many were delivered."""
         fd_size = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
         delivered = 0
         reset_seen = False
         for _ in range(64):
+            if checked and self.may_read is not None and not self.may_read():
+                self.pause_reading()
+                return delivered
             try:
-                data, anc, _flags, _addr = self.sock.recvmsg(MAX_MESSAGE, fd_size)
+                data, anc, flags, _addr = self.sock.recvmsg(MAX_MESSAGE, fd_size)
             except ConnectionResetError:
                 # The peer exited with a message of ours unread.  Linux reports
                 # that once, *before* the messages the peer sent us, which are
@@ -158,6 +218,16 @@ class Channel:
                     arr = array.array("i")
                     arr.frombytes(cdata[: len(cdata) - (len(cdata) % arr.itemsize)])
                     fds.extend(arr)
+            if flags & socket.MSG_CTRUNC:
+                # The kernel could not install (all) the descriptors sent with
+                # this message — we are at RLIMIT_NOFILE, or more than MAX_FDS
+                # came — and closed them: they are gone for good.
+                self.truncated += 1
+                if self._on_truncated is not None:
+                    self._on_truncated(data[:1])
+                else:
+                    log.warning("ipc_descriptors_dropped", kind=data[:1].decode("latin-1"),
+                                received=len(fds), messages_truncated=self.truncated)
             self._on_message(data[:1], data[1:], fds)
             delivered += 1
             if self.closed:
@@ -170,7 +240,7 @@ class Channel:
         Its messages and then EOF are all in our receive buffer already, so
         this never waits; it must run before ``close`` or they are lost.
         """
-        while not self.closed and self._read():
+        while not self.closed and self._read(checked=False):
             pass
         self.close()
 

@@ -10,7 +10,10 @@ notify     the kid watches the listening sockets (edge-triggered) and wakes
            one child, round-robin, with an ``ACCEPT`` message; the child
            accepts until EAGAIN, so simultaneous arrivals are never stranded.
 passfd     the kid accepts and sends each connection to the least-loaded
-           child with ``SCM_RIGHTS`` (experiment 3).
+           child with ``SCM_RIGHTS`` (experiment 3).  Only while a child
+           takes them at once: when its channel is full, or it said it is
+           out of descriptors (``NOFDS``, until its ``READY``), connections
+           wait in the kernel's backlog, never in the kid.
 shared     each child waits on the inherited listening socket itself,
            registered with ``EPOLLEXCLUSIVE`` so one arrival wakes one child.
 reuseport  the master bound one ``SO_REUSEPORT`` socket per child and port;
@@ -30,6 +33,7 @@ listening socket is closed at any point.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -43,7 +47,7 @@ import structlog
 from labsquid import process
 from labsquid.config import Config
 from labsquid.eventloop import READ, Timer
-from labsquid.ipc import Channel, Kind, channel_pair
+from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, channel_pair
 
 if TYPE_CHECKING:
     from labsquid.kid import Kid
@@ -118,10 +122,15 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     stopping: bool = False
+    out_of_fds: bool = False  # passfd: it sent NOFDS; no connection for it until READY
 
 
 class PoolEngine:
     def __init__(self, kid: Kid) -> None:
+        # Imported here, as in SerialEngine: the proxy is not loaded before an
+        # engine needs it.
+        from labsquid.proxy.server import DescriptorShortage
+
         self.kid = kid
         self.loop = kid.loop
         self.children: dict[int, Child] = {}
@@ -133,7 +142,11 @@ class PoolEngine:
         self._on_drained: Callable[[], None] | None = None
         self._drain_timer: Timer | None = None
         self._announced = False
-        self._paused = False
+        # passfd: the listeners are not watched while no child can take a
+        # connection (_held) or while the kid itself has no descriptor (fds).
+        self._held = False
+        self._watched = True
+        self.fds = DescriptorShortage(self.loop, self._update_listeners)
 
     @property
     def mode(self) -> str:
@@ -158,6 +171,8 @@ class PoolEngine:
         socks = groups[(slot - 1) % len(groups)]
         row = self.kid.stats.free_row()
         ours, theirs = channel_pair()
+        if self.mode == "passfd":
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PASSFD_SNDBUF)
         pid = process.fork()
         if pid == 0:
             ours.close()
@@ -175,6 +190,8 @@ class PoolEngine:
         child.channel = Channel(self.loop, ours,
                                 lambda k, p, f, c=child: self._on_child_message(c, k, p, f),
                                 lambda: None)
+        # passfd: its channel had filled up (we stopped dispatching to it): go on.
+        child.channel.on_sent_all = lambda: self._hold(False)
         self.children[pid] = child
         log.debug("worker_spawned", worker=slot, worker_pid=pid, generation=self.generation)
 
@@ -184,6 +201,9 @@ class PoolEngine:
                 if c.ready and not c.stopping and c.generation == self.generation]
 
     def _on_listener(self, index: int) -> None:
+        if self.mode == "passfd":
+            self._pass_connections(self.kid.listeners[index])
+            return
         children = self._serving()
         if not children:
             return  # connections wait in the backlog; READY re-triggers dispatch
@@ -198,36 +218,74 @@ class PoolEngine:
                     child.channel.send(Kind.ACCEPT, bytes([index]))
                     return
             return  # all full: the backlog holds them until a READY
-        sock = self.kid.listeners[index]
-        limit = self.kid.config.pool_max_connections
-        while True:
-            target = min(children, key=self._load)
-            if self._load(target) >= limit:
-                # Every child is full: the rest wait in the backlog, and we stop
-                # watching (level-triggered) until a child has room (READY).
-                self._pause_listeners(True)
-                return
+
+    def _pass_connections(self, sock: socket.socket) -> None:
+        """passfd: accept and hand over, while some child can take a connection now.
+
+        When none can, the listeners are not watched (they are level-triggered:
+        epoll would report them readable in a loop) and the connections wait in
+        the kernel's backlog until a child says READY or its channel drains.
+        """
+        from labsquid.proxy.server import ACCEPT_BATCH, NO_DESCRIPTORS
+
+        accepted = 0
+        while accepted < ACCEPT_BATCH:  # then back to the loop: a NOFDS may be waiting
+            targets = self._takers()
+            if not targets:
+                self._hold(True)
+                break
+            target = min(targets, key=self._load)
             try:
                 conn, _addr = sock.accept()
             except BlockingIOError:
-                return
-            except OSError:
-                return  # out of fds etc.: retried on the next readiness
+                break
+            except OSError as exc:
+                if exc.errno in NO_DESCRIPTORS:
+                    # The kid itself is out of descriptors: stop watching for a
+                    # pause rather than being woken for the same EMFILE forever.
+                    self.fds.fail(exc.strerror, self._connections())
+                    self._update_listeners()
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue
+                raise
+            accepted += 1
             fd = conn.detach()
             if not target.channel.send(Kind.CONN, b"", [fd]):
                 os.close(fd)  # the client sees a reset rather than a hang
                 log.warning("passfd_send_failed", worker=target.slot)
+        if accepted:
+            self.fds.succeeded()
 
-    def _pause_listeners(self, paused: bool) -> None:
-        if paused == self._paused:
+    def _takers(self) -> list[Child]:
+        """passfd: the children a connection can be handed to right now: serving,
+        below pool_max_connections, not out of descriptors, and with nothing
+        queued in their channel (a queued CONN would hold a descriptor in the kid:
+        the backlog is where connections wait)."""
+        limit = self.kid.config.pool_max_connections
+        return [c for c in self._serving()
+                if not c.out_of_fds and not c.channel.backlog and self._load(c) < limit]
+
+    def _hold(self, held: bool) -> None:
+        if self.mode == "passfd" and held != self._held:
+            self._held = held
+            self._update_listeners()
+
+    def _update_listeners(self) -> None:
+        """passfd: watch the listeners unless held or in a descriptor pause."""
+        watch = not (self._held or self.fds.paused or self.stopping)
+        if watch == self._watched:
             return
-        self._paused = paused
+        self._watched = watch
         for sock in self.kid.listeners:
             if self.loop.watching(sock.fileno()):
-                self.loop.modify(sock.fileno(), 0 if paused else READ)
+                self.loop.modify(sock.fileno(), READ if watch else 0)
 
     def _load(self, child: Child) -> int:
         return self.kid.stats.row(child.row).get("active") + child.channel.backlog
+
+    def _connections(self) -> int:
+        return sum(self.kid.stats.row(c.row).get("active") for c in self._serving())
 
     # -- messages from children ---------------------------------------------
     def _on_child_message(self, child: Child, kind: bytes, payload: bytes,
@@ -240,8 +298,9 @@ class PoolEngine:
                     self.kid.write_access_line(line)
         elif kind == Kind.READY:
             child.ready = True
+            child.out_of_fds = False
             if self.mode == "passfd":
-                self._pause_listeners(False)
+                self._hold(False)
             if self.mode == "notify":
                 # Anything that queued while no child was ready gets a wake-up.
                 for index in range(len(self.kid.listeners)):
@@ -249,6 +308,10 @@ class PoolEngine:
             if not self._announced and len(self._serving()) >= pool_size(self.kid.config):
                 self._announced = True
                 self.kid.engine_ready()
+        elif kind == Kind.NOFDS:
+            # passfd: the child could not install sockets we passed (it logged
+            # that); until its READY it gets none, so they wait in the backlog.
+            child.out_of_fds = True
 
     # -- children ending ----------------------------------------------------
     def child_exited(self, pid: int, status: int) -> bool:

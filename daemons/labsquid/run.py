@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 
 import structlog
@@ -48,6 +49,7 @@ def run_service(config: Config, path: str | None, argv: list[str],
             _report(status_w, 1)
             return 1
     _report(status_w, 0)
+    raise_open_file_limit(config.max_filedescriptors)
     try:
         if args.no_daemon:
             return _run_single(config, path)
@@ -58,6 +60,53 @@ def run_service(config: Config, path: str | None, argv: list[str],
     finally:
         if pidfile is not None:
             pidfile.release()
+
+
+def raise_open_file_limit(wanted: int) -> None:
+    """``max_filedescriptors``: raise RLIMIT_NOFILE to ``wanted``, as squid does at start.
+
+    Done in the master before the kid is forked and exec'd, so the kid, the
+    logfile daemon and the pool children all inherit it; it is read at start
+    only (a reload does not change it; a restarted kid inherits it again).
+
+    The limit is only ever raised: a soft limit already at ``wanted`` or above
+    is left alone, without a system call (squid would lower it to the value,
+    because it sizes its descriptor table from it; labsquid has no such table).
+    Raising the soft limit up to the hard one needs no privilege.  Above the
+    hard one it takes CAP_SYS_RESOURCE (which the systemd unit does not give):
+    without it the soft limit goes as far as the hard one and a warning says
+    what was applied.
+
+    Under the unit's ``SystemCallFilter=~@resources`` this still works: with
+    systemd 252 that group denies the ``setrlimit`` system call, but glibc's
+    setrlimit() makes a ``prlimit64`` call, which ``@default`` allows (checked
+    in a booted systemd 252).  Whatever refuses it, the failure is logged and
+    the service goes on with the limit it has.
+    """
+    if wanted <= 0:
+        return
+    limit = resource.RLIMIT_NOFILE
+    soft, hard = resource.getrlimit(limit)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    fits = hard == resource.RLIM_INFINITY or wanted <= hard
+    try:
+        resource.setrlimit(limit, (wanted, hard if fits else wanted))
+        log.info("open_file_limit_raised", max_filedescriptors=wanted, soft=wanted,
+                 hard=hard if fits else wanted, was=soft)
+        return
+    except (ValueError, OSError) as exc:  # ValueError: Python's word for EPERM here
+        refused = str(exc)
+    applied = soft
+    if not fits and soft < hard:
+        try:
+            resource.setrlimit(limit, (hard, hard))
+            applied = hard
+        except (ValueError, OSError) as exc:
+            refused += f"; raising the soft limit to the hard one: {exc}"
+    log.warning("max_filedescriptors_not_applied", max_filedescriptors=wanted,
+                soft=applied, hard=hard, was=soft, error=refused,
+                hint="raise the hard limit (LimitNOFILE= in the systemd unit, ulimit -Hn)")
 
 
 def _run_single(config: Config, path: str | None) -> int:

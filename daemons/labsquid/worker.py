@@ -23,10 +23,10 @@ import structlog
 
 from labsquid import log as logsetup
 from labsquid.eventloop import EventLoop, bind_signal_handlers
-from labsquid.ipc import Channel, Kind
+from labsquid.ipc import PASSFD_IN_FLIGHT, Channel, Kind
 from labsquid.process import set_title
 from labsquid.proxy.context import ServeContext
-from labsquid.proxy.server import ProxyServer
+from labsquid.proxy.server import FD_HEADROOM, ProxyServer
 from labsquid.stats import STATE_SERVING, STATE_STOPPING
 
 if TYPE_CHECKING:
@@ -45,13 +45,19 @@ class Worker:
         self.socks = socks
         self.loop = EventLoop()
         self.stats_row = kid.stats.claim(row, generation)
-        self.channel = Channel(self.loop, channel_sock, self._on_message, self._on_kid_gone)
+        self.channel = Channel(self.loop, channel_sock, self._on_message, self._on_kid_gone,
+                               on_truncated=self._on_truncated)
         self._pending_lines: list[bytes] = []
         self._pending_size = 0
         self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
         self.ctx.flush_log = self._flush_lines
         self.server = ProxyServer(self.ctx)
-        self.server.on_capacity = lambda: self.channel.send(Kind.READY)
+        self.server.on_capacity = self._has_room
+        if self.mode == "passfd":
+            self.channel.may_read = self.server.can_receive_passed
+            self.server.on_fd_shortage = self._fd_shortage
+            # Room for a full window of passed sockets, and for serving one more.
+            self.server.fd_reserve = PASSFD_IN_FLIGHT + FD_HEADROOM
         self.stopping = False
         self.lifetime = kid.config.shutdown_lifetime
 
@@ -89,6 +95,23 @@ class Worker:
             self._pending_lines.clear()
             self._pending_size = 0
 
+    # -- telling the kid whether to send us connections -----------------------
+    def _has_room(self) -> None:
+        # Below pool_max_connections again.  passfd, out of descriptors: the
+        # READY waits for the end of the pause (ProxyServer._resume_after_fd_pause).
+        if not (self.mode == "passfd" and self.server.fds.paused):
+            self.channel.send(Kind.READY)
+
+    def _fd_shortage(self, short: bool) -> None:
+        # Out of descriptors: read no more passed sockets (they would be
+        # dropped), and NOFDS tells the kid to hand us none until our READY.
+        if short:
+            self.channel.pause_reading()
+            self.channel.send(Kind.NOFDS)
+        else:
+            self.channel.resume_reading()
+            self.channel.send(Kind.READY)
+
     # -- messages from the kid ----------------------------------------------
     def _on_message(self, kind: bytes, payload: bytes, fds: list[int]) -> None:
         if kind == Kind.ACCEPT:
@@ -100,12 +123,19 @@ class Worker:
                 if self.stopping:
                     os.close(fd)
                 else:
-                    self.server.adopt(socket.socket(fileno=fd))
+                    self.server.adopt_passed(socket.socket(fileno=fd))
         elif kind == Kind.STOP:
             self.handle_term(signal.SIGTERM)
         else:
             for fd in fds:
                 os.close(fd)
+
+    def _on_truncated(self, kind: bytes) -> None:
+        """The kernel dropped descriptors attached to a message: only CONN carries any."""
+        if kind == Kind.CONN and not self.stopping:
+            self.server.passed_socket_dropped()
+        elif kind != Kind.CONN:
+            log.warning("ipc_descriptors_dropped", kind=kind.decode("latin-1"))
 
     def _on_kid_gone(self) -> None:
         if not self.stopping:

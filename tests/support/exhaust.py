@@ -28,15 +28,21 @@ from support.service import Labsquid
 class LimitedLabsquid(Labsquid):
     """A labsquid whose master is exec'd by ``prlimit --nofile=N:N``: the limit is
     set before Python starts, so the kid (fork+exec of the master), the logfile
-    daemon and every pool child inherit it, as with ``ulimit -n N`` in a shell."""
+    daemon and every pool child inherit it, as with ``ulimit -n N`` in a shell.
+
+    ``privileged=False`` also takes CAP_SYS_RESOURCE out of the bounding set
+    (``setpriv``), so that, root or not, the tree cannot raise its hard limit —
+    as under the systemd unit, which gives no capability at all."""
 
     def __init__(self, folder: Path, *, nofile: int, hard: int | None = None,
-                 **kwargs: object) -> None:
+                 privileged: bool = True, **kwargs: object) -> None:
         self.nofile, self.hard = nofile, hard or nofile
+        self.privileged = privileged
         super().__init__(folder, **kwargs)  # type: ignore[arg-type]
 
     def command(self, *args: str) -> list[str]:
-        return ["prlimit", f"--nofile={self.nofile}:{self.hard}", "--",
+        drop = [] if self.privileged else ["setpriv", "--bounding-set=-sys_resource", "--"]
+        return [*drop, "prlimit", f"--nofile={self.nofile}:{self.hard}", "--",
                 *super().command(*args)]
 
 

@@ -257,6 +257,7 @@ DIRECTIVES: dict[str, Directive] = {
         Directive("connect_timeout", _time(), _S, "1 minute"),
         Directive("read_timeout", _time(), _S, "15 minutes"),
         Directive("request_timeout", _time(), _S, "5 minutes"),
+        Directive("client_idle_pconn_timeout", _time(), _S, "2 minutes"),
         Directive("client_lifetime", _time(), _S, "1 day"),
         Directive("pconn_timeout", _time(), _S, "1 minute"),
         Directive("half_closed_clients", _switch, _S, "off"),

@@ -146,6 +146,7 @@ class Config:
     connect_timeout: float
     read_timeout: float
     request_timeout: float
+    client_idle_pconn_timeout: float  # an idle keep-alive client connection is closed after it
     client_lifetime: float
     pconn_timeout: float
     half_closed_clients: bool

@@ -46,7 +46,6 @@ log = structlog.get_logger()
 READ_SIZE = 65536
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-CLIENT_IDLE_TIMEOUT = 120.0
 
 
 class ClientConnection:
@@ -186,7 +185,7 @@ class ClientConnection:
         except Exception:  # the request body was not read whole: cannot reuse
             self.close_when_flushed()
             return
-        self._arm(CLIENT_IDLE_TIMEOUT if not self.reader.trailing_data
+        self._arm(self.ctx.config.client_idle_pconn_timeout if not self.reader.trailing_data
                   else self.ctx.config.request_timeout, self._request_timeout)
         self.loop.call_soon(self.process)
 
