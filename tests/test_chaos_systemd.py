@@ -27,10 +27,9 @@ kid's descriptors and memory are back where they were.
 The seed is printed; ``CHAOS_SEED=N pytest tests/test_chaos_systemd.py -s`` replays the
 same schedule of events (not the same interleaving with the traffic).
 
-One known bug is let through, narrowly: an answered request with no line, when a worker was
-killed while it was in flight (the worker had sent the whole response but not yet handed the
-line to the kid).  ``test_line_survives_the_worker_being_killed_after_answering`` shows it
-every time (strict xfail); the chaos run only counts and reports those lines as lost.
+A worker killed right after answering loses no line: its lines leave for the kid before
+the client's bytes do (``test_line_survives_the_worker_being_killed_after_answering``
+widens that window to a whole stopped kid).
 """
 
 from __future__ import annotations
@@ -392,10 +391,6 @@ def test_chaos_under_systemd(box):
     no_kill = [o for o in failed if not driver.killed_during(o)]
     unexplained = {id(o): o for o in [*http_errors, *not_cut, *no_kill]}.values()
     unlogged = [o for o in answered if logged[o.url] == 0]
-    # The known bug pinned by test_line_survives_the_worker_being_killed_after_answering: a
-    # worker killed after sending a whole response but before handing its line to the kid.
-    # Only such requests (a worker kill while they were in flight) are let through here.
-    lost_to_kill = [o for o in unlogged if driver.killed_during(o)]
     twice = [o for o in everything if logged[o.url] > 1]
     strangers = sorted(set(logged) - {o.url for o in everything})
     answered_urls = {o.url for o in answered}
@@ -515,10 +510,8 @@ def test_chaos_under_systemd(box):
     # -- every answered request logged once, every line a request we sent ---------------------
     assert answered, "no request was answered at all"
     assert not bad_probes, [(o.url, o.status, repr(o.error)) for o in bad_probes]
-    other_unlogged = [o.url for o in unlogged if o not in lost_to_kill]
-    assert not other_unlogged, f"{len(other_unlogged)} answered requests not logged, with no " \
-                               f"worker killed while in flight: {other_unlogged[:10]}"
-    assert len(lost_to_kill) <= driver.counts["kill_worker"], len(lost_to_kill)
+    assert not unlogged, f"{len(unlogged)} answered requests not logged: " \
+                         f"{[o.url for o in unlogged][:10]}"
     assert not twice, f"{len(twice)} requests logged more than once: " \
                       f"{[(o.url, logged[o.url]) for o in twice[:10]]}"
     assert not strangers, f"lines for requests never sent: {strangers[:10]}"
@@ -559,19 +552,14 @@ def _dead(p: psutil.Process) -> bool:
 KEPT_ALIVE = 600  # requests on one connection while the kid is stopped (HEAD: no Nagle wait)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "daemons/labsquid/proxy/transaction.py Transaction.finish() writes the end of the response "
-    "to the client (_flush_batch) and only then logs; daemons/labsquid/worker.py log_line() "
-    "keeps the line in the worker until _flush_lines() at the end of the loop turn, and "
-    "ipc.Channel.send() keeps it in the worker's userspace queue while the socket to the kid is "
-    "full: a worker killed after the client had its whole response loses the line"))
 def test_line_survives_the_worker_being_killed_after_answering(box):
-    """A client gets whole responses on a kept-alive connection while the kid is stopped (a
-    stand-in for a kid that has not read its workers' lines yet); then the worker is killed
-    and the kid continued.  Every answered request must still have its access.log line.
+    """A client asks on a kept-alive connection while the kid is stopped (a stand-in for a
+    kid that has not read its workers' lines yet); then the worker is killed and the kid
+    continued.  Every answered request must still have its access.log line.
 
-    The chaos run hits the same gap now and then (its window is the rest of the worker's loop
-    turn); stopping the kid widens it to the whole queue of lines the kid has not read."""
+    The worker's lines wait in the kernel (its log channel) meanwhile, which holds a few
+    hundred batches; once that is full, the worker holds its clients' bytes back rather than
+    answer with a line only in its own memory: the client stalls instead."""
     fresh_start(box)
     tree = UnitTree(box, pool_size=os.cpu_count() or 1)
     _master, kid = settled(tree)
@@ -589,12 +577,18 @@ def test_line_survives_the_worker_being_killed_after_answering(box):
         if response.status == 200:
             answered.append(url)
 
+    stalled = False
     with origin:
         head(0)  # the connection now belongs to a worker
+        conn.sock.settimeout(3)
         kid.suspend()
         try:
             for n in range(1, KEPT_ALIVE + 1):
-                head(n)
+                try:
+                    head(n)
+                except TimeoutError:
+                    stalled = True  # held back: its line could not leave the worker
+                    break
             workers = tree.workers(kid)
             for worker in workers:
                 worker.kill()
@@ -607,11 +601,15 @@ def test_line_survives_the_worker_being_killed_after_answering(box):
     lines, _files = read_access_logs(box)
     logged = Counter(parse_squid_line(line)["url"] for line in lines)
     missing = [url for url in answered if logged[url] != 1]
-    print(f"{len(answered)} of {KEPT_ALIVE + 1} answered on one connection; "
+    print(f"{len(answered)} of {KEPT_ALIVE + 1} answered on one connection "
+          f"({'then held back' if stalled else 'none held back'}); "
           f"{len(missing)} without exactly one access.log line")
     record(area="fault", case="kill -9 pool child after it answered, kid busy (systemd)",
            tried=len(answered), lost=len(missing), unit="lines",
            detail="whole responses on a kept-alive connection while the kid is stopped, "
                   "then kill -9 of the worker: every answered request still logged once")
-    assert len(answered) == KEPT_ALIVE + 1
+    # Hundreds are answered while the kid sleeps (the kernel holds their lines), then the
+    # worker stops answering instead of keeping lines in its own memory.
+    assert len(answered) > 100, len(answered)
+    assert stalled, "600 answers with the kid stopped: lines must have waited in the worker"
     assert not missing, f"{len(missing)} answered requests not logged, e.g. {missing[:3]}"

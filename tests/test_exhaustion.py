@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import selectors
 import signal
@@ -147,9 +148,13 @@ def _run_fd_episode(folder: Path, origin: QuietOrigin, mode: str) -> FdEpisode:
         assert _get(ls.port, origin.url("/id/fd-before")) == 200, "not serving to begin with"
         kid = procs[0]
         if kid_limit:
-            # The kid accepts in passfd: leave it no descriptor to accept with.
+            # The kid accepts in passfd: leave it no descriptor to accept with.  The
+            # limit caps descriptor *numbers*: the lowest free one is the next to be
+            # given, so a limit at it leaves none (its count may be lower: holes).
             old = resource.prlimit(kid.pid, resource.RLIMIT_NOFILE)
-            resource.prlimit(kid.pid, resource.RLIMIT_NOFILE, (kid.num_fds(), old[1]))
+            held = {int(name) for name in os.listdir(f"/proc/{kid.pid}/fd")}
+            lowest_free = next(n for n in range(len(held) + 1) if n not in held)
+            resource.prlimit(kid.pid, resource.RLIMIT_NOFILE, (lowest_free, old[1]))
             ep.exhausted = True
         else:
             flood = Flood(ls.port, FLOOD)

@@ -66,6 +66,7 @@ class Kind:
     STOP = b"Q"  # kid → pool child: stop accepting, finish, exit
     READY = b"R"  # pool child → kid: started and serving (again: room, descriptors)
     NOFDS = b"N"  # pool child → kid (passfd): out of descriptors, send no CONN until READY
+    LOGS = b"W"  # pool child → kid: access-log lines wait on the log channel (a wake-up)
 
 
 OnMessage = Callable[[bytes, bytes, list[int]], None]  # kind, payload, received fds
@@ -233,6 +234,12 @@ class Channel:
             if self.closed:
                 return delivered
         return delivered
+
+    def read_all(self) -> None:
+        """Deliver every message already received, without waiting (the kid
+        empties a worker's log channel this way, on its own schedule)."""
+        while not self.closed and self._read(checked=False) == 64:
+            pass
 
     def drain(self) -> None:
         """The peer is dead: deliver every message it sent before dying, then close.

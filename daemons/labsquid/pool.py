@@ -56,6 +56,9 @@ log = structlog.get_logger()
 
 RESPAWN_MIN, RESPAWN_MAX = 0.05, 5.0
 YOUNG_DEATH = 5.0
+# How long after a child's LOGS wake-up the kid collects its log channel: lines
+# reach the logfile daemon within about this, in batches.
+LOG_COLLECT_DELAY = 0.05
 
 
 def make_engine(kid: Kid) -> SerialEngine | PoolEngine:
@@ -123,6 +126,7 @@ class Child:
     ready: bool = False
     stopping: bool = False
     out_of_fds: bool = False  # passfd: it sent NOFDS; no connection for it until READY
+    log_channel: Channel = field(default=None)  # type: ignore[assignment]  # set in spawn
 
 
 class PoolEngine:
@@ -139,6 +143,7 @@ class PoolEngine:
         self._rr = 0
         self._deaths: dict[int, int] = {}
         self._respawns: dict[int, Timer] = {}
+        self._logs_due = False
         self._on_drained: Callable[[], None] | None = None
         self._drain_timer: Timer | None = None
         self._announced = False
@@ -171,19 +176,23 @@ class PoolEngine:
         socks = groups[(slot - 1) % len(groups)]
         row = self.kid.stats.free_row()
         ours, theirs = channel_pair()
+        log_ours, log_theirs = channel_pair()
         if self.mode == "passfd":
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PASSFD_SNDBUF)
         pid = process.fork()
         if pid == 0:
             ours.close()
+            log_ours.close()
             code = 1
             try:
-                code = worker.child_main(self.kid, slot, self.generation, theirs, socks, row)
+                code = worker.child_main(self.kid, slot, self.generation, theirs, socks, row,
+                                         log_theirs)
             except BaseException:
                 log.exception("worker_crashed", worker=slot)
             finally:
                 os._exit(code)
         theirs.close()
+        log_theirs.close()
         self.kid.stats.row(row).set("pid", pid)
         self.kid.stats.row(row).set("state", 1)
         child = Child(slot, self.generation, pid, None, row)  # type: ignore[arg-type]
@@ -192,6 +201,15 @@ class PoolEngine:
                                 lambda: None)
         # passfd: its channel had filled up (we stopped dispatching to it): go on.
         child.channel.on_sent_all = lambda: self._hold(False)
+        # Its access-log lines come on a channel of their own, which the kid
+        # does not watch: it empties it a moment after the child's LOGS
+        # wake-up, so a busy child costs the kid (and the logfile daemon) one
+        # wake-up per batch of lines, not one per request.  The lines are in
+        # the kernel meanwhile, so a child killed after answering loses none.
+        child.log_channel = Channel(self.loop, log_ours,
+                                    lambda k, p, f, c=child: self._on_child_message(c, k, p, f),
+                                    lambda: None)
+        child.log_channel.pause_reading()
         self.children[pid] = child
         log.debug("worker_spawned", worker=slot, worker_pid=pid, generation=self.generation)
 
@@ -296,6 +314,12 @@ class PoolEngine:
             for line in payload.split(b"\n"):
                 if line:
                     self.kid.write_access_line(line)
+        elif kind == Kind.LOGS:
+            if payload:  # urgent: its log channel is full and it holds clients back
+                child.log_channel.read_all()
+            elif not self._logs_due:
+                self._logs_due = True
+                self.loop.call_later(LOG_COLLECT_DELAY, self._collect_logs)
         elif kind == Kind.READY:
             child.ready = True
             child.out_of_fds = False
@@ -314,12 +338,18 @@ class PoolEngine:
             child.out_of_fds = True
 
     # -- children ending ----------------------------------------------------
+    def _collect_logs(self) -> None:
+        self._logs_due = False
+        for child in list(self.children.values()):
+            child.log_channel.read_all()
+
     def child_exited(self, pid: int, status: int) -> bool:
         child = self.children.pop(pid, None)
         if child is None:
             return False
         # SIGCHLD may be handled before the channel's last messages (its final
         # access-log lines) were read: take them first.
+        child.log_channel.drain()
         child.channel.drain()
         self.kid.stats.row(child.row).set("state", 0)
         self.kid.stats.row(child.row).set("pid", 0)

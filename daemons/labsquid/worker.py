@@ -35,11 +35,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 LOG_BATCH = 64 * 1024
+LOG_WAKE_INTERVAL = 0.05  # the kid's LOG_COLLECT_DELAY
 
 
 class Worker:
     def __init__(self, kid: Kid, slot: int, generation: int, channel_sock: socket.socket,
-                 socks: list[socket.socket], row: int) -> None:
+                 socks: list[socket.socket], row: int, log_sock: socket.socket) -> None:
         self.slot = slot
         self.mode = kid.config.pool_dispatch
         self.socks = socks
@@ -47,10 +48,15 @@ class Worker:
         self.stats_row = kid.stats.claim(row, generation)
         self.channel = Channel(self.loop, channel_sock, self._on_message, self._on_kid_gone,
                                on_truncated=self._on_truncated)
+        # Access-log lines go on a channel of their own, which the kid empties
+        # on its schedule after a LOGS wake-up on the main channel.
+        self.log_channel = Channel(self.loop, log_sock, lambda _k, _p, _f: None, lambda: None)
         self._pending_lines: list[bytes] = []
         self._pending_size = 0
+        self._next_wake = 0.0
         self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
         self.ctx.flush_log = self._flush_lines
+        self.log_channel.on_sent_all = self._log_channel_emptied
         self.server = ProxyServer(self.ctx)
         self.server.on_capacity = self._has_room
         if self.mode == "passfd":
@@ -75,6 +81,7 @@ class Worker:
         self.channel.send(Kind.READY)
         self.loop.run()
         self._flush_lines()
+        self.log_channel.flush_blocking()
         self.channel.flush_blocking()
         return 0
 
@@ -89,11 +96,27 @@ class Worker:
         else:
             self.ctx.end_turn_soon()
 
-    def _flush_lines(self) -> None:
+    def _flush_lines(self) -> bool:
+        """Hand the batched lines to the kernel; False while some could not go
+        (the kid is not emptying the log channel): the caller holds client
+        writes back until ``_log_channel_emptied``."""
         if self._pending_lines:
-            self.channel.send(Kind.LOG, b"\n".join(self._pending_lines))
+            self.log_channel.send(Kind.LOG, b"\n".join(self._pending_lines))
             self._pending_lines.clear()
             self._pending_size = 0
+            now = self.loop.now
+            if self.log_channel.backlog:
+                # Full (~270 batches unread): ask the kid to empty it now.
+                self.channel.send(Kind.LOGS, b"!")
+            elif now >= self._next_wake:
+                # One wake-up per LOG_COLLECT_DELAY is enough: the kid then
+                # collects everything that arrived meanwhile.
+                self._next_wake = now + LOG_WAKE_INTERVAL
+                self.channel.send(Kind.LOGS)
+        return not self.log_channel.backlog
+
+    def _log_channel_emptied(self) -> None:
+        self.ctx.log_unblocked()
 
     # -- telling the kid whether to send us connections -----------------------
     def _has_room(self) -> None:
@@ -158,14 +181,14 @@ class Worker:
 
 
 def child_main(kid: Kid, slot: int, generation: int, channel_sock: socket.socket,
-               socks: list[socket.socket], row: int) -> int:
+               socks: list[socket.socket], row: int, log_sock: socket.socket) -> int:
     """Entry point right after ``fork`` in the kid; returns the exit status."""
-    keep = {0, 1, 2, channel_sock.fileno(), *(s.fileno() for s in socks)}
+    keep = {0, 1, 2, channel_sock.fileno(), log_sock.fileno(), *(s.fileno() for s in socks)}
     kid.loop.abandon()
     _close_all_but(keep)
     logsetup.rebind(f"worker-{slot}")
     set_title(f"({kid.name} worker-{slot})")
-    return Worker(kid, slot, generation, channel_sock, socks, row).run()
+    return Worker(kid, slot, generation, channel_sock, socks, row, log_sock).run()
 
 
 def _close_all_but(keep: set[int]) -> None:

@@ -37,10 +37,12 @@ class ServeContext:
         self.started = time.time()
         self.resolver: Resolver | None = None
         self.upstreams = UpstreamPool(loop)
-        # Set by a pool worker: sends the access-log lines it has batched.
-        self.flush_log: Callable[[], None] | None = None
+        # Set by a pool worker: hands the access-log lines it has batched to
+        # the kernel; False while some could not leave (the kid is not reading).
+        self.flush_log: Callable[[], bool] | None = None
         self._writers: list[ClientConnection] = []
         self._turn_end_due = False
+        self._log_blocked = False
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -83,11 +85,21 @@ class ServeContext:
 
     def _end_turn(self) -> None:
         self._turn_end_due = False
-        if self.flush_log is not None:
-            self.flush_log()
+        if self.flush_log is not None and self.flush_log() is False:
+            # Lines the kernel would not take yet stay in this process, where
+            # a kill would lose them: the clients wait until they have left
+            # (``log_unblocked``), rather than hold a response with no line.
+            self._log_blocked = True
+            return
         writers, self._writers = self._writers, []
         for client in writers:
             client.turn_ended()
+
+    def log_unblocked(self) -> None:
+        """The worker's lines all left; release the client writes held back."""
+        if self._log_blocked:
+            self._log_blocked = False
+            self.end_turn_soon()
 
     def log(self, record: AccessRecord) -> None:
         """Count the transaction and send its line(s) to the logfile daemon's feeder."""
