@@ -14,6 +14,7 @@ produced reach the kid before exit.  HUP and USR1 are the kid's business.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -79,6 +80,10 @@ class Worker:
                 self.server.listen(sock)
         self.stats_row.set("state", STATE_SERVING)
         self.channel.send(Kind.READY)
+        # Everything built so far (modules, config, compiled rules) lives as
+        # long as the process: out of the collector's sight, full collections
+        # only walk what serving creates.
+        gc.freeze()
         self.loop.run()
         self._flush_lines()
         self.log_channel.flush_blocking()
