@@ -30,34 +30,33 @@ def start_with_format(folder, fmt_name: str, logformat: str = "") -> Labsquid:
     return ls.start()
 
 
-def one_request(ls: Labsquid, url: str, extra_headers: str) -> None:
-    with RawClient(ls.port) as c:
-        c.send(f"GET {url} HTTP/1.1\r\nHost: h\r\n{extra_headers}Connection: close\r\n\r\n"
-               .encode())
-        assert c.read_until_close().startswith(b"HTTP/1.1 200")
+def logged_line(folder, origin, fmt_name: str, path: str, headers: str,
+                logformat: str = "") -> tuple[str, str]:
+    """One request through a labsquid logging in ``fmt_name``; (its URL, its line)."""
+    ls = start_with_format(folder, fmt_name, logformat)
+    try:
+        url = origin.url(path)
+        with RawClient(ls.port) as c:
+            c.send(f"GET {url} HTTP/1.1\r\nHost: h\r\n{headers}Connection: close\r\n\r\n"
+                   .encode())
+            assert c.read_until_close().startswith(b"HTTP/1.1 200")
+        line = wait_for(lambda: next((x for x in ls.access_lines() if url in x), None),
+                        timeout=5, what=f"the {fmt_name} line")
+    finally:
+        ls.stop()
+    return url, line
 
 
 def test_combined_logs_referer_and_user_agent(tmp_path, origin):
-    ls = start_with_format(tmp_path, "combined")
-    try:
-        url = origin.url("/id/combined")
-        one_request(ls, url, "Referer: http://example.test/from\r\nUser-Agent: probe/1.0\r\n")
-        line = wait_for(lambda: next((x for x in ls.access_lines() if url in x), None),
-                        timeout=5, what="the combined line")
-    finally:
-        ls.stop()
+    url, line = logged_line(tmp_path, origin, "combined", "/id/combined",
+                            "Referer: http://example.test/from\r\nUser-Agent: probe/1.0\r\n")
     assert re.fullmatch(
         r'127\.0\.0\.1 - - \[[^\]]+\] "GET ' + re.escape(url) + r' HTTP/1\.1" 200 \d+ '
         r'"http://example\.test/from" "probe/1\.0" TCP_MISS:HIER_DIRECT', line), line
 
 
 def test_custom_format_with_a_request_header(tmp_path, origin):
-    ls = start_with_format(tmp_path, "agents", 'logformat agents %rm %ru %{User-Agent}>h\n')
-    try:
-        url = origin.url("/id/agents")
-        one_request(ls, url, "User-Agent: custom-agent/2\r\n")
-        line = wait_for(lambda: next((x for x in ls.access_lines() if url in x), None),
-                        timeout=5, what="the custom line")
-    finally:
-        ls.stop()
+    url, line = logged_line(tmp_path, origin, "agents", "/id/agents",
+                            "User-Agent: custom-agent/2\r\n",
+                            logformat="logformat agents %rm %ru %{User-Agent}>h\n")
     assert line == f"GET {url} custom-agent/2", line
