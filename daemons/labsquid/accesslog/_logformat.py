@@ -263,7 +263,9 @@ _CODE_NAMES = sorted(_CODES, key=len, reverse=True)
 # --------------------------------------------------------------------------
 # Parsing
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Controls and line separators, and lone surrogates (a non-UTF-8 byte of
+# squid.conf, read with surrogateescape): none may reach a rendered line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _DIGITS = re.compile(r"\d+")
 
 
@@ -358,7 +360,7 @@ def _next_quoting(text: str, quoting: Quoting) -> Quoting:
 
 def _parse(fmt: str) -> tuple[_Token, ...]:
     if m := _CONTROL.search(fmt):
-        raise _fail(fmt, m.start(), "control character in logformat")
+        raise _fail(fmt, m.start(), "control character or undecodable byte in logformat")
     tokens: list[_Token] = []
     quoting = Quoting.NONE
     pos = 0

@@ -41,7 +41,12 @@ class ConfigProblem(Where):
     message: str
 
     def __str__(self) -> str:
-        return f"{Where.__str__(self)}: {self.message}"
+        # One problem, one line: a quoted token may hold a newline (a "\n"
+        # escape) that a message quotes back; show such characters escaped.
+        message = self.message
+        if not message.isprintable():
+            message = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+        return f"{Where.__str__(self)}: {message}"
 
     @classmethod
     def at(cls, where: Where, message: str) -> ConfigProblem:

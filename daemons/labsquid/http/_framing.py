@@ -62,6 +62,7 @@ _CHUNK_EXT = re.compile(rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOT
 
 
 FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host", b"connection"})
+_NOT_IN_TRAILERS = frozenset({b"content-length", b"transfer-encoding"})
 
 
 def content_length(headers: Headers) -> int | None:
@@ -302,17 +303,28 @@ class ChunkedDecoder:
             return _END
         scan = self.scan
         end = buf.find(b"\r\n\r\n", scan)
+        # The order of verdicts does not depend on how the section arrived: a
+        # bare LF within the size limit, then the limit, then the rest.
+        limit = self.max_trailer_size
+        if buf.find(b"\n\n", scan, limit if end < 0 else min(end, limit)) >= 0:
+            raise ProtocolError("bare LF line ending in trailer section")
         if end < 0:
             self.scan = max(0, len(buf) - 3)
-            if len(buf) > self.max_trailer_size:
+            if len(buf) > limit:
                 raise ProtocolError("trailer section too large", 431, ERR_TOO_BIG)
-            if buf.find(b"\n\n", scan) >= 0:
-                raise ProtocolError("bare LF line ending in trailer section")
             if eof:
                 raise ProtocolError("connection closed inside the trailer section")
             return NeedData
+        if end + 4 > limit:
+            # The same limit whether the section came in one read or several.
+            raise ProtocolError("trailer section too large", 431, ERR_TOO_BIG)
         section = bytes(buf[:end])
         del buf[: end + 4]
         lines = section.split(b"\r\n")
         check_head_bytes(section, len(lines) - 1)
-        return EndOfMessage(parse_fields(lines, self.max_trailers))
+        trailers = parse_fields(lines, self.max_trailers)
+        if trailers.collect(_NOT_IN_TRAILERS):
+            # RFC 9110 §6.5.1: framing fields have no business in trailers, and
+            # other parsers (h11) read some of their values differently.
+            raise ProtocolError("framing field in the trailer section")
+        return EndOfMessage(trailers)

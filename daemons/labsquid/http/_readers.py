@@ -79,7 +79,7 @@ class _Reader:
         self._state = _HEAD
         self._decoder: ContentLengthDecoder | ChunkedDecoder | UntilCloseDecoder | None = None
         self._scan = 0  # where the next CRLFCRLF search starts
-        self._start_checked = False  # start line of the pending head validated
+        self._start: tuple | None = None  # the pending head's start line, once parsed
         self._error: ProtocolError | None = None
 
     # -- input ---------------------------------------------------------------------
@@ -147,12 +147,21 @@ class _Reader:
             self._scan = max(0, len(buf) - 3)
             self._check_partial_head(scan)
             return None
+        # The same verdicts, in the same order, as _check_partial_head gives
+        # when the head arrives in pieces: a refusal must not depend on how
+        # the bytes were segmented (the fuzzers check exactly that).
+        eol = buf.find(b"\r\n")
+        if self._start is None:
+            self._check_start_line(eol)
+        # Only bytes within the size limit can decide against it, as when the
+        # head comes in pieces and the limit is hit first.
+        if buf.find(b"\n\n", eol, min(end, self.max_header_size)) >= 0:
+            raise ProtocolError("bare LF line ending in message head")
         if end + 4 > self.max_header_size:
-            self._head_too_big(buf.find(b"\r\n"))
+            self._head_too_big(eol)
         head = bytes(buf[:end])
         del buf[: end + 4]
         self._scan = 0
-        self._start_checked = False
         return head
 
     def _check_partial_head(self, scan: int) -> None:
@@ -163,16 +172,15 @@ class _Reader:
         in byte by byte still costs linear time.
         """
         buf = self._buf
-        if not self._start_checked:
+        if self._start is None:
             eol = buf.find(b"\r\n", scan)
             if eol < 0:
                 self._check_prefix(bytes(buf[:64]))
-                if buf.find(b"\n", scan) >= 0:
+                if buf.find(b"\n", scan, self.max_header_size) >= 0:
                     raise ProtocolError("bare LF line ending in message head")
             else:
-                self._parse_start_line(bytes(buf[:eol]))
-                self._start_checked = True
-        if buf.find(b"\n\n", scan) >= 0:
+                self._check_start_line(eol)
+        if buf.find(b"\n\n", scan, self.max_header_size) >= 0:
             raise ProtocolError("bare LF line ending in message head")
         if len(buf) > self.max_header_size:
             # The start line's own length decides 414 vs 431, whether or not
@@ -180,6 +188,22 @@ class _Reader:
             self._head_too_big(buf.find(b"\r\n"))
         if self._eof:
             raise ProtocolError("connection closed inside a message head")
+
+    def _check_start_line(self, eol: int) -> None:
+        """Parse the start line, whose CRLF is at `eol`, into ``_start``.
+
+        In the order the partial checks use while it is still incomplete —
+        what it starts with, a bare LF, its length — so that a line seen
+        whole and one seen in pieces get the same verdict.
+        """
+        buf = self._buf
+        limit = self.max_header_size
+        if eol > limit or buf.find(b"\n", 0, eol) >= 0:
+            self._check_prefix(bytes(buf[: min(eol, 64)]))
+            if buf.find(b"\n", 0, min(eol, limit)) >= 0:
+                raise ProtocolError("bare LF line ending in message head")
+            self._head_too_big(eol)
+        self._start = self._parse_start_line(bytes(buf[:eol]))
 
     def _head_too_big(self, eol: int) -> None:
         raise NotImplementedError
@@ -191,10 +215,11 @@ class _Reader:
         raise NotImplementedError
 
     def _split_head(self, head: bytes) -> tuple[tuple, list[bytes]]:
-        """(parsed start line, field lines). The start line is parsed first: its
-        own checks give the more precise error for a bad byte in it."""
+        """(parsed start line, field lines). The start line was parsed first (by
+        _extract_head): its own checks give the more precise error for a bad
+        byte in it."""
         lines = head.split(b"\r\n")
-        start = self._parse_start_line(lines[0])
+        start, self._start = self._start, None
         check_head_bytes(head, len(lines) - 1)
         return start, lines[1:]
 
