@@ -14,14 +14,14 @@ import errno
 import os
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from support.origin import TcpServer
 from support.service import Labsquid
 
 
@@ -169,35 +169,19 @@ class StreamedConnection:
     error: str = ""
 
 
-class StreamingOrigin:
+class StreamingOrigin(TcpServer):
     """Answers every request with ``size`` bytes of generated data (one 64 KiB
     buffer sent over and over, so nothing of that size is ever held), one
     thread per connection, and records how far each transfer got."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.transfers: list[StreamedConnection] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(backlog=16)
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            record = StreamedConnection()
-            self.transfers.append(record)
-            threading.Thread(target=self._stream, args=(conn, record), daemon=True).start()
-
-    def _stream(self, conn: socket.socket, record: StreamedConnection) -> None:
+    def handle(self, conn: socket.socket) -> None:
+        record = StreamedConnection()
+        self.transfers.append(record)
         chunk = memoryview(b"g" * 65536)
         with conn:
             head = b""
@@ -217,40 +201,16 @@ class StreamingOrigin:
                 record.error = errno.errorcode.get(exc.errno or 0, repr(exc))
             record.ended_at = time.monotonic()
 
-    def close(self) -> None:
-        self.sock.close()
 
-
-@dataclass
-class SilentOrigin:
+class SilentOrigin(TcpServer):
     """Accepts connections, reads what comes, never answers; remembers when the
     proxy closed each one (its end of the read returned EOF or a reset)."""
 
-    sock: socket.socket = field(default_factory=socket.socket)
-    accepted: int = 0
-    closed_by_proxy: int = 0
+    def __init__(self) -> None:
+        self.closed_by_proxy = 0
+        super().__init__(backlog=256)
 
-    def __post_init__(self) -> None:
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port = self.sock.getsockname()[1]
-        self._lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.accepted += 1
-            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
-
-    def _hold(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         with conn:
             try:
                 while conn.recv(65536):
@@ -259,6 +219,3 @@ class SilentOrigin:
                 pass
         with self._lock:
             self.closed_by_proxy += 1
-
-    def close(self) -> None:
-        self.sock.close()

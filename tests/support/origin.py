@@ -260,17 +260,22 @@ def raw_exchange(port: int, data: bytes, method: str = "GET",
         return c.read_response(method)
 
 
-class EchoServer:
-    """A plain TCP echo server (a TLS-less CONNECT target), one thread per client."""
+class TcpServer:
+    """A raw TCP server on 127.0.0.1, one thread per accepted connection:
+    subclasses say what to do with each (``handle``), and count what they like."""
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: int = 64) -> None:
         self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def _serve(self) -> None:
         while True:
@@ -278,11 +283,27 @@ class EchoServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.accepted += 1
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            with self._lock:
+                self.accepted += 1
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):  # noqa: ANN204 - the subclass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EchoServer(TcpServer):
+    """A plain TCP echo server (a TLS-less CONNECT target)."""
+
+    def handle(self, conn: socket.socket) -> None:
         with conn:
             while True:
                 try:
@@ -296,15 +317,6 @@ class EchoServer:
                         pass
                     return
                 conn.sendall(data)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> EchoServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # squid's native format: %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt
