@@ -15,13 +15,11 @@ from labsquid.http import (
     ERR_TOO_BIG,
     ERR_UNSUP_HTTPVERSION,
     ERR_UNSUP_REQ,
-    ConnectionClosed,
-    NeedData,
-    Paused,
     ProtocolError,
     Request,
     RequestReader,
 )
+from support.http_feed import pump
 
 H = b"Host: example.com\r\n"
 POST = b"POST / HTTP/1.1\r\n" + H
@@ -156,27 +154,9 @@ BAD = [
 ]
 
 
-def _run(chunks: list[bytes], **limits: int) -> None:
-    """Feed `chunks` then EOF, pumping events; returns only if all was accepted."""
-    reader = RequestReader(**limits)
-    for chunk in [*chunks, None]:
-        if chunk is None:
-            reader.feed_eof()
-        else:
-            reader.feed(chunk)
-        while True:
-            event = reader.next_event()
-            if event is NeedData:
-                break
-            if event is Paused:
-                reader.start_next_cycle()
-            elif type(event) is ConnectionClosed:
-                return
-
-
 def _raises(chunks: list[bytes], **limits: int) -> ProtocolError:
     with pytest.raises(ProtocolError) as info:
-        _run(chunks, **limits)
+        pump(chunks, **limits)
     return info.value
 
 
@@ -207,6 +187,7 @@ def test_rejected_before_any_event_of_the_bad_head(data: bytes, status: int, cod
     with pytest.raises(ProtocolError):
         while True:
             reader.next_event()
+
 
 
 def test_garbage_fails_on_first_packet() -> None:
