@@ -247,8 +247,7 @@ class Channel:
         Its messages and then EOF are all in our receive buffer already, so
         this never waits; it must run before ``close`` or they are lost.
         """
-        while not self.closed and self._read(checked=False):
-            pass
+        self.read_all()
         self.close()
 
     def flush_blocking(self, timeout: float = 2.0) -> None:
