@@ -85,7 +85,7 @@ class ServeContext:
 
     def _end_turn(self) -> None:
         self._turn_end_due = False
-        if self.flush_log is not None and self.flush_log() is False:
+        if self.flush_log is not None and not self.flush_log():
             # Lines the kernel would not take yet stay in this process, where
             # a kill would lose them: the clients wait until they have left
             # (``log_unblocked``), rather than hold a response with no line.
