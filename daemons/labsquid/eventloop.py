@@ -91,7 +91,10 @@ class Deadline:
         self.when = when
         self.callback = callback
         entries = self._entries
-        if not entries or min(entries) > when:
+        # Entries are only ever added below the earliest one, and the heap
+        # hands them back earliest first: the list is decreasing, its last
+        # entry the earliest.
+        if not entries or entries[-1] > when:
             entries.append(when)
             self._loop._push(when, self)
 
@@ -235,15 +238,23 @@ class EventLoop:
         except InterruptedError:  # pragma: no cover - PEP 475 retries for us
             events = []
         self.now = time.monotonic()
+        # _guard written out: these two loops run for every event.
+        callbacks = self._callbacks
         for fd, mask in events:
-            callback = self._callbacks.get(fd)
+            callback = callbacks.get(fd)
             if callback is not None:  # an earlier callback may have removed it
-                self._guard(callback, mask)
+                try:
+                    callback(mask)
+                except Exception:
+                    _log_failure(callback)
         self._run_timers()
         while self._ready_calls:
             calls, self._ready_calls = self._ready_calls, []
             for call in calls:
-                self._guard(call)
+                try:
+                    call()
+                except Exception:
+                    _log_failure(call)
 
     def _next_timeout(self) -> float:
         if self._ready_calls:
@@ -272,8 +283,8 @@ class EventLoop:
 
     def _deadline_due(self, deadline: Deadline, at: float, now: float) -> None:
         entries = deadline._entries
-        if at in entries:
-            entries.remove(at)
+        if entries and entries[-1] == at:
+            entries.pop()
         if deadline.closed:
             self._cancelled = max(0, self._cancelled - 1)
             return
@@ -285,7 +296,7 @@ class EventLoop:
             deadline.when = deadline.callback = None
             assert callback is not None
             self._guard(callback)
-        elif not entries or min(entries) > when:
+        elif not entries or entries[-1] > when:
             entries.append(when)  # moved later meanwhile: wait again
             self._push(when, deadline)
 
@@ -293,7 +304,7 @@ class EventLoop:
         try:
             fn(*args)
         except Exception:
-            log.exception("callback_failed", callback=getattr(fn, "__qualname__", repr(fn)))
+            _log_failure(fn)
 
     def abandon(self) -> None:
         """In a forked child: drop the parent's loop without touching its epoll set.
@@ -319,6 +330,11 @@ class EventLoop:
         self._callbacks.clear()
         self._masks.clear()
         self._epoll.close()
+
+
+def _log_failure(fn: Callable[..., Any]) -> None:
+    """A callback raised: log it with its traceback (we are in its ``except``)."""
+    log.exception("callback_failed", callback=getattr(fn, "__qualname__", repr(fn)))
 
 
 def _nothing() -> None:
