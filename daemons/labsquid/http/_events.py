@@ -74,7 +74,8 @@ class Request:
     """A request head.  The reader also reports what it had to work out anyway
     to frame the message, so the proxy need not parse it twice: ``framing``
     (body length, 0 for none, or CHUNKED), ``parsed_target`` (the validated
-    request-target) and ``keep_alive`` (what the client offers).  They are None
+    request-target), ``keep_alive`` (what the client offers) and
+    ``connection`` (the Connection values, which name more hop-by-hop fields).  They are None
     on a ``Request`` built by hand, and never part of equality."""
 
     method: bytes
@@ -84,6 +85,8 @@ class Request:
     framing: int | str | None = field(default=None, compare=False, repr=False)
     parsed_target: Target | None = field(default=None, compare=False, repr=False)
     keep_alive: bool | None = field(default=None, compare=False, repr=False)
+    # The Connection field values, () when there are none.
+    connection: list[bytes] | tuple[()] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -97,6 +100,7 @@ class Response:
     # Set by the reader, like Request's: TUNNEL for 101 and CONNECT 2xx.
     framing: int | str | None = field(default=None, compare=False, repr=False)
     keep_alive: bool | None = field(default=None, compare=False, repr=False)
+    connection: list[bytes] | tuple[()] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -43,7 +43,7 @@ from ._events import (
     Request,
     Response,
 )
-from ._head import check_head_bytes, parse_fields
+from ._head import parse_field_section
 from ._headers import Headers
 
 # Body framings: a length (int, 0 for none), or one of these.
@@ -61,6 +61,7 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _CHUNK_EXT = re.compile(rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*")
 
 
+_KEEP_ALIVE = [b"keep-alive"]
 FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host", b"connection"})
 _NOT_IN_TRAILERS = frozenset({b"content-length", b"transfer-encoding"})
 
@@ -112,8 +113,18 @@ def _is_chunked(values: list[bytes] | None, http_version: bytes) -> bool:
 
 
 def _length_or_chunked(fields: dict[bytes, list[bytes]], http_version: bytes) -> int | str | None:
-    chunked = _is_chunked(fields.get(b"transfer-encoding"), http_version)
-    length = _content_length(fields.get(b"content-length"))
+    te = fields.get(b"transfer-encoding")
+    lengths = fields.get(b"content-length")
+    if te is None:  # the usual cases first: no body, or one plain length
+        if lengths is None:
+            return None
+        if len(lengths) == 1:
+            value = lengths[0]
+            # 18 digits cannot reach 2**63; longer, signs, lists: the full check.
+            if len(value) <= 18 and value.isdigit():
+                return int(value)
+    chunked = _is_chunked(te, http_version)
+    length = _content_length(lengths)
     if chunked:
         if length is not None:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
@@ -159,10 +170,12 @@ def keep_alive(event: Request | Response) -> bool:
     return offers_keep_alive(event.headers.get_all(b"connection"), event.http_version)
 
 
-def offers_keep_alive(connection: list[bytes] | None, http_version: bytes) -> bool:
-    """`keep_alive` from the Connection field lines (None or [] when absent)."""
+def offers_keep_alive(connection: list[bytes] | tuple[()] | None, http_version: bytes) -> bool:
+    """`keep_alive` from the Connection field lines (None or empty when absent)."""
     if not connection:
         return http_version != b"1.0"
+    if connection == _KEEP_ALIVE:  # what most clients and origins say
+        return True
     tokens = [t.strip(OWS).lower() for value in connection for t in value.split(b",")]
     if b"close" in tokens:
         return False
@@ -204,6 +217,10 @@ class ContentLengthDecoder:
             del buf[:n]
         self.remaining -= len(data)
         return Data(data)
+
+
+# A zero-length body decoder never changes state: one serves every bodiless message.
+NO_BODY = ContentLengthDecoder(0)
 
 
 class UntilCloseDecoder:
@@ -320,10 +337,8 @@ class ChunkedDecoder:
             raise ProtocolError("trailer section too large", 431, ERR_TOO_BIG)
         section = bytes(buf[:end])
         del buf[: end + 4]
-        lines = section.split(b"\r\n")
-        check_head_bytes(section, len(lines) - 1)
-        trailers = parse_fields(lines, self.max_trailers)
-        if trailers.collect(_NOT_IN_TRAILERS):
+        trailers, framing = parse_field_section(section, 0, self.max_trailers, _NOT_IN_TRAILERS)
+        if framing:
             # RFC 9110 §6.5.1: framing fields have no business in trailers, and
             # other parsers (h11) read some of their values differently.
             raise ProtocolError("framing field in the trailer section")

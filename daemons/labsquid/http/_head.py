@@ -155,12 +155,38 @@ def check_response_prefix(prefix: bytes) -> None:
 
 def parse_fields(lines: list[bytes], max_fields: int) -> Headers:
     """Field lines -> `Headers`. The bytes must have passed `check_head_bytes`."""
-    if len(lines) > max_fields:
+    return Headers._from_items(_field_items(lines, 0, max_fields, _NO_NAMES, {}))
+
+
+def parse_field_section(
+    section: bytes, first: int, max_fields: int, wanted: frozenset[bytes]
+) -> tuple[Headers, dict[bytes, list[bytes]]]:
+    """A head (or trailer section) without its final CRLFCRLF -> its fields,
+    and the values of the `wanted` (lowercase) names, {name: [values]}.
+
+    `first` lines are skipped: 1 for a head, whose start line the reader has
+    already parsed, 0 for trailers.  Every check of `check_head_bytes` and
+    `parse_fields` applies; this is both, in one call, for the readers.
+    """
+    lines = section.split(b"\r\n")
+    if section.translate(None, _HEAD_BYTES) != b"\r\n" * (len(lines) - 1):
+        raise _head_bytes_error(section)
+    found: dict[bytes, list[bytes]] = {}
+    return Headers._from_items(_field_items(lines, first, max_fields, wanted, found)), found
+
+
+_NO_NAMES: frozenset[bytes] = frozenset()
+
+
+def _field_items(lines: list[bytes], first: int, max_fields: int, wanted: frozenset[bytes],
+                 found: dict[bytes, list[bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+    if len(lines) - first > max_fields:
         raise ProtocolError(f"more than {max_fields} header fields", 431, ERR_TOO_BIG)
     items = []
     append = items.append
     names = _NAMES
-    for line in lines:
+    for i in range(first, len(lines)):
+        line = lines[i]
         name, colon, value = line.partition(b":")
         lname = names.get(name)
         if lname is None or not colon:
@@ -169,8 +195,14 @@ def parse_fields(lines: list[bytes], max_fields: int) -> Headers:
             lname = name.lower()
             if len(names) < _NAMES_MAX:
                 names[name] = lname
-        append((lname, name, value.strip(OWS)))
-    return Headers._from_items(items)
+        value = value.strip(OWS)
+        append((lname, name, value))
+        if lname in wanted:
+            if lname in found:
+                found[lname].append(value)
+            else:
+                found[lname] = [value]
+    return items
 
 
 def _field_name_error(line: bytes) -> ProtocolError:

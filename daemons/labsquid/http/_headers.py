@@ -104,6 +104,13 @@ class Headers:
                 return value
         return default
 
+    def first(self, lname: bytes) -> bytes | None:
+        """`get` for a name already in lowercase bytes: the proxy's lookups."""
+        for lower, _, value in self._items:
+            if lower == lname:
+                return value
+        return None
+
     def get_all(self, name: bytes | str) -> list[bytes]:
         key = _b(name).lower()
         return [value for lname, _, value in self._items if lname == key]

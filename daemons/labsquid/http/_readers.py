@@ -39,6 +39,7 @@ from ._events import (
 from ._framing import (
     CHUNKED,
     FRAMING_FIELDS,
+    NO_BODY,
     TUNNEL,
     UNTIL_CLOSE,
     ChunkedDecoder,
@@ -49,13 +50,13 @@ from ._framing import (
     response_framing,
 )
 from ._head import (
-    check_head_bytes,
     check_request_prefix,
     check_response_prefix,
-    parse_fields,
+    parse_field_section,
     parse_request_line,
     parse_status_line,
 )
+from ._headers import Headers
 from ._target import ORIGIN, parse_target, validate_host_header
 
 Event = Request | Response | Data | EndOfMessage | ConnectionClosed
@@ -91,6 +92,10 @@ class _Reader:
 
     def feed_eof(self) -> None:
         self._eof = True
+
+    def has_trailing_data(self) -> bool:
+        """Whether bytes were received that no event has consumed yet."""
+        return bool(self._buf)
 
     @property
     def trailing_data(self) -> bytes:
@@ -214,17 +219,18 @@ class _Reader:
     def _parse_start_line(self, line: bytes) -> tuple:
         raise NotImplementedError
 
-    def _split_head(self, head: bytes) -> tuple[tuple, list[bytes]]:
-        """(parsed start line, field lines). The start line was parsed first (by
-        _extract_head): its own checks give the more precise error for a bad
-        byte in it."""
-        lines = head.split(b"\r\n")
+    def _parse_head(self, head: bytes) -> tuple[tuple, Headers, dict[bytes, list[bytes]]]:
+        """(parsed start line, fields, framing fields). The start line was parsed
+        first (by _extract_head): its own checks give the more precise error
+        for a bad byte in it."""
         start, self._start = self._start, None
-        check_head_bytes(head, len(lines) - 1)
-        return start, lines[1:]
+        headers, fields = parse_field_section(head, 1, self.max_headers, FRAMING_FIELDS)
+        return start, headers, fields
 
     def _start_body(self, framing: int | str) -> None:
-        if framing == CHUNKED:
+        if framing == 0:
+            self._decoder = NO_BODY
+        elif framing == CHUNKED:
             self._decoder = ChunkedDecoder(
                 self.max_body_size, self.max_header_size, self.max_headers
             )
@@ -268,11 +274,9 @@ class RequestReader(_Reader):
         head = self._extract_head()
         if head is None:
             return NeedData
-        (method, target, http_version), field_lines = self._split_head(head)
-        headers = parse_fields(field_lines, self.max_headers)
+        (method, target, http_version), headers, fields = self._parse_head(head)
         request = Request(method, target, http_version, headers)
         parsed = request.parsed_target = parse_target(method, target)
-        fields = headers.collect(FRAMING_FIELDS)
         hosts = fields.get(b"host", ())
         if len(hosts) > 1:
             raise ProtocolError("more than one Host header")
@@ -281,7 +285,8 @@ class RequestReader(_Reader):
         elif http_version == b"1.1":
             raise ProtocolError("HTTP/1.1 request without Host header")
         framing = request.framing = request_framing(request, fields)
-        request.keep_alive = offers_keep_alive(fields.get(b"connection"), http_version)
+        connection = request.connection = fields.get(b"connection", ())
+        request.keep_alive = offers_keep_alive(connection, http_version)
         if self.max_body_size and type(framing) is int and framing > self.max_body_size:
             raise ProtocolError("request body too large", 413, ERR_TOO_BIG)
         self._start_body(framing)
@@ -323,12 +328,11 @@ class ResponseReader(_Reader):
         head = self._extract_head()
         if head is None:
             return NeedData
-        (http_version, status, reason), field_lines = self._split_head(head)
-        headers = parse_fields(field_lines, self.max_headers)
+        (http_version, status, reason), headers, fields = self._parse_head(head)
         response = Response(status, reason, http_version, headers)
-        fields = headers.collect(FRAMING_FIELDS)
         framing = response.framing = response_framing(response, self.request_method, fields)
-        response.keep_alive = offers_keep_alive(fields.get(b"connection"), http_version)
+        connection = response.connection = fields.get(b"connection", ())
+        response.keep_alive = offers_keep_alive(connection, http_version)
         if status < 200 and status != 101:
             return response  # informational: the final response follows
         if framing == TUNNEL:
