@@ -25,6 +25,7 @@ STATE_NAMES = {STATE_FREE: "free", STATE_STARTING: "starting", STATE_SERVING: "s
                STATE_STOPPING: "stopping"}
 
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
+_REQUESTS, _ERRORS, _SERVICE_US = _INDEX["requests"], _INDEX["errors"], _INDEX["service_us"]
 
 
 class Row:
@@ -45,6 +46,14 @@ class Row:
     def add(self, field: str, value: int = 1) -> None:
         i = self._base + _INDEX[field]
         self._view[i] += value
+
+    def count_request(self, service_us: int, error: bool) -> None:
+        """One finished request: ``requests``, ``service_us`` and maybe ``errors``."""
+        view, base = self._view, self._base
+        view[base + _REQUESTS] += 1
+        view[base + _SERVICE_US] += service_us
+        if error:
+            view[base + _ERRORS] += 1
 
     def as_dict(self) -> dict[str, int]:
         return {name: self._view[self._base + i] for i, name in enumerate(FIELDS)}

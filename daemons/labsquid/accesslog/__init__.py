@@ -11,6 +11,7 @@ from ._logformat import (
     Quoting,
     builtin_formats,
     compile_logformat,
+    native_line,
 )
 from ._record import AccessRecord
 
@@ -21,4 +22,5 @@ __all__ = [
     "Quoting",
     "builtin_formats",
     "compile_logformat",
+    "native_line",
 ]

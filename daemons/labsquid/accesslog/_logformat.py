@@ -450,6 +450,7 @@ class LogFormat:
     """A compiled logformat definition: literal strings and per-code renderers."""
 
     __slots__ = ("definition", "_parts", "uses_request_headers")
+    native = False  # squid's own format, which `native_line` renders from plain values
 
     def __init__(self, definition: str, tokens: tuple[_Token, ...]) -> None:
         self.definition = definition
@@ -488,27 +489,34 @@ def render_native(rec: AccessRecord) -> str:
     Exactly what the generic renderer makes of ``_BUILTIN["squid"]`` (a
     property test holds the two equal), at a fraction of the cost.
     """
-    sec, usec = _split_time(rec.end_time)
-    client, tag, method, url = rec.client_addr, rec.log_tag, rec.method, rec.url
-    hierarchy, peer, mime = rec.hierarchy, rec.peer_addr, rec.mime_type
-    user = rec.user_name()
+    return native_line(rec.end_time, rec.duration_ms, rec.client_addr, rec.log_tag,
+                       rec.http_status, rec.reply_size, rec.method, rec.url, rec.user_name(),
+                       rec.hierarchy, rec.peer_addr, rec.mime_type)
+
+
+def native_line(end_time: float, duration_ms: int, client: str, tag: str, status: int,
+                size: int, method: str, url: str, user: str | None, hierarchy: str,
+                peer: str | None, mime: str | None) -> str:
+    """`render_native` from the values themselves: the proxy calls this for
+    every request without building an ``AccessRecord`` first."""
+    sec, usec = _split_time(end_time)
     # Nearly every line is plain words: one scan over all the fields proves
     # no escaping is needed, and the line is written straight out.
     if (user is None and _escape.is_plain_word(f"{client}{tag}{method}{url}{hierarchy}{peer}{mime}")
             and _escape.is_url_safe(f"{method}{url}")):
         media = mime.partition(";")[0] if mime else None
         return (
-            f"{sec}.{usec // 1000:03d} {rec.duration_ms:>6d} {client or '-'} "
-            f"{tag or '-'}/{rec.http_status:03d} {rec.reply_size} {method or '-'} "
+            f"{sec}.{usec // 1000:03d} {duration_ms:>6d} {client or '-'} "
+            f"{tag or '-'}/{status:03d} {size} {method or '-'} "
             f"{url or '-'} - {hierarchy or '-'}/{peer or '-'} {media or '-'}"
         )
     return (
-        f"{sec}.{usec // 1000:03d} {rec.duration_ms:>6d} {_word(rec.client_addr)} "
-        f"{_word(rec.log_tag)}/{rec.http_status:03d} {rec.reply_size} "
-        f"{_dash(rec.method, _escape.url_unescaped)} "
-        f"{_word(_escape.clean_log_uri(rec.url) if rec.url else '')} "
-        f"{_dash(rec.user_name(), _USER_BLOB)} "
-        f"{_word(rec.hierarchy)}/{_word(rec.peer_addr)} {_word(_media_type(rec.mime_type))}"
+        f"{sec}.{usec // 1000:03d} {duration_ms:>6d} {_word(client)} "
+        f"{_word(tag)}/{status:03d} {size} "
+        f"{_dash(method, _escape.url_unescaped)} "
+        f"{_word(_escape.clean_log_uri(url) if url else '')} "
+        f"{_dash(user, _USER_BLOB)} "
+        f"{_word(hierarchy)}/{_word(peer)} {_word(_media_type(mime))}"
     )
 
 
@@ -517,6 +525,7 @@ _USER_BLOB = functools.partial(_escape.mimeblob, escape_space=True)
 
 class _NativeFormat(LogFormat):
     __slots__ = ()
+    native = True
 
     def render(self, rec: AccessRecord) -> str:
         return render_native(rec)

@@ -125,7 +125,7 @@ class ClientConnection:
         else:
             self.bytes_in += len(data)
             self.ctx.stats.add("bytes_in", len(data))
-            if self.txn is None and not self.reader.trailing_data:
+            if self.txn is None and not self.reader.has_trailing_data():
                 # The first bytes of a request start its clock; later reads do
                 # not re-arm it, so a head trickled in byte by byte still times out.
                 self._arm(self.ctx.config.request_timeout, self._request_timeout)
@@ -185,9 +185,11 @@ class ClientConnection:
         except Exception:  # the request body was not read whole: cannot reuse
             self.close_when_flushed()
             return
-        self._arm(self.ctx.config.client_idle_pconn_timeout if not self.reader.trailing_data
-                  else self.ctx.config.request_timeout, self._request_timeout)
-        self.loop.call_soon(self.process)
+        if self.reader.has_trailing_data():  # a pipelined request is waiting
+            self._arm(self.ctx.config.request_timeout, self._request_timeout)
+            self.loop.call_soon(self.process)
+        else:  # the next bytes that arrive start the next request
+            self._arm(self.ctx.config.client_idle_pconn_timeout, self._request_timeout)
 
     # -- output -------------------------------------------------------------
     def write(self, data: bytes) -> int:
@@ -235,7 +237,7 @@ class ClientConnection:
     def _request_timeout(self) -> None:
         if self.txn is not None:
             return
-        if self.reader.trailing_data:
+        if self.reader.has_trailing_data():
             self.txn = Transaction(self, None)
             self.txn.reply_timeout()
         else:
@@ -256,7 +258,7 @@ class ClientConnection:
         (``shutdown_lifetime`` bounds the wait).
         """
         self._shutdown = True
-        if self.txn is None and self.requests > 0 and not self.reader.trailing_data:
+        if self.txn is None and self.requests > 0 and not self.reader.has_trailing_data():
             self.close_when_flushed()
 
     def close_when_flushed(self) -> None:

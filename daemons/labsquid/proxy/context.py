@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from labsquid import __version__, acl
-from labsquid.accesslog import AccessRecord, LogFormat, builtin_formats, compile_logformat
+from labsquid.accesslog import LogFormat, builtin_formats, compile_logformat
 from labsquid.config import Config
 from labsquid.dns import Resolver
 from labsquid.eventloop import EventLoop
@@ -101,11 +101,9 @@ class ServeContext:
             self._log_blocked = False
             self.end_turn_soon()
 
-    def log(self, record: AccessRecord) -> None:
-        """Count the transaction and send its line(s) to the logfile daemon's feeder."""
-        self.stats.add("requests")
-        self.stats.add("service_us", record.duration_ms * 1000)
-        if record.http_status >= 400 or record.http_status == 0:
-            self.stats.add("errors")
-        if self.log_format is not None:
-            self.log_sink(self.log_format.render(record))
+    def log(self, line: str | None, duration_ms: int, http_status: int) -> None:
+        """Count a finished transaction and send its line (rendered with
+        ``log_format``; None without one) to the logfile daemon's feeder."""
+        self.stats.count_request(duration_ms * 1000, http_status >= 400 or http_status == 0)
+        if line is not None:
+            self.log_sink(line)

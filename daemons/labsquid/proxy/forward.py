@@ -40,11 +40,19 @@ class ForwardPolicy:
         return f"1.1 {self.hostname}{product}".encode()
 
 
-def _dropped(items: list[tuple[bytes, bytes, bytes]]) -> frozenset[bytes]:
+def _dropped(msg: Request | Response) -> frozenset[bytes]:
     """Hop-by-hop fields plus every field named in ``Connection`` (lowercased)."""
-    tokens = [t.strip().lower() for lower, _name, value in items if lower == b"connection"
-              for t in value.split(b",")]
-    return HOP_BY_HOP | {t for t in tokens if t} if tokens else HOP_BY_HOP
+    connection = msg.connection
+    if connection is None:  # not from a reader: look for it
+        connection = msg.headers.get_all(b"connection")
+    if not connection or connection == _KEEP_ALIVE:  # names nothing beyond HOP_BY_HOP
+        return HOP_BY_HOP
+    tokens = {t.strip().lower() for value in connection for t in value.split(b",")}
+    tokens.discard(b"")
+    return HOP_BY_HOP | tokens
+
+
+_KEEP_ALIVE = [b"keep-alive"]
 
 
 def request_head(req: Request, authority: bytes, path: bytes, client_ip: str,
@@ -55,7 +63,7 @@ def request_head(req: Request, authority: bytes, path: bytes, client_ip: str,
     replaced in place, or copied as received; our own fields go last.
     """
     items = req.headers.raw_items()
-    drop = _dropped(items)
+    drop = _dropped(req)
     xff = policy.forwarded_for
     fix_max_forwards = req.method in (b"TRACE", b"OPTIONS")
     lines = [b"%s %s %s" % (req.method, path, UPSTREAM_VERSION)]
@@ -110,7 +118,7 @@ def response_head(resp: Response, policy: ForwardPolicy, framing: str | int | No
     for a bodiless reply (HEAD, 1xx, 204, 304: the origin's length fields are kept).
     """
     items = resp.headers.raw_items()
-    drop = _dropped(items)
+    drop = _dropped(resp)
     # We speak HTTP/1.1 whatever the origin spoke (RFC 9110 §2.5).
     lines = [b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b"")]
     for lower, name, value in items:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from labsquid.accesslog import AccessRecord
+from labsquid.accesslog import AccessRecord, native_line
 from labsquid.acl import AccessContext
 from labsquid.http import (
     ConnectionClosed,
@@ -64,38 +64,41 @@ HIGH_WATER = 256 * 1024
 
 
 class Transaction(LocalReplies, UpstreamHandler):
+    # Starting values, read from the class until a step sets its own: most
+    # transactions change only a few of them, and this runs per request.
+    url = "error:invalid-request"
+    scheme = "http"
+    host = ""
+    port = 0
+    path = b"/"
+    log_tag = "TCP_MISS"
+    status = 0
+    hierarchy = "HIER_NONE"
+    peer: str | None = None
+    mime: str | None = None
+    error_code: str | None = None
+    reply_size = 0
+    body_done = False
+    body_framing: int | str = 0
+    upstream: Upstream | None = None
+    resp_reader: ResponseReader | None = None
+    head_sent = False
+    client_framing: int | str | None = None
+    client_keep_alive = False
+    upstream_reusable = False
+    finished = False
+    retried = False
+    tunnel = None
+
     def __init__(self, client: ClientConnection, request: Request | None) -> None:
         self.client = client
         self.ctx = client.ctx
         self.req = request
         self.started = time.time()
         self.method = request.method.decode("latin-1") if request else "NONE"
-        self.url = "error:invalid-request"
-        self.scheme = "http"
-        self.host = ""
-        self.port = 0
-        self.path = b"/"
-        self.log_tag = "TCP_MISS"
-        self.status = 0
-        self.hierarchy = "HIER_NONE"
-        self.peer: str | None = None
-        self.mime: str | None = None
-        self.error_code: str | None = None
-        self.reply_size = 0
         self.wants_body = request is not None
-        self.body_done = False
         self.pending_body: list[bytes] = []
-        self.body_framing: int | str = 0
-        self.upstream: Upstream | None = None
         self.addresses: list[str] = []
-        self.resp_reader: ResponseReader | None = None
-        self.head_sent = False
-        self.client_framing: int | str | None = None
-        self.client_keep_alive = False
-        self.upstream_reusable = False
-        self.finished = False
-        self.retried = False
-        self.tunnel = None
 
     # -- 1. classify --------------------------------------------------------
     def start(self) -> None:
@@ -252,8 +255,16 @@ class Transaction(LocalReplies, UpstreamHandler):
         up.send(forward.request_head(req, self._authority(), self.path, self.client.peer_ip,
                                      policy, framing))
         up.requests += 1
-        self.resp_reader = ResponseReader(req.method,
-                                          max_header_size=self.ctx.config.reply_header_max_size)
+        # One reader per origin connection, like its socket: a reused one is
+        # between messages (it was released only after a whole response).
+        reader = up.reader
+        if reader is None:
+            reader = up.reader = ResponseReader(
+                req.method, max_header_size=self.ctx.config.reply_header_max_size)
+        else:
+            reader.start_next_cycle(req.method)
+            reader.max_header_size = self.ctx.config.reply_header_max_size
+        self.resp_reader = reader
         for chunk in self.pending_body:
             self._send_body(chunk)
         self.pending_body.clear()
@@ -392,7 +403,7 @@ class Transaction(LocalReplies, UpstreamHandler):
             self.reply_error("ERR_INVALID_RESP", 502, detail="unexpected protocol switch")
             return
         self.status = resp.status
-        ctype = resp.headers.get(b"content-type")
+        ctype = resp.headers.first(b"content-type")
         self.mime = ctype.split(b";")[0].strip().decode("latin-1") if ctype else None
         head = forward.response_head(resp, policy, client_framing, self.client_keep_alive)
         self.head_sent = True
@@ -419,7 +430,7 @@ class Transaction(LocalReplies, UpstreamHandler):
             self._to_client(b"0\r\n\r\n")
         up, self.upstream = self.upstream, None
         if up is not None:
-            if self.upstream_reusable and self.body_done and not reader.trailing_data:
+            if self.upstream_reusable and self.body_done and not reader.has_trailing_data():
                 up.pause_reading(False)
                 self.ctx.upstreams.release(up)
             else:
@@ -458,15 +469,29 @@ class Transaction(LocalReplies, UpstreamHandler):
         self.finished = True
         self._disarm()
         self._drop_upstream()
-        self.ctx.log(self.record())
+        self._log()
         if self.client.on_drain == self._client_drained:
             self.client.on_drain = None
         self.client.transaction_done(self, keep_alive and not self.wants_body)
 
-    def record(self) -> AccessRecord:
-        now = time.time()
+    def _log(self) -> None:
+        duration_ms = int((time.time() - self.started) * 1000)
+        fmt = self.ctx.log_format
+        if fmt is None:
+            line = None
+        elif fmt.native:  # the usual format, straight from our fields
+            client = self.client
+            line = native_line(
+                self.started + duration_ms / 1000.0, duration_ms, client.peer_ip, self.log_tag,
+                self.status, self.reply_size, self.method, self.url, None, self.hierarchy,
+                self.peer if self.hierarchy != "HIER_NONE" else None, self.mime)
+        else:
+            line = fmt.render(self.record(duration_ms))
+        self.ctx.log(line, duration_ms, self.status)
+
+    def record(self, duration_ms: int) -> AccessRecord:
         return AccessRecord(
-            start_time=self.started, duration_ms=int((now - self.started) * 1000),
+            start_time=self.started, duration_ms=duration_ms,
             client_addr=self.client.peer_ip, client_port=self.client.peer_port,
             local_addr=self.client.local_ip, local_port=self.client.local_port,
             log_tag=self.log_tag, http_status=self.status, reply_size=self.reply_size,
@@ -504,7 +529,7 @@ class Transaction(LocalReplies, UpstreamHandler):
         self.finished = True
         self._disarm()
         self._drop_upstream()
-        self.ctx.log(self.record())
+        self._log()
 
     def _drop_upstream(self) -> None:
         if self.upstream is not None:

@@ -13,8 +13,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, is_would_block
+
+if TYPE_CHECKING:
+    from labsquid.http import ResponseReader
 
 READ_SIZE = 65536
 MAX_IDLE_PER_ORIGIN = 64
@@ -48,6 +52,8 @@ class Upstream:
         self.requests = 0  # served on this connection; >0 means it is a reused one
         self.idle_deadline = loop.deadline()  # pconn_timeout while in the pool
         self._pool: UpstreamPool | None = None
+        # The transaction's response parser, kept with the connection for the next.
+        self.reader: ResponseReader | None = None
 
     # -- connecting ---------------------------------------------------------
     def connect(self, port: int, handler: UpstreamHandler) -> None:
