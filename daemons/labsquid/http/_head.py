@@ -185,8 +185,7 @@ def _field_items(lines: list[bytes], first: int, max_fields: int, wanted: frozen
     items = []
     append = items.append
     names = _NAMES
-    for i in range(first, len(lines)):
-        line = lines[i]
+    for line in lines[first:] if first else lines:
         name, colon, value = line.partition(b":")
         lname = names.get(name)
         if lname is None or not colon:

@@ -244,11 +244,8 @@ class _Reader:
 class RequestReader(_Reader):
     """Parses the requests a client sends: one per cycle, pipelining allowed."""
 
-    def _check_prefix(self, prefix: bytes) -> None:
-        check_request_prefix(prefix)
-
-    def _parse_start_line(self, line: bytes) -> tuple:
-        return parse_request_line(line)
+    _check_prefix = staticmethod(check_request_prefix)
+    _parse_start_line = staticmethod(parse_request_line)
 
     def _head_too_big(self, eol: int) -> None:
         if eol < 0 or eol > self.max_header_size:
@@ -311,11 +308,8 @@ class ResponseReader(_Reader):
         code = ERR_TOO_BIG if exc.error_code == ERR_TOO_BIG else ERR_INVALID_RESP
         return ProtocolError(exc.reason, 502, code)
 
-    def _check_prefix(self, prefix: bytes) -> None:
-        check_response_prefix(prefix)
-
-    def _parse_start_line(self, line: bytes) -> tuple:
-        return parse_status_line(line)
+    _check_prefix = staticmethod(check_response_prefix)
+    _parse_start_line = staticmethod(parse_status_line)
 
     def _head_too_big(self, eol: int) -> None:
         raise ProtocolError("response header section too large", 502, ERR_TOO_BIG)

@@ -16,6 +16,7 @@ from labsquid.http import Headers, ProtocolError
 from labsquid.proxy import forward, mgr
 
 MGR_PREFIX = "/squid-internal-mgr/"
+MGR_PREFIX_BYTES = MGR_PREFIX.encode()
 
 
 class LocalReplies:
@@ -24,8 +25,10 @@ class LocalReplies:
     def max_forwards_reached(self) -> bool:
         req = self.req
         assert req is not None
-        value = req.headers.get(b"max-forwards")
-        if value is None or req.method not in (b"TRACE", b"OPTIONS"):
+        if req.method not in (b"TRACE", b"OPTIONS"):
+            return False
+        value = req.headers.first(b"max-forwards")
+        if value is None:
             return False
         if forward.parse_max_forwards(value) != 0:
             return False

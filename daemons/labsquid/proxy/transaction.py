@@ -51,7 +51,7 @@ from labsquid.http import (
     response_framing,
 )
 from labsquid.proxy import forward, mgr
-from labsquid.proxy.replies import MGR_PREFIX, LocalReplies
+from labsquid.proxy.replies import MGR_PREFIX_BYTES, LocalReplies
 from labsquid.proxy.upstream import Upstream, UpstreamHandler, connect_error_text
 
 if TYPE_CHECKING:
@@ -106,27 +106,30 @@ class Transaction(LocalReplies, UpstreamHandler):
         assert req is not None
         cfg = self.ctx.config
         self.client_keep_alive = keep_alive(req) and cfg.client_persistent_connections
-        self.url = req.target.decode("latin-1")
         framing, target = req.framing, req.parsed_target
         if framing is None or target is None:  # not from a RequestReader
             try:
                 framing = request_framing(req)
                 target = parse_target(req.method, req.target)
             except ProtocolError as exc:
+                self.url = req.target.decode("latin-1")
                 self.reply_error(exc.error_code, exc.status, detail=exc.reason)
                 return
         self.body_framing = framing
         self.host, self.port, self.path = target.host or "", target.port or 0, target.path
-        self.scheme = target.scheme or ("connect" if target.form == "authority" else "")
-        if target.form == "authority":
-            self.url = target.authority.decode("ascii")  # squid logs CONNECT as host:port
-        elif target.form == "absolute":
+        form = target.form
+        self.scheme = target.scheme or ("connect" if form == "authority" else "")
+        if form == "absolute":
             # Rebuilt like squid's log URL: no userinfo (no passwords in the
             # log), the host as it was resolved, the default port left out.
             self.url = (f"{target.scheme}://{target.authority.decode('ascii')}"
                         f"{target.path.decode('latin-1')}")
-        if target.form in ("origin", "asterisk"):
-            if self.path.decode("latin-1").startswith(MGR_PREFIX):
+        elif form == "authority":
+            self.url = target.authority.decode("ascii")  # squid logs CONNECT as host:port
+        else:
+            self.url = req.target.decode("latin-1")
+        if form == "origin" or form == "asterisk":
+            if self.path.startswith(MGR_PREFIX_BYTES):
                 self.host = self.client.local_ip
                 self.port = self.client.local_port
                 self.url = f"http://{self.ctx.hostname}:{self.port}{self.path.decode('latin-1')}"
@@ -140,11 +143,11 @@ class Transaction(LocalReplies, UpstreamHandler):
 
     # -- 2. authorize -------------------------------------------------------
     def access_context(self, dst: tuple | None) -> AccessContext:
-        return AccessContext(
-            src=self.client.peer_address, local_port=self.client.local_port,
-            method=self.method, proto="NONE" if self.method == "CONNECT" else "HTTP",
-            host=self.host, port=self.port, url=self.url,
-            path=self.path.decode("latin-1"), dst=dst)
+        client, method = self.client, self.method
+        # Positional: this runs per request, and keywords cost more.
+        return AccessContext(client.peer_address, client.local_port, method,
+                             "NONE" if method == "CONNECT" else "HTTP", self.host, self.port,
+                             self.url, self.path.decode("latin-1"), dst)
 
     def authorize(self, dst: tuple | None) -> None:
         decision = self.ctx.access.check(self.access_context(dst))
@@ -164,10 +167,9 @@ class Transaction(LocalReplies, UpstreamHandler):
         self.resolve(self.connect)
 
     def is_manager(self) -> bool:
-        path = self.path.decode("latin-1")
         # Host *and* port must be ours (as squid checks): the same path on an
         # origin, even a local one, is that origin's business.
-        return (path.startswith(MGR_PREFIX) and self.port == self.client.local_port
+        return (self.path.startswith(MGR_PREFIX_BYTES) and self.port == self.client.local_port
                 and self.host in mgr.own_names(self.ctx, self.client))
 
     def resolve(self, then) -> None:  # type: ignore[no-untyped-def]
@@ -309,11 +311,12 @@ class Transaction(LocalReplies, UpstreamHandler):
 
     # -- 4b. response -------------------------------------------------------
     def upstream_data(self, up: Upstream, data: bytes) -> None:
-        self._arm(self.ctx.config.read_timeout, self._read_timeout)
         if self.tunnel is not None or self.resp_reader is None:
             return
         self.resp_reader.feed(data)
         self._pump_response()
+        if not self.finished:  # read_timeout runs from the latest read
+            self._arm(self.ctx.config.read_timeout, self._read_timeout)
 
     def upstream_eof(self, up: Upstream) -> None:
         if self.resp_reader is None or self.finished:
