@@ -51,6 +51,15 @@ _HEAD_BYTES = FIELD_VALUE
 # and only ever holds valid tokens, so junk names cannot poison it.
 _NAMES: dict[bytes, bytes] = {}
 _NAMES_MAX = 2048
+# Whole field lines seen lately -> their parsed (lowercased name, name, value):
+# clients and origins repeat most lines verbatim (Host, User-Agent, Accept-*,
+# Server, Content-Type, Connection...), and a hit skips partition, lookup and
+# strip. Only lines that parsed are stored, and a line's bytes still pass the
+# whole-head byte check first, so a hit is a line that would parse the same.
+# Emptied when full: lines that change (Date) must not crowd the steady ones out.
+_LINES: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+_LINES_MAX = 1024
+_LINE_CACHED_MAX = 128  # longer lines are rare repeats and would cost memory
 
 
 def check_head_bytes(head: bytes, crlf_count: int) -> None:
@@ -184,24 +193,37 @@ def _field_items(lines: list[bytes], first: int, max_fields: int, wanted: frozen
         raise ProtocolError(f"more than {max_fields} header fields", 431, ERR_TOO_BIG)
     items = []
     append = items.append
-    names = _NAMES
+    cache = _LINES
     for line in lines[first:] if first else lines:
-        name, colon, value = line.partition(b":")
-        lname = names.get(name)
-        if lname is None or not colon:
-            if not colon or not name or name.translate(None, TCHAR):
-                raise _field_name_error(line)
-            lname = name.lower()
-            if len(names) < _NAMES_MAX:
-                names[name] = lname
-        value = value.strip(OWS)
-        append((lname, name, value))
+        item = cache.get(line)
+        if item is None:
+            item = _parse_field_line(line)
+            if len(line) <= _LINE_CACHED_MAX:
+                if len(cache) >= _LINES_MAX:
+                    cache.clear()
+                cache[line] = item
+        append(item)
+        lname = item[0]
         if lname in wanted:
+            value = item[2]
             if lname in found:
                 found[lname].append(value)
             else:
                 found[lname] = [value]
     return items
+
+
+def _parse_field_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    name, colon, value = line.partition(b":")
+    names = _NAMES
+    lname = names.get(name)
+    if lname is None or not colon:
+        if not colon or not name or name.translate(None, TCHAR):
+            raise _field_name_error(line)
+        lname = name.lower()
+        if len(names) < _NAMES_MAX:
+            names[name] = lname
+    return lname, name, value.strip(OWS)
 
 
 def _field_name_error(line: bytes) -> ProtocolError:
