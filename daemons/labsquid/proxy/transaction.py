@@ -89,6 +89,7 @@ class Transaction(LocalReplies, UpstreamHandler):
     finished = False
     retried = False
     tunnel = None
+    authority: bytes | None = None  # host[:port] as sent upstream in Host
 
     def __init__(self, client: ClientConnection, request: Request | None) -> None:
         self.client = client
@@ -105,7 +106,10 @@ class Transaction(LocalReplies, UpstreamHandler):
         req = self.req
         assert req is not None
         cfg = self.ctx.config
-        self.client_keep_alive = keep_alive(req) and cfg.client_persistent_connections
+        offered = req.keep_alive
+        if offered is None:  # not from a RequestReader
+            offered = keep_alive(req)
+        self.client_keep_alive = offered and cfg.client_persistent_connections
         framing, target = req.framing, req.parsed_target
         if framing is None or target is None:  # not from a RequestReader
             try:
@@ -122,7 +126,9 @@ class Transaction(LocalReplies, UpstreamHandler):
         if form == "absolute":
             # Rebuilt like squid's log URL: no userinfo (no passwords in the
             # log), the host as it was resolved, the default port left out.
-            self.url = (f"{target.scheme}://{target.authority.decode('ascii')}"
+            # The same authority is the Host sent upstream (http's default port).
+            self.authority = authority = target.authority
+            self.url = (f"{target.scheme}://{authority.decode('ascii')}"
                         f"{target.path.decode('latin-1')}")
         elif form == "authority":
             self.url = target.authority.decode("ascii")  # squid logs CONNECT as host:port
@@ -159,10 +165,10 @@ class Transaction(LocalReplies, UpstreamHandler):
             self.log_tag = "TCP_DENIED"
             self.reply_error("ERR_ACCESS_DENIED", 403)
             return
-        if self.is_manager():
+        if self.path.startswith(MGR_PREFIX_BYTES) and self.is_manager():
             self.reply_manager()
             return
-        if self.max_forwards_reached():
+        if self.method in ("TRACE", "OPTIONS") and self.max_forwards_reached():
             return
         self.resolve(self.connect)
 
@@ -275,7 +281,9 @@ class Transaction(LocalReplies, UpstreamHandler):
         self._arm(self.ctx.config.read_timeout, self._read_timeout)
 
     def _authority(self) -> bytes:
-        return format_authority(self.host, self.port, 80)
+        if self.authority is None:
+            self.authority = format_authority(self.host, self.port, 80)
+        return self.authority
 
     # -- 4a. request body ---------------------------------------------------
     def request_data(self, data: bytes) -> None:
@@ -297,7 +305,7 @@ class Transaction(LocalReplies, UpstreamHandler):
     def request_end(self) -> None:
         self.wants_body = False
         self.body_done = True
-        if self.upstream is not None and self.resp_reader is not None:
+        if self.body_framing == "chunked" and self.resp_reader is not None:
             self._end_body()
 
     def _end_body(self) -> None:
@@ -434,7 +442,8 @@ class Transaction(LocalReplies, UpstreamHandler):
         up, self.upstream = self.upstream, None
         if up is not None:
             if self.upstream_reusable and self.body_done and not reader.has_trailing_data():
-                up.pause_reading(False)
+                if not up.reading:
+                    up.pause_reading(False)
                 self.ctx.upstreams.release(up)
             else:
                 up.close()
