@@ -1,5 +1,5 @@
-"""The kid <-> worker channel (SEQPACKET): what a peer said before it went away
-is delivered, however its going away shows up."""
+"""The kid <-> worker channel (SEQPACKET) and a worker's access-log stream: what
+a peer said before it went away is delivered, however its going away shows up."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from labsquid.eventloop import EventLoop
-from labsquid.ipc import Channel, Kind, channel_pair
+from labsquid.ipc import Channel, Kind, LogStream, channel_pair, log_stream_pair
 
 
 def _receiver(loop: EventLoop, sock) -> tuple[Channel, list[tuple[bytes, bytes]], list[str]]:
@@ -22,15 +22,15 @@ def _receiver(loop: EventLoop, sock) -> tuple[Channel, list[tuple[bytes, bytes]]
 
 def test_messages_sent_before_exit_survive_the_reset_of_an_unread_one():
     """A worker exits with the kid's STOP unread: Linux then reports ECONNRESET to
-    the kid once, before the worker's last access-log lines.  They must arrive."""
+    the kid once, before the worker's last messages.  They must arrive."""
     loop = EventLoop()
     kid_end, worker_end = channel_pair()
     kid, got, closed = _receiver(loop, kid_end)
-    worker_end.send(Kind.LOG + b"the last line")
+    worker_end.send(Kind.NOFDS + b"the last message")
     kid.send(Kind.STOP)  # never read by the worker
     worker_end.close()
     kid.drain()
-    assert got == [(Kind.LOG, b"the last line")]
+    assert got == [(Kind.NOFDS, b"the last message")]
     assert closed == ["x"]
 
 
@@ -38,12 +38,12 @@ def test_send_to_a_gone_peer_still_delivers_what_it_sent():
     loop = EventLoop()
     kid_end, worker_end = channel_pair()
     kid, got, closed = _receiver(loop, kid_end)
-    worker_end.send(Kind.LOG + b"line")
+    worker_end.send(Kind.READY + b"x")
     worker_end.close()
     assert kid.send(Kind.STOP) is True or kid.broken  # EPIPE shows up on send or later
     for _ in range(3):
         loop.run_once(0.05)
-    assert got == [(Kind.LOG, b"line")]
+    assert got == [(Kind.READY, b"x")]
     assert closed == ["x"]
     assert kid.send(Kind.STOP) is False
 
@@ -135,3 +135,66 @@ def test_on_sent_all_when_a_full_channel_empties():
     for _ in range(3):
         loop.run_once(0.05)
     assert emptied == [0]
+
+
+# -- the access-log stream ------------------------------------------------------
+
+
+def _log_pair(loop: EventLoop) -> tuple[LogStream, LogStream, list[bytes]]:
+    kid_end, worker_end = log_stream_pair()
+    chunks: list[bytes] = []
+    return LogStream(loop, worker_end), LogStream(loop, kid_end, chunks.append), chunks
+
+
+def test_log_stream_hands_over_whole_lines_in_one_read():
+    """Thousands of per-turn writes (one request's line each, at low concurrency)
+    fit in the pipe and reach the kid in a chunk or two; an incomplete line
+    waits for its end."""
+    loop = EventLoop()
+    worker, kid, chunks = _log_pair(loop)
+    line = b"1795731345.048      1 127.0.0.1 TCP_MISS/200 354 GET http://127.0.0.1:8080/%d"
+    for i in range(2000):
+        worker.send(line % i + b"\n")
+    assert worker.backlog == 0
+    worker.send(b"half of a li")
+    kid.read_all()
+    assert 1 <= len(chunks) <= 2
+    assert b"".join(chunks).split(b"\n")[:-1] == [line % i for i in range(2000)]
+    assert b"half" not in b"".join(chunks)
+    worker.send(b"ne\n")
+    kid.read_all()
+    assert chunks[-1] == b"half of a line\n"
+
+
+def test_log_stream_keeps_what_the_kernel_refuses_and_says_when_it_left():
+    loop = EventLoop()
+    worker, kid, chunks = _log_pair(loop)
+    emptied: list[bool] = []
+    worker.on_sent_all = lambda: emptied.append(True)
+    line = b"x" * 999 + b"\n"
+    sent = 0
+    while not worker.backlog:  # the kid is not reading: the pipe fills up
+        worker.send(line)
+        sent += 1
+    worker.send(line)  # behind the backlog, in order
+    sent += 1
+    assert worker.backlog >= len(line)
+    for _ in range(200):
+        kid.read_all()
+        loop.run_once(0.01)
+        if emptied and not worker.backlog:
+            break
+    kid.read_all()
+    assert emptied == [True]
+    assert b"".join(chunks) == line * sent
+
+
+def test_log_stream_drain_after_the_worker_died_drops_only_a_torn_line():
+    loop = EventLoop()
+    worker, kid, chunks = _log_pair(loop)
+    worker.send(b"answered 1\nanswered 2\n")
+    worker.send(b"torn")
+    os.close(worker.fd)  # killed inside a write
+    kid.drain()
+    assert chunks == [b"answered 1\nanswered 2\n"]
+    assert kid.closed

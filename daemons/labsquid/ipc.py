@@ -22,6 +22,10 @@ descriptors that did arrive.  A receiver that would rather not lose them sets
 stops reading (``pause_reading``) until ``resume_reading`` — what is sent
 meanwhile waits in the socket, and then in the sender's queue.
 
+A pool child's access-log lines do not go on its channel but on a
+``LogStream``: a pipe of their own, newline-separated lines, which the kid
+reads on its own schedule (see ``LogStream`` for why a pipe).
+
 The logfile daemon is *not* spoken to through here: it is an exec'd program
 speaking squid's line protocol over a ``SOCK_STREAM`` pair (see
 ``labsquid.logfile``).
@@ -32,8 +36,11 @@ Message kinds (one byte each) are listed in ``Kind``.
 from __future__ import annotations
 
 import array
+import fcntl
 import os
+import select
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -60,13 +67,12 @@ class Kind:
     PING = b"P"  # master → kid heartbeat; the kid answers PONG from its loop
     PONG = b"p"
     STATUS = b"S"  # kid → master: JSON figures for sd_notify STATUS= and readiness
-    LOG = b"L"  # pool child → kid: access-log lines, '\n'-separated
     ACCEPT = b"A"  # kid → pool child (notify mode): accept until EAGAIN
     CONN = b"C"  # kid → pool child (passfd mode): one client socket attached
     STOP = b"Q"  # kid → pool child: stop accepting, finish, exit
     READY = b"R"  # pool child → kid: started and serving (again: room, descriptors)
     NOFDS = b"N"  # pool child → kid (passfd): out of descriptors, send no CONN until READY
-    LOGS = b"W"  # pool child → kid: access-log lines wait on the log channel (a wake-up)
+    LOGS = b"W"  # pool child → kid: access-log lines wait on its LogStream (a wake-up)
 
 
 OnMessage = Callable[[bytes, bytes, list[int]], None]  # kind, payload, received fds
@@ -77,6 +83,17 @@ OnTruncated = Callable[[bytes], None]  # kind of a message whose descriptors the
 def channel_pair() -> tuple[socket.socket, socket.socket]:
     """A close-on-exec SEQPACKET socketpair (the child end is made inheritable by the caller)."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def log_stream_pair() -> tuple[int, int]:
+    """The close-on-exec pipe under a ``LogStream``: (read end, write end),
+    as large as an unprivileged process may make it (LOG_PIPE_SIZE)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(write_end, F_SETPIPE_SZ, LOG_PIPE_SIZE)
+    except OSError:
+        pass  # a lower /proc/sys/fs/pipe-max-size: the default 64 KiB still works
+    return read_end, write_end
 
 
 class Channel:
@@ -279,3 +296,146 @@ class Channel:
         self._queue.clear()
         self.sock.close()
         self._on_close()
+
+
+LOG_PIPE_SIZE = 1024 * 1024  # Linux's default pipe-max-size: ~10,000 lines in flight
+LOG_READ_SIZE = LOG_PIPE_SIZE
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+OnLines = Callable[[bytes], None]  # whole lines, each ending in "\n"
+
+
+class LogStream:
+    """A pool child's access-log lines on their way to the kid: one pipe.
+
+    The child writes each loop turn's lines when the turn ends (they must be
+    in the kernel before that turn's clients get their responses), so at low
+    concurrency that is one write per request; the kid collects them every
+    ``LOG_COLLECT_DELAY``.  Why a pipe: as SEQPACKET messages, each write was
+    one buffer in the kernel, so ~270 of them filled the socket whatever
+    their size, and collecting was one ``recvmsg`` (with a 256 KiB buffer)
+    per request — a burst of hundreds during which the child, sharing the
+    kid's core, waited: the tail of its latency.  A pipe packs small writes
+    into its pages (1 MiB, ~10,000 lines, where the system allows), and the
+    kid takes everything with one or two ``read`` calls.  Lines end in
+    ``\n``; an incomplete last line waits for the rest.
+
+    Writer side (the child): ``send``, ``backlog`` (bytes the pipe would not
+    take yet), ``on_sent_all`` when they have gone, ``flush_blocking`` at exit.
+    Reader side (the kid): ``read_all`` and ``drain`` hand complete lines to
+    ``on_lines``; nobody watches the pipe, the kid reads when told.
+    """
+
+    def __init__(self, loop: EventLoop, fd: int, on_lines: OnLines | None = None) -> None:
+        self.loop = loop
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self._on_lines = on_lines
+        self._out = bytearray()
+        self._partial = b""
+        self._watched = False  # registered for WRITE while the pipe is full
+        self.closed = False
+        self.on_sent_all: Callable[[], None] | None = None
+
+    # -- writing (the pool child) ------------------------------------------------
+    @property
+    def backlog(self) -> int:
+        return len(self._out)
+
+    def send(self, data: bytes) -> None:
+        """Lines (each ending in ``\n``) to the kid: into the pipe now, or kept
+        in order until it has room (``backlog``)."""
+        if self.closed:
+            return
+        if self._out:
+            self._out += data
+            return
+        try:
+            sent = os.write(self.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._reader_gone()
+            return
+        if sent < len(data):
+            self._out += memoryview(data)[sent:]
+            self._watched = True
+            self.loop.add(self.fd, WRITE, self._on_writable)
+
+    def _on_writable(self, _mask: int) -> None:
+        while self._out:
+            try:
+                sent = os.write(self.fd, self._out)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._reader_gone()
+                return
+            del self._out[:sent]
+        self._unwatch()
+        if self.on_sent_all is not None:
+            self.on_sent_all()
+
+    def _unwatch(self) -> None:
+        if self._watched:
+            self._watched = False
+            self.loop.remove(self.fd)
+
+    def _reader_gone(self) -> None:
+        # EPIPE: the kid is gone (the child stops on its channel's EOF); what
+        # could not be written is dropped, and nothing waits for it any more.
+        self._out.clear()
+        self.close()
+        if self.on_sent_all is not None:
+            self.on_sent_all()
+
+    def flush_blocking(self, timeout: float = 2.0) -> None:
+        """At exit: write out what is kept, waiting for the kid at most ``timeout``."""
+        if self.closed or not self._out:
+            return
+        self._unwatch()
+        deadline = time.monotonic() + timeout
+        while self._out and time.monotonic() < deadline:
+            try:
+                del self._out[:os.write(self.fd, self._out)]
+            except BlockingIOError:
+                select.select([], [self.fd], [], max(0.0, deadline - time.monotonic()))
+            except OSError:
+                return
+
+    # -- reading (the kid) -------------------------------------------------------
+    def read_all(self) -> None:
+        """Hand every complete line already in the pipe to ``on_lines``, without waiting."""
+        while not self.closed:
+            try:
+                data = os.read(self.fd, LOG_READ_SIZE)
+            except BlockingIOError:
+                return
+            if not data:
+                self._ended()
+                return
+            if self._partial:
+                data = self._partial + data
+            cut = data.rfind(b"\n") + 1
+            self._partial = data[cut:]
+            if cut and self._on_lines is not None:
+                self._on_lines(data[:cut] if cut < len(data) else data)
+
+    def drain(self) -> None:
+        """The child is dead: take every line it wrote, then close."""
+        self.read_all()
+        self.close()
+
+    def _ended(self) -> None:
+        if self._partial:
+            # Only a child killed inside a write leaves half a line; it had not
+            # answered that request yet (clients wait for their lines).
+            log.warning("access_log_partial_line_dropped", bytes=len(self._partial))
+            self._partial = b""
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._unwatch()
+        os.close(self.fd)

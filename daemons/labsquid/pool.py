@@ -47,7 +47,7 @@ import structlog
 from labsquid import process
 from labsquid.config import Config
 from labsquid.eventloop import READ, Timer
-from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, channel_pair
+from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, LogStream, channel_pair, log_stream_pair
 
 if TYPE_CHECKING:
     from labsquid.kid import Kid
@@ -126,7 +126,7 @@ class Child:
     ready: bool = False
     stopping: bool = False
     out_of_fds: bool = False  # passfd: it sent NOFDS; no connection for it until READY
-    log_channel: Channel = field(default=None)  # type: ignore[assignment]  # set in spawn
+    log_stream: LogStream = field(default=None)  # type: ignore[assignment]  # set in spawn
 
 
 class PoolEngine:
@@ -176,13 +176,13 @@ class PoolEngine:
         socks = groups[(slot - 1) % len(groups)]
         row = self.kid.stats.free_row()
         ours, theirs = channel_pair()
-        log_ours, log_theirs = channel_pair()
+        log_ours, log_theirs = log_stream_pair()  # (read end, write end)
         if self.mode == "passfd":
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PASSFD_SNDBUF)
         pid = process.fork()
         if pid == 0:
             ours.close()
-            log_ours.close()
+            os.close(log_ours)
             code = 1
             try:
                 code = worker.child_main(self.kid, slot, self.generation, theirs, socks, row,
@@ -192,7 +192,7 @@ class PoolEngine:
             finally:
                 os._exit(code)
         theirs.close()
-        log_theirs.close()
+        os.close(log_theirs)
         self.kid.stats.row(row).set("pid", pid)
         self.kid.stats.row(row).set("state", 1)
         child = Child(slot, self.generation, pid, None, row)  # type: ignore[arg-type]
@@ -201,15 +201,12 @@ class PoolEngine:
                                 lambda: None)
         # passfd: its channel had filled up (we stopped dispatching to it): go on.
         child.channel.on_sent_all = lambda: self._hold(False)
-        # Its access-log lines come on a channel of their own, which the kid
+        # Its access-log lines come on a stream of their own, which the kid
         # does not watch: it empties it a moment after the child's LOGS
         # wake-up, so a busy child costs the kid (and the logfile daemon) one
         # wake-up per batch of lines, not one per request.  The lines are in
         # the kernel meanwhile, so a child killed after answering loses none.
-        child.log_channel = Channel(self.loop, log_ours,
-                                    lambda k, p, f, c=child: self._on_child_message(c, k, p, f),
-                                    lambda: None)
-        child.log_channel.pause_reading()
+        child.log_stream = LogStream(self.loop, log_ours, self._write_access_lines)
         self.children[pid] = child
         log.debug("worker_spawned", worker=slot, worker_pid=pid, generation=self.generation)
 
@@ -310,13 +307,9 @@ class PoolEngine:
                           fds: list[int]) -> None:
         for fd in fds:
             os.close(fd)  # children never send fds; do not leak any
-        if kind == Kind.LOG:
-            for line in payload.split(b"\n"):
-                if line:
-                    self.kid.write_access_line(line)
-        elif kind == Kind.LOGS:
-            if payload:  # urgent: its log channel is full and it holds clients back
-                child.log_channel.read_all()
+        if kind == Kind.LOGS:
+            if payload:  # urgent: its log stream is full and it holds clients back
+                child.log_stream.read_all()
             elif not self._logs_due:
                 self._logs_due = True
                 self.loop.call_later(LOG_COLLECT_DELAY, self._collect_logs)
@@ -341,7 +334,12 @@ class PoolEngine:
     def _collect_logs(self) -> None:
         self._logs_due = False
         for child in list(self.children.values()):
-            child.log_channel.read_all()
+            child.log_stream.read_all()
+
+    def _write_access_lines(self, lines: bytes) -> None:
+        for line in lines.split(b"\n"):
+            if line:
+                self.kid.write_access_line(line)
 
     def child_exited(self, pid: int, status: int) -> bool:
         child = self.children.pop(pid, None)
@@ -349,7 +347,7 @@ class PoolEngine:
             return False
         # SIGCHLD may be handled before the channel's last messages (its final
         # access-log lines) were read: take them first.
-        child.log_channel.drain()
+        child.log_stream.drain()
         child.channel.drain()
         self.kid.stats.row(child.row).set("state", 0)
         self.kid.stats.row(child.row).set("pid", 0)

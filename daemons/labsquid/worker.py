@@ -24,7 +24,7 @@ import structlog
 
 from labsquid import log as logsetup
 from labsquid.eventloop import EventLoop, bind_signal_handlers
-from labsquid.ipc import PASSFD_IN_FLIGHT, Channel, Kind
+from labsquid.ipc import PASSFD_IN_FLIGHT, Channel, Kind, LogStream
 from labsquid.process import set_title
 from labsquid.proxy.context import ServeContext
 from labsquid.proxy.server import FD_HEADROOM, ProxyServer
@@ -41,7 +41,7 @@ LOG_WAKE_INTERVAL = 0.05  # the kid's LOG_COLLECT_DELAY
 
 class Worker:
     def __init__(self, kid: Kid, slot: int, generation: int, channel_sock: socket.socket,
-                 socks: list[socket.socket], row: int, log_sock: socket.socket) -> None:
+                 socks: list[socket.socket], row: int, log_fd: int) -> None:
         self.slot = slot
         self.mode = kid.config.pool_dispatch
         self.socks = socks
@@ -49,15 +49,15 @@ class Worker:
         self.stats_row = kid.stats.claim(row, generation)
         self.channel = Channel(self.loop, channel_sock, self._on_message, self._on_kid_gone,
                                on_truncated=self._on_truncated)
-        # Access-log lines go on a channel of their own, which the kid empties
+        # Access-log lines go on a stream of their own, which the kid empties
         # on its schedule after a LOGS wake-up on the main channel.
-        self.log_channel = Channel(self.loop, log_sock, lambda _k, _p, _f: None, lambda: None)
+        self.log_stream = LogStream(self.loop, log_fd)
         self._pending_lines: list[bytes] = []
         self._pending_size = 0
         self._next_wake = 0.0
         self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
         self.ctx.flush_log = self._flush_lines
-        self.log_channel.on_sent_all = self._log_channel_emptied
+        self.log_stream.on_sent_all = self._log_stream_emptied
         self.server = ProxyServer(self.ctx)
         self.server.on_capacity = self._has_room
         if self.mode == "passfd":
@@ -86,7 +86,7 @@ class Worker:
         gc.freeze()
         self.loop.run()
         self._flush_lines()
-        self.log_channel.flush_blocking()
+        self.log_stream.flush_blocking()
         self.channel.flush_blocking()
         return 0
 
@@ -103,24 +103,25 @@ class Worker:
 
     def _flush_lines(self) -> bool:
         """Hand the batched lines to the kernel; False while some could not go
-        (the kid is not emptying the log channel): the caller holds client
-        writes back until ``_log_channel_emptied``."""
+        (the kid is not emptying the log stream): the caller holds client
+        writes back until ``_log_stream_emptied``."""
         if self._pending_lines:
-            self.log_channel.send(Kind.LOG, b"\n".join(self._pending_lines))
+            self._pending_lines.append(b"")  # every line ends in a newline
+            self.log_stream.send(b"\n".join(self._pending_lines))
             self._pending_lines.clear()
             self._pending_size = 0
             now = self.loop.now
-            if self.log_channel.backlog:
-                # Full (~270 batches unread): ask the kid to empty it now.
+            if self.log_stream.backlog:
+                # The pipe is full (~1 MiB unread): ask the kid to empty it now.
                 self.channel.send(Kind.LOGS, b"!")
             elif now >= self._next_wake:
                 # One wake-up per LOG_COLLECT_DELAY is enough: the kid then
                 # collects everything that arrived meanwhile.
                 self._next_wake = now + LOG_WAKE_INTERVAL
                 self.channel.send(Kind.LOGS)
-        return not self.log_channel.backlog
+        return not self.log_stream.backlog
 
-    def _log_channel_emptied(self) -> None:
+    def _log_stream_emptied(self) -> None:
         self.ctx.log_unblocked()
 
     # -- telling the kid whether to send us connections -----------------------
@@ -186,14 +187,14 @@ class Worker:
 
 
 def child_main(kid: Kid, slot: int, generation: int, channel_sock: socket.socket,
-               socks: list[socket.socket], row: int, log_sock: socket.socket) -> int:
+               socks: list[socket.socket], row: int, log_fd: int) -> int:
     """Entry point right after ``fork`` in the kid; returns the exit status."""
-    keep = {0, 1, 2, channel_sock.fileno(), log_sock.fileno(), *(s.fileno() for s in socks)}
+    keep = {0, 1, 2, channel_sock.fileno(), log_fd, *(s.fileno() for s in socks)}
     kid.loop.abandon()
     _close_all_but(keep)
     logsetup.rebind(f"worker-{slot}")
     set_title(f"({kid.name} worker-{slot})")
-    return Worker(kid, slot, generation, channel_sock, socks, row, log_sock).run()
+    return Worker(kid, slot, generation, channel_sock, socks, row, log_fd).run()
 
 
 def _close_all_but(keep: set[int]) -> None:
