@@ -8,6 +8,7 @@ from labsquid.logfile import (
     MAX_MESSAGE,
     MAX_RECORD,
     Acked,
+    LineRun,
     MessageDecoder,
     Opened,
     Overlong,
@@ -19,6 +20,7 @@ from labsquid.logfile import (
     encode_record,
     parse_int,
     parse_message,
+    take_line_run,
 )
 
 # --- records: kid -> daemon ----------------------------------------------------
@@ -165,6 +167,43 @@ def test_overlong_lines_any_chunking(lines, cuts):
         out += dec.feed(wire[pos:cut])
         pos = max(pos, cut)
     assert out == expected
+
+
+def _expand(events):
+    """LineRuns as the Records they stand for."""
+    out = []
+    for ev in events:
+        if isinstance(ev, LineRun):
+            out += [Record("L", line) for line in ev.text.split(b"\n")[:-1]]
+        else:
+            out.append(ev)
+    return out
+
+
+@given(
+    lines=st.lists(st.one_of(
+        st.tuples(st.just("L"), _payloads),
+        st.tuples(_letters, _payloads),
+        st.binary(max_size=30).map(lambda b: b.replace(b"\n", b""))), max_size=30),
+    cut=st.integers(min_value=0, max_value=2000),
+)
+def test_a_line_run_stands_for_the_records_the_decoder_gives(lines, cut):
+    """take_line_run (the daemon's bulk path) + the decoder for the rest report the
+    same records as the decoder alone, over-long lines included (limit 24)."""
+    wire = b"".join(encode_record(*x) if isinstance(x, tuple) else x + b"\n" for x in lines)
+    wire = wire[: cut + 1] if cut < len(wire) else wire  # maybe ends mid-record
+    run, rest = take_line_run(wire, max_record=24)
+    dec = RecordDecoder(max_record=24)
+    got = _expand(([run] if run else []) + dec.feed(rest))
+    assert got == RecordDecoder(max_record=24).feed(wire)
+    if run is not None:
+        assert run.count == run.text.count(b"\n") and rest.count(b"\n") == 0
+
+
+def test_a_batch_of_access_log_lines_is_one_line_run():
+    wire = b"".join(encode_record("L", b"line %d" % i) for i in range(3)) + b"Lpart"
+    assert take_line_run(wire) == (LineRun(3, b"line 0\nline 1\nline 2\n"), b"Lpart")
+    assert take_line_run(b"Lone\nR\nLtwo\n")[0] is None  # a command: record by record
 
 
 # --- messages: daemon -> kid -----------------------------------------------------

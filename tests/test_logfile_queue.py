@@ -44,6 +44,26 @@ def test_lines_and_commands_are_framed_in_order():
     assert drain(q) == b"LGET /\nr3\nR\nLraw bytes \xff\nb1\nF\n"
 
 
+@given(st.lists(st.binary(max_size=40), max_size=30), st.integers(1, 4000))
+def test_a_pool_childs_chunk_queues_like_its_lines_one_by_one(lines, max_bytes):
+    """append_lines (the kid's bulk path) is append per line: the same bytes
+    out, the same acceptance, the same accounting for acks and restarts."""
+    chunk = b"".join(line + b"\n" for line in lines)
+    max_bytes = max(max_bytes, MAX_RECORD + 1)
+    one_by_one, bulk = greeted(max_bytes=max_bytes), greeted(max_bytes=max_bytes)
+    one_by_one.append("before")
+    bulk.append("before")
+    accepted = all([one_by_one.append(line) for line in chunk.split(b"\n")[:-1] if line])
+    assert bulk.append_lines(chunk) == accepted
+    assert (bulk.queued_bytes, bulk.dropped) == (one_by_one.queued_bytes, one_by_one.dropped)
+    assert drain(bulk) == drain(one_by_one)
+    # the daemon confirms everything: both queues are empty again
+    n = chunk.count(b"\n") - sum(1 for line in lines if not line) + 1 - bulk.dropped
+    bulk.feed(b"A%d 0\n" % n)
+    one_by_one.feed(b"A%d 0\n" % n)
+    assert bulk.idle() and one_by_one.idle()
+
+
 def test_partial_writes_resume_where_they_stopped():
     q = greeted()
     q.append("abcdef")

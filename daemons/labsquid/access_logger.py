@@ -130,7 +130,14 @@ class AccessLogger:
 
     # -- writing ------------------------------------------------------------
     def write_line(self, line: str | bytes) -> None:
-        if not self.queue.append(line) and self._drop_timer is None:
+        self._queued(self.queue.append(line))
+
+    def write_lines(self, chunk: bytes) -> None:
+        """Several lines at once, each ending in a newline (a pool child's)."""
+        self._queued(self.queue.append_lines(chunk))
+
+    def _queued(self, accepted: bool) -> None:
+        if not accepted and self._drop_timer is None:
             self._drop_timer = self.loop.call_later(DROP_REPORT_INTERVAL, self._report_drops)
         # One send per loop turn for however many lines the turn produced,
         # tried directly: epoll's EPOLLOUT is only needed when the socket is full.

@@ -115,6 +115,11 @@ class Kid:
         if self.logger is not None:
             self.logger.write_line(line)
 
+    def write_access_lines(self, chunk: bytes) -> None:
+        """A pool child's lines, each ending in a newline, in one go."""
+        if self.logger is not None:
+            self.logger.write_lines(chunk)
+
     # -- signals ------------------------------------------------------------
     def handle_term(self, _signum: int) -> None:
         if self.stopping:

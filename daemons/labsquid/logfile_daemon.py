@@ -49,6 +49,7 @@ from contextlib import suppress
 
 from labsquid.logfile import (
     Acked,
+    LineRun,
     Message,
     Opened,
     Overlong,
@@ -57,6 +58,7 @@ from labsquid.logfile import (
     WriteFailed,
     encode_message,
     parse_int,
+    take_line_run,
 )
 from labsquid.process import set_title
 
@@ -152,7 +154,7 @@ class Daemon:
         self.log = log
         self.clock = clock
         self.decoder = RecordDecoder()
-        self.backlog: deque[Record | Overlong] = deque()  # decoded, not yet applied
+        self.backlog: deque[Record | Overlong | LineRun] = deque()  # decoded, not yet applied
         self.pending = bytearray()  # text of applied L records, not yet written
         self.pending_since: float | None = None
         self.rotate_count = DEFAULT_ROTATE
@@ -233,7 +235,13 @@ class Daemon:
             if not data:
                 self.eof_at = self.clock()  # an unfinished last record is dropped
                 return
-            self.backlog.extend(self.decoder.feed(data))
+            if not self.decoder.partial:
+                # A batch of access-log lines, the usual read: one LineRun.
+                run, data = take_line_run(data)
+                if run is not None:
+                    self.backlog.append(run)
+            if data:
+                self.backlog.extend(self.decoder.feed(data))
             if not until_eof:
                 return
 
@@ -247,7 +255,7 @@ class Daemon:
             if not self.apply(record):
                 self.backlog.appendleft(record)
                 break
-            self.taken += 1
+            self.taken += record.count if type(record) is LineRun else 1
             if not self.pending and self.retry_at is None:
                 self.done = self.taken
         if self.pending and self.retry_at is None and self._flush_due(now):
@@ -266,8 +274,15 @@ class Daemon:
 
     # --- records -------------------------------------------------------------
 
-    def apply(self, record: Record | Overlong) -> bool:
+    def apply(self, record: Record | Overlong | LineRun) -> bool:
         """Apply one record.  False: it could not be applied yet, retry later."""
+        if type(record) is LineRun:
+            if not self.pending:
+                self.pending_since = self.clock()
+            self.pending += record.text
+            if self.buffering and len(self.pending) >= BUFFER_LIMIT:
+                self.flush()
+            return True
         if isinstance(record, Overlong):
             self.overlong += 1
             return True

@@ -206,7 +206,7 @@ class PoolEngine:
         # wake-up, so a busy child costs the kid (and the logfile daemon) one
         # wake-up per batch of lines, not one per request.  The lines are in
         # the kernel meanwhile, so a child killed after answering loses none.
-        child.log_stream = LogStream(self.loop, log_ours, self._write_access_lines)
+        child.log_stream = LogStream(self.loop, log_ours, self.kid.write_access_lines)
         self.children[pid] = child
         log.debug("worker_spawned", worker=slot, worker_pid=pid, generation=self.generation)
 
@@ -335,11 +335,6 @@ class PoolEngine:
         self._logs_due = False
         for child in list(self.children.values()):
             child.log_stream.read_all()
-
-    def _write_access_lines(self, lines: bytes) -> None:
-        for line in lines.split(b"\n"):
-            if line:
-                self.kid.write_access_line(line)
 
     def child_exited(self, pid: int, status: int) -> bool:
         child = self.children.pop(pid, None)

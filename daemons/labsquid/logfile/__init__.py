@@ -11,6 +11,7 @@ from ._protocol import (
     MAX_MESSAGE,
     MAX_RECORD,
     Acked,
+    LineRun,
     Message,
     MessageDecoder,
     Opened,
@@ -24,6 +25,7 @@ from ._protocol import (
     parse_int,
     parse_message,
     parse_record,
+    take_line_run,
 )
 from ._queue import LogQueue
 
@@ -33,6 +35,7 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_RECORD",
     "Acked",
+    "LineRun",
     "LogQueue",
     "Message",
     "MessageDecoder",
@@ -47,4 +50,5 @@ __all__ = [
     "parse_int",
     "parse_message",
     "parse_record",
+    "take_line_run",
 ]

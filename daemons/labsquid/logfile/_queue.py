@@ -136,6 +136,27 @@ class LogQueue:
         self._push(_Entry("L", wire))
         return True
 
+    def append_lines(self, chunk: bytes) -> bool:
+        """``append`` for every line of ``chunk`` (lines ending in ``\\n``, as
+        a pool child sends them): the same entries, made in bulk, because the
+        kid takes a few thousand lines at once.  False if some were refused."""
+        lines = chunk.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        if (b"\r" in chunk or not chunk.endswith(b"\n") or b"" in lines
+                or max(map(len, lines), default=0) > _MAX_TEXT
+                or self._bytes + len(chunk) + len(lines) > self.max_bytes):
+            # Escaping, cutting, empty lines or a full queue: line by line.
+            accepted = True
+            for line in lines:
+                if line:
+                    accepted = self.append(line) and accepted
+            return accepted
+        self._entries.extend([_Entry("L", b"L%s\n" % line) for line in lines])
+        self._bytes += len(chunk) + len(lines)  # each line gains its letter
+        self._out += b"L" + chunk[:-1].replace(b"\n", b"\nL") + b"\n"
+        return True
+
     def command(self, letter: str, arg: int | str = "") -> None:
         """Queue R, T, O, F (no argument) or r, b (integer argument).
 
