@@ -388,6 +388,23 @@ class Row:
     failed: str = ""
     restarts: str = ""
     retried: bool = False
+    rounds: list[float] = field(default_factory=list)  # req/s of each round (target cases)
+
+
+def merge_rounds(cells: list[Row]) -> Row:
+    """One row for a case measured in several interleaved rounds: the cell with the
+    median req/s stands for the peer (its latency and CPU are real numbers from one
+    cell), and every round's req/s is kept for the per-round ratios."""
+    ok = [r for r in cells if not r.failed]
+    if not ok:
+        return cells[0]
+    base = sorted(ok, key=lambda r: r.rps)[(len(ok) - 1) // 2]
+    merged = Row(**{**base.__dict__, "rounds": [r.rps if not r.failed else 0.0 for r in cells]})
+    merged.errors = sum(r.errors for r in cells)
+    merged.error_detail = "; ".join(r.error_detail for r in cells if r.error_detail)
+    merged.restarts = "; ".join(r.restarts for r in cells if r.restarts)
+    merged.retried = any(r.retried for r in cells)
+    return merged
 
 
 def measure(peer: Peer, case: Case, origin_port: int, seconds: float) -> Row:
@@ -446,6 +463,10 @@ def check_proxy(port: int, origin_port: int) -> None:
                 raise RuntimeError(f"proxy check failed for {name}: {resp.status} {len(body)}")
 
 
+# The cases the targets are judged on: measured in interleaved rounds (see main).
+TARGET_CASES = (Case("100B", 50, "keepalive"), Case("10KiB", 50, "keepalive"))
+
+
 def plan(quick: bool) -> tuple[list[tuple[str, str, str, list[Case]]], float]:
     """[(peer name, kind, 'dispatch/pool_size', cases)], seconds per cell."""
     if quick:
@@ -484,8 +505,11 @@ def main() -> int:
     ap.add_argument("--only", help="run only peers whose name contains this (debugging)")
     ap.add_argument("--retries", type=int, default=25,
                     help="how many noisy cells (CPU 1 busy >30%% with other work) may be re-run")
+    ap.add_argument("--rounds", type=int,
+                    help="interleaved rounds of the target cases (default 3, quick 1)")
     ap.add_argument("--out", default=str(HERE / "results.md"))
     args = ap.parse_args()
+    target_rounds = args.rounds or (1 if args.quick else 3)
 
     peers_plan, seconds = plan(args.quick)
     if args.seconds:
@@ -501,7 +525,8 @@ def main() -> int:
     version = labsquid_version()
     log(f"labsquid under test: {version}")
     started = time.time()
-    cells = sum(len(p[3]) for p in peers_plan)
+    cells = sum(len(p[3]) + (target_rounds - 1) * sum(c in TARGET_CASES for c in p[3])
+                for p in peers_plan)
     log(f"work folder {work}; {len(peers_plan)} peers, {cells} cells of {seconds:g}s "
         f"(~{cells * (seconds + 0.6) / 60 + len(peers_plan) * 0.1:.1f} min)")
     log(f"load before: {load_before}")
@@ -517,6 +542,33 @@ def main() -> int:
     # every case) bracket the labsquid rows.
     live: list[tuple[Peer, list[Case]]] = []
     retries_left = args.retries
+
+    def measure_cell(peer: Peer, case: Case) -> Row:
+        nonlocal retries_left
+        row = measure(peer, case, nginx.port, seconds)
+        if (retries_left > 0 and not row.failed and peer.kind != "origin"
+                and row.foreign_s > NOISY * seconds and row.cpu_s > 0.5 * seconds):
+            # Someone else took a big share of the proxy's core while the proxy
+            # wanted it (it was busy more than half the cell; a proxy that waits
+            # on the client leaves idle time that others fill harmlessly):
+            # measure again and keep the calmer of the two (marked ↻).
+            retries_left -= 1
+            time.sleep(0.3)
+            again = measure(peer, case, nginx.port, seconds)
+            row = min((row, again), key=lambda r: r.foreign_s)
+            row.retried = True
+        log(f"   {peer.name:30s} {row.rps:9.0f} req/s  p50 {row.p50_ms:7.2f} ms  "
+            f"p99 {row.p99_ms:7.2f} ms  err {row.errors:5d}  cpu {row.cpu_s:5.2f}s  "
+            f"cpu1-other {row.foreign_s:4.2f}s"
+            + (f"  FAILED {row.failed}" if row.failed else "")
+            + (f"  {row.restarts}" if row.restarts else ""))
+        if row.restarts or row.failed or row.errors:
+            health.setdefault(peer.name, []).append(
+                f"{case.label}: errors {row.errors} ({row.error_detail}) "
+                f"{row.failed} {row.restarts}".strip())
+        time.sleep(0.3)
+        return row
+
     try:
         for name, kind, spec, cases in peers_plan:
             folder = work / name.replace(" ", "_").replace("#", "").replace("(", "") \
@@ -554,32 +606,19 @@ def main() -> int:
         order += [c for c in all_cases if c not in order]
         for case in order:
             log(f"== {case.label}")
-            for peer, cases in live:
-                if case not in cases:
-                    continue
-                row = measure(peer, case, nginx.port, seconds)
-                if (retries_left > 0 and not row.failed and peer.kind != "origin"
-                        and row.foreign_s > NOISY * seconds and row.cpu_s > 0.5 * seconds):
-                    # Someone else took a big share of the proxy's core while the proxy
-                    # wanted it (it was busy more than half the cell; a proxy that waits
-                    # on the client leaves idle time that others fill harmlessly):
-                    # measure again and keep the calmer of the two (marked ↻).
-                    retries_left -= 1
-                    time.sleep(0.3)
-                    again = measure(peer, case, nginx.port, seconds)
-                    row = min((row, again), key=lambda r: r.foreign_s)
-                    row.retried = True
-                rows.append(row)
-                log(f"   {peer.name:30s} {row.rps:9.0f} req/s  p50 {row.p50_ms:7.2f} ms  "
-                    f"p99 {row.p99_ms:7.2f} ms  err {row.errors:5d}  cpu {row.cpu_s:5.2f}s  "
-                    f"cpu1-other {row.foreign_s:4.2f}s"
-                    + (f"  FAILED {row.failed}" if row.failed else "")
-                    + (f"  {row.restarts}" if row.restarts else ""))
-                if row.restarts or row.failed or row.errors:
-                    health.setdefault(peer.name, []).append(
-                        f"{case.label}: errors {row.errors} ({row.error_detail}) "
-                        f"{row.failed} {row.restarts}".strip())
-                time.sleep(0.3)
+            # The target cases run in rounds, each a full pass over the peers in the
+            # same order: a burst of load from elsewhere then costs one round of every
+            # peer, and each round's ratios to its own squid runs stay comparable.
+            n_rounds = target_rounds if case in TARGET_CASES else 1
+            cells: dict[str, list[Row]] = {}
+            for rnd in range(n_rounds):
+                if n_rounds > 1:
+                    log(f"   -- round {rnd + 1}/{n_rounds}")
+                for peer, cases in live:
+                    if case not in cases:
+                        continue
+                    cells.setdefault(peer.name, []).append(measure_cell(peer, case))
+            rows += [merge_rounds(c) for c in cells.values()]
     finally:
         for peer, _cases in live:
             if peer is nginx:
@@ -634,6 +673,20 @@ def report(rows: list[Row], health: dict[str, list[str]], seconds: float, load_b
                 if (s, case) in by and not by[(s, case)].failed]
         return statistics.mean(vals) if vals else 0.0
 
+    def round_ratios(peer: str, case: str) -> list[float]:
+        """req/s ÷ the mean of the same round's squid runs, round by round."""
+        row = by.get((peer, case))
+        refs = [by.get((s, case)) for s in squid_runs]
+        if not row or len(row.rounds) < 2 or not refs or any(
+                q is None or len(q.rounds) != len(row.rounds) for q in refs):
+            return []
+        ratios = []
+        for i, value in enumerate(row.rounds):
+            ref = statistics.mean(q.rounds[i] for q in refs if q is not None)
+            if ref and value:
+                ratios.append(value / ref)
+        return ratios
+
     out = [f"# labsquid benchmark results ({'quick' if quick else 'full'} run)", ""]
     out.append(f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {seconds:g} s per cell, "
                f"whole run {elapsed / 60:.1f} min")
@@ -651,6 +704,12 @@ def report(rows: list[Row], health: dict[str, list[str]], seconds: float, load_b
                "stealing from it; ↻ = the cell was re-run once because that exceeded "
                f"{NOISY:.0%} of the cell while the proxy was busy, and the calmer run kept; "
                "⚠ = the process tree changed during the cell")
+    n_rounds = max((len(r.rounds) for r in rows), default=1)
+    if n_rounds > 1:
+        out.append(f"- the target cases ({', '.join(c.label for c in TARGET_CASES)}) ran in "
+                   f"{n_rounds} interleaved rounds (every peer once per round, in the same "
+                   "order); their row is the round with the median req/s, and the targets "
+                   "below use the median of the per-round ratios to that round's squid runs")
     out.append(f"- logs and configs kept in `{work}`")
     out.append("")
     out.append("| case | peer | req/s | MB/s | p50 ms | p99 ms | errors | CPU s | "
@@ -712,9 +771,14 @@ def report(rows: list[Row], health: dict[str, list[str]], seconds: float, load_b
     out.append("|---|---|---|---|---|")
     for peer in lab_peers:
         cells = []
-        for case in ("100B c=50 ka", "10KiB c=50 ka"):
+        for case in (c.label for c in TARGET_CASES):
             r, sq = by.get((peer, case)), squid_mean(case, "rps")
-            if not r or r.failed or not sq:
+            ratios = round_ratios(peer, case)
+            if ratios:
+                med = statistics.median(ratios)
+                cells.append(f"{'✓' if med > 1 else '✗'} {med:.2f}× (rounds "
+                             + " / ".join(f"{x:.2f}" for x in ratios) + ")")
+            elif not r or r.failed or not sq:
                 cells.append("n/a")
             else:
                 cells.append(f"{'✓' if r.rps > sq else '✗'} {r.rps / sq:.2f}×")
