@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -213,6 +214,11 @@ def test_k_status_prints_the_live_tree_with_ipc_fds(make_labsquid):
     assert f"fd 3   file       {ls.access_log}" in block
     assert f"TCP 127.0.0.1:{ls.port} (LISTEN)" in text
     assert f"/dev/shm/labsquid-{kid.pid}" in text
+    # Each worker's access-log pipe: its write end, the kid's read end.
+    for worker in ls.workers():
+        block = text.split(f"worker {worker.pid} [")[1].split("\n   ")[0]
+        assert re.search(rf"pipe:\[\d+\] \(write end\) <-> kid {kid.pid} fd \d+", block), block
+        assert re.search(rf"pipe:\[\d+\] \(read end\) <-> worker {worker.pid} fd \d+", text)
     ls.stop()
     gone = ls.run("-k", "status")
     assert gone.returncode == 1 and "No running copy" in gone.stderr

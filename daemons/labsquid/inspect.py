@@ -123,7 +123,7 @@ def collect(master_pid: int) -> list[ProcInfo]:
             elif target.startswith("/") and not target.startswith("/dev/pts"):
                 info.fds.append(FdInfo(fd, "file", target))
             elif target.startswith("pipe:"):
-                info.fds.append(FdInfo(fd, "pipe", target))
+                info.fds.append(FdInfo(fd, "pipe", f"{target} {_pipe_end(p.pid, fd)}"))
         links[p.pid] = fd_links
         try:
             info.shm = sorted({m.path for m in p.memory_maps(grouped=True)
@@ -132,6 +132,20 @@ def collect(master_pid: int) -> list[ProcInfo]:
             pass
         infos.append(info)
     peers, types = _unix_peers(), _socket_types()
+    # A pipe's two ends share one inode: name the process holding the other
+    # end (a pool child's access-log pipe to the kid, for one).
+    pipe_ends: dict[str, list[tuple[int, int, str]]] = {}
+    for info in infos:
+        for fd, target in links[info.pid].items():
+            if target.startswith("pipe:"):
+                pipe_ends.setdefault(target, []).append((info.pid, fd, info.role))
+    for info in infos:
+        for f in info.fds:
+            if f.kind == "pipe":
+                target = f.text.split()[0]
+                others = [e for e in pipe_ends.get(target, []) if e[:2] != (info.pid, f.fd)]
+                f.text += "".join(f" <-> {role} {pid} fd {fd}" for pid, fd, role in others) \
+                    or " <-> no peer in the tree"
     for info in infos:
         for fd, target in links[info.pid].items():
             m = _SOCKET.fullmatch(target)
@@ -146,6 +160,16 @@ def collect(master_pid: int) -> list[ProcInfo]:
                                    f"unix {types[inode]} socket:[{inode}] <-> {where}"))
         info.fds.sort(key=lambda f: f.fd)
     return infos
+
+
+def _pipe_end(pid: int, fd: int) -> str:
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as fdinfo:
+            flags = next((int(line.split()[1], 8) for line in fdinfo
+                          if line.startswith("flags:")), 0)
+    except (OSError, ValueError):
+        return "(end unknown)"
+    return "(write end)" if flags & os.O_WRONLY else "(read end)"
 
 
 def render(infos: list[ProcInfo]) -> str:
