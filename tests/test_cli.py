@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -216,7 +217,9 @@ def test_k_status_prints_the_live_tree_with_ipc_fds(make_labsquid):
     assert f"/dev/shm/labsquid-{kid.pid}" in text
     # Each worker's access-log pipe: its write end, the kid's read end.
     for worker in ls.workers():
-        block = text.split(f"worker {worker.pid} [")[1].split("\n   ")[0]
+        after = text.split(f"worker {worker.pid} [")[1].splitlines()[1:]
+        block = "\n".join(itertools.takewhile(
+            lambda ln: ln.strip().startswith(("fd ", "mmap ")), after))
         assert re.search(rf"pipe:\[\d+\] \(write end\) <-> kid {kid.pid} fd \d+", block), block
         assert re.search(rf"pipe:\[\d+\] \(read end\) <-> worker {worker.pid} fd \d+", text)
     ls.stop()
