@@ -549,7 +549,11 @@ def _dead(p: psutil.Process) -> bool:
         return True
 
 
-KEPT_ALIVE = 600  # requests on one connection while the kid is stopped (HEAD: no Nagle wait)
+KEPT_ALIVE = 1500  # requests on one connection while the kid is stopped (HEAD: no Nagle wait)
+# Each request's URL is padded so that its access.log line is over 2 KiB: each then takes a
+# page of the worker's log pipe to itself (256 pages, 1 MiB), which fills after ~256 answers,
+# well within KEPT_ALIVE.
+KEPT_PAD = "p" * 2000
 
 
 def test_line_survives_the_worker_being_killed_after_answering(box):
@@ -557,9 +561,9 @@ def test_line_survives_the_worker_being_killed_after_answering(box):
     kid that has not read its workers' lines yet); then the worker is killed and the kid
     continued.  Every answered request must still have its access.log line.
 
-    The worker's lines wait in the kernel (its log channel) meanwhile, which holds a few
-    hundred batches; once that is full, the worker holds its clients' bytes back rather than
-    answer with a line only in its own memory: the client stalls instead."""
+    The worker's lines wait in the kernel (its log pipe, 1 MiB) meanwhile; once that is full
+    (~256 of these long lines), the worker holds its clients' bytes back rather than answer
+    with a line only in its own memory: the client stalls instead."""
     fresh_start(box)
     tree = UnitTree(box, pool_size=os.cpu_count() or 1)
     _master, kid = settled(tree)
@@ -570,7 +574,7 @@ def test_line_survives_the_worker_being_killed_after_answering(box):
     answered: list[str] = []
 
     def head(n: int) -> None:
-        url = origin.url(f"/id/kept-{n}")
+        url = origin.url(f"/id/kept-{n}/{KEPT_PAD}")
         conn.request("HEAD", url)
         response = conn.getresponse()
         response.read()
@@ -611,5 +615,5 @@ def test_line_survives_the_worker_being_killed_after_answering(box):
     # Hundreds are answered while the kid sleeps (the kernel holds their lines), then the
     # worker stops answering instead of keeping lines in its own memory.
     assert len(answered) > 100, len(answered)
-    assert stalled, "600 answers with the kid stopped: lines must have waited in the worker"
+    assert stalled, f"{len(answered)} answers with the kid stopped: lines must have waited"
     assert not missing, f"{len(missing)} answered requests not logged, e.g. {missing[:3]}"

@@ -298,7 +298,7 @@ class Channel:
         self._on_close()
 
 
-LOG_PIPE_SIZE = 1024 * 1024  # Linux's default pipe-max-size: ~10,000 lines in flight
+LOG_PIPE_SIZE = 1024 * 1024  # Linux's default pipe-max-size: 256 pages, ~9,000 short lines
 LOG_READ_SIZE = LOG_PIPE_SIZE
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 OnLines = Callable[[bytes], None]  # whole lines, each ending in "\n"
@@ -315,7 +315,7 @@ class LogStream:
     their size, and collecting was one ``recvmsg`` (with a 256 KiB buffer)
     per request — a burst of hundreds during which the child, sharing the
     kid's core, waited: the tail of its latency.  A pipe packs small writes
-    into its pages (1 MiB, ~10,000 lines, where the system allows), and the
+    into its pages (1 MiB, ~9,000 short lines, where the system allows), and the
     kid takes everything with one or two ``read`` calls.  Lines end in
     ``\n``; an incomplete last line waits for the rest.
 
