@@ -53,12 +53,13 @@ def test_a_pool_childs_chunk_queues_like_its_lines_one_by_one(lines, max_bytes):
     one_by_one, bulk = greeted(max_bytes=max_bytes), greeted(max_bytes=max_bytes)
     one_by_one.append("before")
     bulk.append("before")
-    accepted = all([one_by_one.append(line) for line in chunk.split(b"\n")[:-1] if line])
+    queued = [line for line in chunk.split(b"\n")[:-1] if line]
+    accepted = all([one_by_one.append(line) for line in queued])
     assert bulk.append_lines(chunk) == accepted
     assert (bulk.queued_bytes, bulk.dropped) == (one_by_one.queued_bytes, one_by_one.dropped)
     assert drain(bulk) == drain(one_by_one)
     # the daemon confirms everything: both queues are empty again
-    n = chunk.count(b"\n") - sum(1 for line in lines if not line) + 1 - bulk.dropped
+    n = 1 + len(queued) - bulk.dropped  # "before" and every line that was not refused
     bulk.feed(b"A%d 0\n" % n)
     one_by_one.feed(b"A%d 0\n" % n)
     assert bulk.idle() and one_by_one.idle()
