@@ -39,6 +39,39 @@ LOG_BATCH = 64 * 1024
 LOG_WAKE_INTERVAL = 0.05  # the kid's LOG_COLLECT_DELAY
 
 
+class WakePacer:
+    """When a pool child tells the kid its log pipe holds lines (a LOGS wake-up).
+
+    At most one wake-up per ``interval`` is enough: the kid collects, a moment
+    later, everything that arrived by then.  But lines written after a
+    wake-up need one of their own: the kid may have collected already, and
+    without it they would wait in the pipe for the next request — for ever,
+    if none comes.  So lines that may not wake the kid yet schedule the
+    wake-up for when they may (sans-I/O: the caller sends and schedules).
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.next_wake = 0.0
+        self.scheduled = False
+
+    def lines_written(self, now: float) -> float | None:
+        """0.0: wake the kid now; a delay: wake it after that (schedule a timer);
+        None: a wake-up is already scheduled."""
+        if now >= self.next_wake:
+            self.next_wake = now + self.interval
+            return 0.0
+        if self.scheduled:
+            return None
+        self.scheduled = True
+        return self.next_wake - now
+
+    def timer_fired(self, now: float) -> None:
+        """The scheduled wake-up is being sent."""
+        self.scheduled = False
+        self.next_wake = now + self.interval
+
+
 class Worker:
     def __init__(self, kid: Kid, slot: int, generation: int, channel_sock: socket.socket,
                  socks: list[socket.socket], row: int, log_fd: int) -> None:
@@ -54,7 +87,7 @@ class Worker:
         self.log_stream = LogStream(self.loop, log_fd)
         self._pending_lines: list[bytes] = []
         self._pending_size = 0
-        self._next_wake = 0.0
+        self._wake_pacer = WakePacer(LOG_WAKE_INTERVAL)
         self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
         self.ctx.flush_log = self._flush_lines
         self.log_stream.on_sent_all = self._log_stream_emptied
@@ -110,16 +143,20 @@ class Worker:
             self.log_stream.send(b"\n".join(self._pending_lines))
             self._pending_lines.clear()
             self._pending_size = 0
-            now = self.loop.now
             if self.log_stream.backlog:
                 # The pipe is full (~1 MiB unread): ask the kid to empty it now.
                 self.channel.send(Kind.LOGS, b"!")
-            elif now >= self._next_wake:
-                # One wake-up per LOG_COLLECT_DELAY is enough: the kid then
-                # collects everything that arrived meanwhile.
-                self._next_wake = now + LOG_WAKE_INTERVAL
-                self.channel.send(Kind.LOGS)
+            else:
+                delay = self._wake_pacer.lines_written(self.loop.now)
+                if delay == 0.0:
+                    self.channel.send(Kind.LOGS)
+                elif delay is not None:
+                    self.loop.call_later(delay, self._deferred_wake)
         return not self.log_stream.backlog
+
+    def _deferred_wake(self) -> None:
+        self._wake_pacer.timer_fired(self.loop.now)
+        self.channel.send(Kind.LOGS)
 
     def _log_stream_emptied(self) -> None:
         self.ctx.log_unblocked()
