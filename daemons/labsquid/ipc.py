@@ -50,7 +50,10 @@ from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, is_would_block
 
 log = structlog.get_logger()
 
-MAX_MESSAGE = 256 * 1024  # payload limit of one message; log batches stay far below
+# Payload limit of one message.  Every message is small (access-log lines go
+# on a LogStream); and a receive buffer below malloc's mmap threshold (128 KiB)
+# costs no mmap/munmap pair per message, which a 256 KiB one did.
+MAX_MESSAGE = 64 * 1024
 MAX_FDS = 16
 # passfd: the kid's send buffer towards a child (SO_SNDBUF; the kernel doubles
 # it), so that only about PASSFD_IN_FLIGHT sockets are ever in flight to it —
@@ -299,9 +302,21 @@ class Channel:
 
 
 LOG_PIPE_SIZE = 1024 * 1024  # Linux's default pipe-max-size: 256 pages, ~9,000 short lines
-LOG_READ_SIZE = LOG_PIPE_SIZE
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 OnLines = Callable[[bytes], None]  # whole lines, each ending in "\n"
+_INBOX: list[memoryview] = []
+
+
+def _read_buffer() -> memoryview:
+    """The kid's one buffer for reading log pipes, made on first use.
+
+    A fresh 1 MiB bytes object per read would be an mmap and munmap per
+    collection, and one buffer per stream would stay with the process as
+    generations of workers come and go.  Reads never overlap (each read's
+    bytes are copied out before the next), so every stream shares it."""
+    if not _INBOX:
+        _INBOX.append(memoryview(bytearray(LOG_PIPE_SIZE)))
+    return _INBOX[0]
 
 
 class LogStream:
@@ -405,11 +420,13 @@ class LogStream:
     # -- reading (the kid) -------------------------------------------------------
     def read_all(self) -> None:
         """Hand every complete line already in the pipe to ``on_lines``, without waiting."""
+        inbox = _read_buffer()
         while not self.closed:
             try:
-                data = os.read(self.fd, LOG_READ_SIZE)
+                n = os.readv(self.fd, [inbox])
             except BlockingIOError:
                 return
+            data = bytes(inbox[:n])
             if not data:
                 self._ended()
                 return

@@ -63,7 +63,7 @@ from labsquid.logfile import (
 from labsquid.process import set_title
 
 IN_FD, OUT_FD, LOG_FD = 0, 1, 3
-READ_SIZE = 256 * 1024
+READ_SIZE = 64 * 1024  # under malloc's mmap threshold: no mmap/munmap per read
 BUFFER_LIMIT = 64 * 1024  # buffered mode writes once this much is held
 FLUSH_INTERVAL = 1.0  # ... or once the oldest held line is this old
 RETRY_INTERVAL = 1.0
