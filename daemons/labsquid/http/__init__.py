@@ -35,6 +35,7 @@ from ._events import (
 )
 from ._framing import (
     CHUNKED,
+    KEEP_ALIVE_ONLY,
     TUNNEL,
     UNTIL_CLOSE,
     content_length,
@@ -80,6 +81,7 @@ __all__ = [
     "ERR_UNSUP_HTTPVERSION",
     "ERR_UNSUP_REQ",
     "HOP_BY_HOP",
+    "KEEP_ALIVE_ONLY",
     "ORIGIN",
     "TUNNEL",
     "UNTIL_CLOSE",

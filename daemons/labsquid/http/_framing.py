@@ -61,7 +61,8 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _CHUNK_EXT = re.compile(rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*")
 
 
-_KEEP_ALIVE = [b"keep-alive"]
+# The Connection values most clients and origins send: nothing but keep-alive.
+KEEP_ALIVE_ONLY = [b"keep-alive"]
 FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host", b"connection"})
 _NOT_IN_TRAILERS = frozenset({b"content-length", b"transfer-encoding"})
 
@@ -174,7 +175,7 @@ def offers_keep_alive(connection: list[bytes] | tuple[()] | None, http_version: 
     """`keep_alive` from the Connection field lines (None or empty when absent)."""
     if not connection:
         return http_version != b"1.0"
-    if connection == _KEEP_ALIVE:  # what most clients and origins say
+    if connection == KEEP_ALIVE_ONLY:
         return True
     tokens = [t.strip(OWS).lower() for value in connection for t in value.split(b",")]
     if b"close" in tokens:

@@ -178,8 +178,7 @@ def parse_field_section(
     `parse_fields` applies; this is both, in one call, for the readers.
     """
     lines = section.split(b"\r\n")
-    if section.translate(None, _HEAD_BYTES) != b"\r\n" * (len(lines) - 1):
-        raise _head_bytes_error(section)
+    check_head_bytes(section, len(lines) - 1)
     found: dict[bytes, list[bytes]] = {}
     return Headers._from_items(_field_items(lines, first, max_fields, wanted, found)), found
 
