@@ -179,8 +179,7 @@ class ClientConnection:
         if not keep_alive or self._shutdown or self.eof:
             self.close_when_flushed()
             return
-        if not self.reading:
-            self.pause_reading(False)
+        self.pause_reading(False)
         try:
             self.reader.start_next_cycle()
         except Exception:  # the request body was not read whole: cannot reuse

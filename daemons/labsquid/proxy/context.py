@@ -76,9 +76,7 @@ class ServeContext:
     # and one send per client per turn.
     def write_at_turn_end(self, client: ClientConnection) -> None:
         self._writers.append(client)
-        if not self._turn_end_due:  # end_turn_soon, written out: once per response
-            self._turn_end_due = True
-            self.loop.call_soon(self._end_turn)
+        self.end_turn_soon()
 
     def end_turn_soon(self) -> None:
         if not self._turn_end_due:

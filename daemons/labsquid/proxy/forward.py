@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from labsquid.http import HOP_BY_HOP, Headers, Request, Response
+from labsquid.http import HOP_BY_HOP, KEEP_ALIVE_ONLY, Headers, Request, Response
 
 UPSTREAM_VERSION = b"HTTP/1.1"
 
@@ -45,14 +45,12 @@ def _dropped(msg: Request | Response) -> frozenset[bytes]:
     connection = msg.connection
     if connection is None:  # not from a reader: look for it
         connection = msg.headers.get_all(b"connection")
-    if not connection or connection == _KEEP_ALIVE:  # names nothing beyond HOP_BY_HOP
+    if not connection or connection == KEEP_ALIVE_ONLY:  # names nothing beyond HOP_BY_HOP
         return HOP_BY_HOP
     tokens = {t.strip().lower() for value in connection for t in value.split(b",")}
     tokens.discard(b"")
     return HOP_BY_HOP | tokens
 
-
-_KEEP_ALIVE = [b"keep-alive"]
 
 
 def request_head(req: Request, authority: bytes, path: bytes, client_ip: str,

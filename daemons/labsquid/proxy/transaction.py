@@ -106,10 +106,7 @@ class Transaction(LocalReplies, UpstreamHandler):
         req = self.req
         assert req is not None
         cfg = self.ctx.config
-        offered = req.keep_alive
-        if offered is None:  # not from a RequestReader
-            offered = keep_alive(req)
-        self.client_keep_alive = offered and cfg.client_persistent_connections
+        self.client_keep_alive = keep_alive(req) and cfg.client_persistent_connections
         framing, target = req.framing, req.parsed_target
         if framing is None or target is None:  # not from a RequestReader
             try:
@@ -165,10 +162,10 @@ class Transaction(LocalReplies, UpstreamHandler):
             self.log_tag = "TCP_DENIED"
             self.reply_error("ERR_ACCESS_DENIED", 403)
             return
-        if self.path.startswith(MGR_PREFIX_BYTES) and self.is_manager():
+        if self.is_manager():
             self.reply_manager()
             return
-        if self.method in ("TRACE", "OPTIONS") and self.max_forwards_reached():
+        if self.max_forwards_reached():
             return
         self.resolve(self.connect)
 
@@ -305,7 +302,7 @@ class Transaction(LocalReplies, UpstreamHandler):
     def request_end(self) -> None:
         self.wants_body = False
         self.body_done = True
-        if self.body_framing == "chunked" and self.resp_reader is not None:
+        if self.upstream is not None and self.resp_reader is not None:
             self._end_body()
 
     def _end_body(self) -> None:
@@ -442,8 +439,7 @@ class Transaction(LocalReplies, UpstreamHandler):
         up, self.upstream = self.upstream, None
         if up is not None:
             if self.upstream_reusable and self.body_done and not reader.has_trailing_data():
-                if not up.reading:
-                    up.pause_reading(False)
+                up.pause_reading(False)
                 self.ctx.upstreams.release(up)
             else:
                 up.close()
