@@ -277,23 +277,14 @@ class Daemon:
     def apply(self, record: Record | Overlong | LineRun) -> bool:
         """Apply one record.  False: it could not be applied yet, retry later."""
         if type(record) is LineRun:
-            if not self.pending:
-                self.pending_since = self.clock()
-            self.pending += record.text
-            if self.buffering and len(self.pending) >= BUFFER_LIMIT:
-                self.flush()
+            self._hold(record.text)
             return True
         if isinstance(record, Overlong):
             self.overlong += 1
             return True
         letter, payload = record
         if letter == "L":
-            if not self.pending:
-                self.pending_since = self.clock()
-            self.pending += payload
-            self.pending += b"\n"
-            if self.buffering and len(self.pending) >= BUFFER_LIMIT:
-                self.flush()
+            self._hold(payload + b"\n")
         elif letter in ("R", "T", "O"):
             if not self.flush():
                 return False
@@ -311,6 +302,14 @@ class Daemon:
         else:
             self.unknown += 1
         return True
+
+    def _hold(self, text: bytes) -> None:
+        """Lines to write (each ending in a newline), held until a flush is due."""
+        if not self.pending:
+            self.pending_since = self.clock()
+        self.pending += text
+        if self.buffering and len(self.pending) >= BUFFER_LIMIT:
+            self.flush()
 
     def change_file(self, letter: str) -> bool:
         if letter == "T":
