@@ -458,6 +458,40 @@ def test_lines_written_but_not_acked_are_not_written_twice(daemons, log):
     assert text(log).splitlines() == ls + ["after restart"]
 
 
+def test_line_torn_by_a_kill_inside_write_is_completed_not_repeated(daemons, log):
+    """Linux ends a regular-file write() between pages when SIGKILL arrives,
+    so a dying daemon can leave half a line.  The file is put in exactly that
+    state (cut inside an unacknowledged line); the replacement finishes it."""
+    q = LogQueue()
+    d = daemons(log)
+    pump(d, q, lambda: q.file_size is not None)
+    ls = expected(300)
+    for line in ls:
+        q.append(line)
+    d.sock.setblocking(True)
+    out = q.pending_output(limit=1 << 30)
+    d.sock.sendall(out)
+    q.consumed(len(out))
+    whole = sum(len(s) + 1 for s in ls)
+    wait_for(lambda: log.stat().st_size == whole)
+    d.kill()  # its acks are never read
+    cut = sum(len(s) + 1 for s in ls[:150]) + 9  # "request 150" cut after 9 bytes
+    os.truncate(log, cut)
+
+    d2 = daemons(log)
+    q.daemon_restarted()
+    q.append("after restart")
+    pump(d2, q, q.idle)
+    code = d2.close()
+    proof.record("fault", "kill -9 logfile daemon inside a write (torn line)", 1,
+                 _lines_off(text(log).splitlines(), ls + ["after restart"]), unit="lines",
+                 detail="the new daemon writes only the rest of the torn line: each line "
+                        "whole, once")
+    assert (q.skipped, q.completed) == (150, 1)
+    assert code == 0
+    assert text(log).splitlines() == ls + ["after restart"]
+
+
 @pytest.mark.parametrize("buffered", [False, True])
 def test_kill_9_mid_stream_then_restart_writes_every_line_once(daemons, log, buffered):
     q = LogQueue(max_bytes=4 * 1024 * 1024)

@@ -244,14 +244,56 @@ def test_restart_skips_exactly_what_was_written(written):
     assert q.skipped == written
 
 
-@pytest.mark.parametrize("delta", [-1, 1, 7])
-def test_restart_resends_all_when_the_size_does_not_add_up(delta):
+@pytest.mark.parametrize("grown", [-1, -500, sizes(lines(5)) + 1])
+def test_restart_resends_all_when_the_file_shrank_or_grew_past_what_was_sent(grown):
     ls = lines(5)
     q = queue_with(ls)
     q.daemon_restarted()
-    q.feed(b"O%d\n" % (1000 + sizes(ls[:2]) + delta))
+    q.feed(b"O%d\n" % (1000 + grown))
     assert drain(q) == b"".join(b"L%s\n" % s.encode() for s in ls)
-    assert q.skipped == 0
+    assert q.skipped == 0 and q.completed == 0
+
+
+@pytest.mark.parametrize("cut", [1, 7, len("line number 2xx")])  # the last: all but "\n"
+def test_restart_completes_a_line_the_crash_tore(cut):
+    """A kill inside write() leaves a line's head on disk: the replacement
+    writes the rest of that line, so the file holds it whole, once."""
+    ls = lines(5)
+    q = queue_with(ls)
+    q.daemon_restarted()
+    q.feed(b"O%d\n" % (1000 + sizes(ls[:2]) + cut))
+    on_disk = "".join(s + "\n" for s in ls)[: sizes(ls[:2]) + cut].encode()
+    out = drain(q)
+    assert out.startswith(b"L" + (ls[2] + "\n").encode()[cut:])
+    written = on_disk + appended_by_daemon(out)
+    assert written == "".join(s + "\n" for s in ls).encode()
+    assert (q.skipped, q.completed) == (2, 1)
+    q.feed(b"A3 %d\n" % (1000 + sizes(ls)))
+    assert q.idle() and q.queued_bytes == 0
+
+
+def appended_by_daemon(wire: bytes) -> bytes:
+    """What a daemon appends to its file for ``wire`` (L records only)."""
+    records = RecordDecoder().feed(wire)
+    assert all(r.letter == "L" for r in records)
+    return b"".join(r.payload + b"\n" for r in records)
+
+
+@given(st.lists(st.text(st.characters(blacklist_characters="\r\n"), max_size=30),
+                min_size=1, max_size=12), st.data())
+def test_any_kill_point_leaves_every_line_once(texts, data):
+    """Wherever the dying daemon's writing stopped, the bytes on disk plus
+    what the replacement is sent make every line exactly once, in order."""
+    q = greeted(0)
+    whole = b""
+    for t in texts:
+        q.append(t)
+        whole += t.encode() + b"\n"
+    drain(q)
+    stop = data.draw(st.integers(0, len(whole)), label="bytes on disk at the kill")
+    q.daemon_restarted()
+    q.feed(b"O%d\n" % stop)
+    assert whole[:stop] + appended_by_daemon(drain(q)) == whole
 
 
 def test_restart_sum_stops_at_a_rotate():

@@ -23,18 +23,21 @@ then the lost daemon's unfinished work is reconstructed:
   exactly that, they are on disk and are dropped, so no line is written twice.
   ``r``/``b``/``F`` entries among them are skipped over (they do not change
   the file) but are still sent; an ``R``/``T``/``O`` entry stops the sum.
-* Any other difference (negative, or no exact prefix) means the file changed
-  under us or the crash tore a line: everything is resent.
+* If the sum passes ``size - base`` inside a line, the kill landed inside a
+  ``write()`` (Linux stops a regular-file write between pages when a fatal
+  signal arrives): that line's head is on disk, so only the rest of it is
+  sent, and the file holds the whole line once.
+* Any other difference (negative, or more than was sent) means the file
+  changed under us: everything is resent.
 
 Edge cases accepted, all needing a crash inside a tiny window:
 
 * The daemon rotated (or truncated/reopened) but died before its ``O`` was
   read: the sizes no longer relate, the lines before that command are
   written again into the new file, and the command is done twice.
-* A kill landing inside a multi-page ``write()`` leaves a torn line: no exact
-  prefix, so everything is resent and the torn line stays.
 * Something else appending to the file at the same time could make a wrong
-  prefix match; with one daemon per file that does not happen.
+  prefix match (or a wrong torn line); with one daemon per file that does
+  not happen.
 
 A new daemon starts with squid's defaults, so the last acknowledged ``r`` and
 ``b`` settings are sent again ahead of everything else.
@@ -115,6 +118,8 @@ class LogQueue:
         self.acked = 0
         #: Lines found already on disk after a daemon died (not resent).
         self.skipped = 0
+        #: Lines a dying daemon wrote only in part, completed by its replacement.
+        self.completed = 0
         #: Records sent again to a replacement daemon.
         self.resent = 0
         #: Write-error reports received, and the last one (None once acks resume).
@@ -275,18 +280,29 @@ class LogQueue:
         self._out = bytearray(b"".join(e.wire for e in self._entries))
 
     def _skip_written(self, grown: int) -> None:
-        """Drop the leading L entries that make up exactly ``grown`` bytes."""
-        total = n = 0
+        """Drop the leading L entries that make up ``grown`` bytes; of a line
+        that ``grown`` ends inside, keep only the part not yet written."""
+        total = n = torn = 0
         for entry in self._entries:
-            if total >= grown or entry.letter in _FILE_CHANGING:
+            if total == grown or entry.letter in _FILE_CHANGING:
                 break
-            n += 1
             if entry.letter == "L":
-                total += len(entry.wire) - 1  # the letter is not written, the newline is
+                size = len(entry.wire) - 1  # the letter is not written, the newline is
+                if total + size > grown:
+                    torn = grown - total  # its first `torn` bytes are on disk
+                    total = grown
+                    break
+                total += size
+            n += 1
         if grown <= 0 or total != grown:
             return
         head = [self._entries.popleft() for _ in range(n)]
         kept = [e for e in head if e.letter != "L"]
         self._bytes -= sum(len(e.wire) for e in head if e.letter == "L")
+        if torn:
+            rest = self._entries.popleft().wire[1 + torn:]
+            self._entries.appendleft(_Entry("L", b"L" + rest))
+            self._bytes -= torn
+            self.completed += 1
         self._entries.extendleft(reversed(kept))
         self.skipped += n - len(kept)
