@@ -279,7 +279,8 @@ def appended_by_daemon(wire: bytes) -> bytes:
     return b"".join(r.payload + b"\n" for r in records)
 
 
-@given(st.lists(st.text(st.characters(blacklist_characters="\r\n"), max_size=30),
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+                        max_size=30),
                 min_size=1, max_size=12), st.data())
 def test_any_kill_point_leaves_every_line_once(texts, data):
     """Wherever the dying daemon's writing stopped, the bytes on disk plus
@@ -351,6 +352,45 @@ def test_restart_drops_a_torn_message_from_the_dead_daemon():
     q.daemon_restarted()
     q.feed(b"O4\n")
     assert q.idle()
+
+
+_LINE = st.binary(min_size=1, max_size=30).filter(lambda b: b"\n" not in b and b"\r" not in b)
+
+
+@given(st.lists(st.lists(_LINE, min_size=1, max_size=20), min_size=1, max_size=5), st.data())
+def test_chunks_acked_in_any_pieces_then_a_crash_lose_and_duplicate_nothing(chunks, data):
+    """Pool children's chunks are one queue entry each; acks end anywhere in
+    them and the daemon dies at any byte: every line is on disk once."""
+    q = greeted(100)
+    for chunk in chunks:
+        assert q.append_lines(b"".join(line + b"\n" for line in chunk))
+    assert drain(q) == b"".join(b"L%s\n" % line for chunk in chunks for line in chunk)
+    ends = [0]  # file offset (past the base) after each line
+    for line in (line for chunk in chunks for line in chunk):
+        ends.append(ends[-1] + len(line) + 1)
+    stop = data.draw(st.integers(0, ends[-1]), label="bytes on disk at the kill")
+    whole_lines = max(i for i, end in enumerate(ends) if end <= stop)
+    acks = data.draw(st.lists(st.integers(0, whole_lines), max_size=4), label="acks read")
+    for count in sorted(acks):
+        q.feed(b"A%d %d\n" % (count, 100 + ends[count]))
+        assert len(q) == len(ends) - 1 - count
+    acked = max(acks, default=0)
+    q.daemon_restarted()
+    q.feed(b"O%d\n" % (100 + stop))
+    whole = b"".join(line + b"\n" for chunk in chunks for line in chunk)
+    assert whole[:stop] + appended_by_daemon(drain(q)) == whole
+    assert q.skipped == whole_lines - acked
+
+
+def test_chunk_with_a_line_too_long_for_a_record_is_cut_like_one_line():
+    long = b"x" * (MAX_RECORD + 10)
+    chunk = b"short\n" + long + b"\nafter\n"
+    bulk, one_by_one = greeted(), greeted()
+    assert bulk.append_lines(chunk)
+    for line in (b"short", long, b"after"):
+        one_by_one.append(line)
+    assert drain(bulk) == drain(one_by_one)
+    assert bulk.truncated == 1 and len(bulk) == 3
 
 
 class Disk:

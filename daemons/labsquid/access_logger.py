@@ -174,7 +174,7 @@ class AccessLogger:
     def _want_write(self) -> None:
         if self.sock is None:
             return
-        mask = READ | WRITE if self.queue.pending_output() else READ
+        mask = READ | WRITE if self.queue.has_output() else READ
         self.loop.modify(self.sock.fileno(), mask)
 
     def _on_event(self, mask: int) -> None:

@@ -14,6 +14,12 @@ done.  The daemon says so in two ways (see ``_protocol``):
 Both carry the file size at that point: the *base size*, which is where the
 oldest unacknowledged entry would start writing.
 
+A pool child's chunk of lines (a few hundred per collection) is one entry
+holding that many records, and an ack that ends inside it only counts into
+it: the kid's cost per line stays a few bytes operations, not an object.  A
+batch's bytes count against the bound until its last line is confirmed.
+Only a restart, which needs the lines one by one, cuts batches apart.
+
 When a daemon dies the kid starts another and calls ``daemon_restarted()``.
 Nothing is sent to the new daemon until its greeting ``O<size>`` arrives;
 then the lost daemon's unfinished work is reconstructed:
@@ -70,7 +76,8 @@ _CHUNK = 256 * 1024  # most bytes pending_output() hands out at once
 
 class _Entry(NamedTuple):
     letter: str
-    wire: bytes  # the framed record, newline included
+    wire: bytes  # the framed record(s), newlines included
+    count: int = 1  # records in wire: a pool child's chunk of lines is one entry
 
 
 def _escape(line: str | bytes) -> bytes:
@@ -90,6 +97,15 @@ def _cut(data: bytes, limit: int) -> bytes:
     return data[: end if (data[end] & 0xC0) != 0x80 else limit]
 
 
+def _lines_fit(chunk: bytes) -> bool:
+    """No line of ``chunk`` needs cutting.  Usually settled without splitting:
+    when every stretch of half a record holds a newline, no line is longer."""
+    step = _MAX_TEXT // 2
+    if all(chunk.find(b"\n", i, i + step) >= 0 for i in range(0, len(chunk), step)):
+        return True
+    return max(map(len, chunk.split(b"\n"))) <= _MAX_TEXT
+
+
 class LogQueue:
     """Everything the kid has for one daemon, bounded to ``max_bytes``.
 
@@ -103,7 +119,9 @@ class LogQueue:
             raise ValueError(f"max_bytes must hold at least one record ({MAX_RECORD + 1})")
         self.max_bytes = max_bytes
         self._entries: deque[_Entry] = deque()  # every entry not yet acknowledged
-        self._bytes = 0  # wire bytes in _entries
+        self._records = 0  # records in _entries, less _head_acked
+        self._head_acked = 0  # records of _entries[0] acknowledged already
+        self._bytes = 0  # wire bytes in _entries (a batch's, until its last record is acked)
         self._out = bytearray()  # wire bytes not yet written to this daemon
         self._decoder = MessageDecoder()
         self._greeted = False  # this daemon's O<size> has arrived
@@ -143,23 +161,20 @@ class LogQueue:
 
     def append_lines(self, chunk: bytes) -> bool:
         """``append`` for every line of ``chunk`` (lines ending in ``\\n``, as
-        a pool child sends them): the same entries, made in bulk, because the
-        kid takes a few thousand lines at once.  False if some were refused."""
-        lines = chunk.split(b"\n")
-        if not lines[-1]:
-            lines.pop()
-        if (b"\r" in chunk or not chunk.endswith(b"\n") or b"" in lines
-                or max(map(len, lines), default=0) > _MAX_TEXT
-                or self._bytes + len(chunk) + len(lines) > self.max_bytes):
+        a pool child sends them): the same records, queued as one entry,
+        because the kid takes a few hundred lines at once.  False if some were
+        refused."""
+        wire = b"L" + chunk[:-1].replace(b"\n", b"\nL") + b"\n"
+        if (not chunk.endswith(b"\n") or b"\r" in chunk or chunk[:1] == b"\n"
+                or b"\n\n" in chunk or self._bytes + len(wire) > self.max_bytes
+                or not _lines_fit(chunk)):
             # Escaping, cutting, empty lines or a full queue: line by line.
             accepted = True
-            for line in lines:
+            for line in chunk.split(b"\n"):
                 if line:
                     accepted = self.append(line) and accepted
             return accepted
-        self._entries.extend([_Entry("L", b"L%s\n" % line) for line in lines])
-        self._bytes += len(chunk) + len(lines)  # each line gains its letter
-        self._out += b"L" + chunk[:-1].replace(b"\n", b"\nL") + b"\n"
+        self._push(_Entry("L", wire, len(wire) - len(chunk)))  # one "L" per line
         return True
 
     def command(self, letter: str, arg: int | str = "") -> None:
@@ -186,6 +201,10 @@ class LogQueue:
     def pending_output(self, limit: int = _CHUNK) -> bytes:
         """Bytes to write to the daemon now (empty until it has greeted us)."""
         return bytes(self._out[:limit]) if self._greeted else b""
+
+    def has_output(self) -> bool:
+        """``pending_output()`` would not be empty (without copying it)."""
+        return self._greeted and bool(self._out)
 
     def consumed(self, n: int) -> None:
         """``n`` bytes of ``pending_output()`` were written."""
@@ -228,27 +247,54 @@ class LogQueue:
         return self._base_size
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Records not yet acknowledged."""
+        return self._records
 
     # --- internals -----------------------------------------------------------
 
     def _push(self, entry: _Entry) -> None:
         self._entries.append(entry)
+        self._records += entry.count
         self._bytes += len(entry.wire)
         self._out += entry.wire
 
     def _pop(self, n: int) -> None:
-        for _ in range(n):
-            entry = self._entries.popleft()
+        """Forget the oldest ``n`` records: whole entries, then a count into
+        the next batch (cutting it apart is left to a restart, the rare case)."""
+        self._records -= n
+        self._acked_count += n
+        self.acked += n
+        n += self._head_acked
+        entries = self._entries
+        while entries and n >= entries[0].count:
+            entry = entries.popleft()
+            n -= entry.count
             self._bytes -= len(entry.wire)
             if entry.letter in _SETTINGS:
                 self._settings[entry.letter] = entry.wire
-        self._acked_count += n
-        self.acked += n
+        self._head_acked = n
+
+    def _unbatch(self) -> None:
+        """One entry per record again, the acknowledged part of the head
+        dropped: a restart's arithmetic goes line by line."""
+        if all(e.count == 1 for e in self._entries):
+            return
+        single: deque[_Entry] = deque()
+        for entry in self._entries:
+            if entry.count == 1:
+                single.append(entry)
+            else:
+                single.extend(_Entry("L", b"L%s\n" % line)
+                              for line in entry.wire[1:-1].split(b"\nL"))
+        for _ in range(self._head_acked):
+            single.popleft()
+        self._entries = single
+        self._head_acked = 0
+        self._bytes = sum(len(e.wire) for e in single)
 
     def _on_ack(self, msg: Acked) -> None:
         n = msg.count - self._acked_count
-        if not self._greeted or n < 0 or n > len(self._entries):
+        if not self._greeted or n < 0 or n > self._records:
             raise ProtocolError(f"ack for {msg.count} records, {self._acked_count} acked before")
         self._pop(n)
         self._base_size = msg.size
@@ -258,9 +304,11 @@ class LogQueue:
     def _on_opened(self, msg: Opened) -> None:
         if self._greeted:
             # After R/T/O: it and everything before it are done.
-            for i, entry in enumerate(self._entries):
+            done = -self._head_acked
+            for entry in self._entries:
+                done += entry.count
                 if entry.letter in _FILE_CHANGING:
-                    self._pop(i + 1)
+                    self._pop(done)
                     break
             else:
                 raise ProtocolError("file reopened without a rotate/truncate/reopen request")
@@ -270,6 +318,7 @@ class LogQueue:
 
     def _greet(self, size: int) -> None:
         self._greeted = True
+        self._unbatch()
         if self._base_size is not None:  # a replacement: some of this was sent
             self._skip_written(size - self._base_size)
             self.resent += len(self._entries)
@@ -277,6 +326,7 @@ class LogQueue:
         for wire in self._settings.values():
             self._entries.appendleft(_Entry(chr(wire[0]), wire))
             self._bytes += len(wire)
+        self._records = len(self._entries)
         self._out = bytearray(b"".join(e.wire for e in self._entries))
 
     def _skip_written(self, grown: int) -> None:
