@@ -90,15 +90,18 @@ def take_line_run(data: bytes, max_record: int = MAX_RECORD) -> tuple[LineRun | 
     ``count`` times ``Record("L", ...)`` and then whatever the rest gives.
     """
     end = data.rfind(b"\n") + 1
-    if not end or data[:1] != b"L":
-        return None, data
+    if not end or data[:1] != b"L" or _NOT_L.search(data, 0, end - 1):
+        return None, data  # no complete record, or one that is not "L..."
     head = data[:end]
-    count = head.count(b"\n")
-    if head.count(b"\nL", 0, end - 1) != count - 1:  # a record that is not "L..."
-        return None, data
     if end > max_record and max(map(len, head.split(b"\n"))) > max_record:
         return None, data
-    return LineRun(count, head[1:].replace(b"\nL", b"\n")), data[end:]
+    text = head[1:].replace(b"\nL", b"\n")
+    # Each record after the first lost its letter: the count comes with the
+    # text (bytes.count would scan the run once more, byte by byte).
+    return LineRun(end - len(text), text), data[end:]
+
+
+_NOT_L = re.compile(rb"\n[^L]")  # a record boundary not followed by "L"
 
 
 def encode_record(letter: str, payload: bytes = b"") -> bytes:
