@@ -56,8 +56,9 @@ log = structlog.get_logger()
 
 RESPAWN_MIN, RESPAWN_MAX = 0.05, 5.0
 YOUNG_DEATH = 5.0
-# How long after a child's LOGS wake-up the kid collects its log channel: lines
-# reach the logfile daemon within about this, in batches.
+# The least time between two collections of the children's log streams (a
+# child's LOGS wake-up asks for one): lines reach the logfile daemon within
+# about this, in batches.
 LOG_COLLECT_DELAY = 0.05
 
 
@@ -144,6 +145,7 @@ class PoolEngine:
         self._deaths: dict[int, int] = {}
         self._respawns: dict[int, Timer] = {}
         self._logs_due = False
+        self._last_collect = 0.0  # loop time of the last log collection
         self._on_drained: Callable[[], None] | None = None
         self._drain_timer: Timer | None = None
         self._announced = False
@@ -311,8 +313,15 @@ class PoolEngine:
             if payload:  # urgent: its log stream is full and it holds clients back
                 child.log_stream.read_all()
             elif not self._logs_due:
-                self._logs_due = True
-                self.loop.call_later(LOG_COLLECT_DELAY, self._collect_logs)
+                # At most one collection per LOG_COLLECT_DELAY, and right away
+                # when the last one is that old: one wake-up of the kid, not
+                # this one and a timer's (each stalls the children on its core).
+                wait = self._last_collect + LOG_COLLECT_DELAY - self.loop.now
+                if wait <= 0:
+                    self._collect_logs()
+                else:
+                    self._logs_due = True
+                    self.loop.call_later(wait, self._collect_logs)
         elif kind == Kind.READY:
             child.ready = True
             child.out_of_fds = False
@@ -333,6 +342,7 @@ class PoolEngine:
     # -- children ending ----------------------------------------------------
     def _collect_logs(self) -> None:
         self._logs_due = False
+        self._last_collect = self.loop.now
         for child in list(self.children.values()):
             child.log_stream.read_all()
 
