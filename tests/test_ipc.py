@@ -167,6 +167,20 @@ def test_log_stream_hands_over_whole_lines_in_one_read():
     assert chunks[-1] == b"half of a line\n"
 
 
+def test_log_stream_read_with_a_limit_leaves_the_rest_in_the_pipe():
+    """The kid reads only what its logfile queue has room for: the rest stays in
+    the pipe (where it holds the worker back once the pipe is full), in order."""
+    loop = EventLoop()
+    worker, kid, chunks = _log_pair(loop)
+    lines = [b"line %03d " % i + b"x" * 90 for i in range(100)]  # 100 bytes with the newline
+    worker.send(b"".join(line + b"\n" for line in lines))
+    assert kid.read_all(limit=250) == 250  # two lines and half of the third
+    assert chunks == [lines[0] + b"\n" + lines[1] + b"\n"]
+    assert kid.read_all(limit=0) == 0 and len(chunks) == 1
+    assert kid.read_all() == 100 * 100 - 250
+    assert b"".join(chunks).split(b"\n")[:-1] == lines
+
+
 def test_log_stream_keeps_what_the_kernel_refuses_and_says_when_it_left():
     loop = EventLoop()
     worker, kid, chunks = _log_pair(loop)

@@ -27,7 +27,7 @@ def greeted(size: int = 0, **kw) -> LogQueue:
 
 def test_nothing_is_sent_before_the_daemon_greets():
     q = LogQueue()
-    assert q.append("one")
+    q.append("one")
     assert q.pending_output() == b""
     q.feed(b"O0\n")
     assert drain(q) == b"Lone\n"
@@ -44,22 +44,23 @@ def test_lines_and_commands_are_framed_in_order():
     assert drain(q) == b"LGET /\nr3\nR\nLraw bytes \xff\nb1\nF\n"
 
 
-@given(st.lists(st.binary(max_size=40), max_size=30), st.integers(1, 4000))
-def test_a_pool_childs_chunk_queues_like_its_lines_one_by_one(lines, max_bytes):
+@given(st.lists(st.binary(max_size=40), max_size=30))
+def test_a_pool_childs_chunk_queues_like_its_lines_one_by_one(lines):
     """append_lines (the kid's bulk path) is append per line: the same bytes
-    out, the same acceptance, the same accounting for acks and restarts."""
+    out, the same accounting for the bound, acks and restarts."""
     chunk = b"".join(line + b"\n" for line in lines)
-    max_bytes = max(max_bytes, MAX_RECORD + 1)
-    one_by_one, bulk = greeted(max_bytes=max_bytes), greeted(max_bytes=max_bytes)
+    one_by_one, bulk = greeted(), greeted()
     one_by_one.append("before")
     bulk.append("before")
     queued = [line for line in chunk.split(b"\n")[:-1] if line]
-    accepted = all([one_by_one.append(line) for line in queued])
-    assert bulk.append_lines(chunk) == accepted
-    assert (bulk.queued_bytes, bulk.dropped) == (one_by_one.queued_bytes, one_by_one.dropped)
+    for line in queued:
+        one_by_one.append(line)
+    bulk.append_lines(chunk)
+    assert bulk.queued_bytes == one_by_one.queued_bytes <= 8 + 2 * len(chunk)
+    assert bulk.room == one_by_one.room
     assert drain(bulk) == drain(one_by_one)
     # the daemon confirms everything: both queues are empty again
-    n = 1 + len(queued) - bulk.dropped  # "before" and every line that was not refused
+    n = 1 + len(queued)  # "before" and every line
     bulk.feed(b"A%d 0\n" % n)
     one_by_one.feed(b"A%d 0\n" % n)
     assert bulk.idle() and one_by_one.idle()
@@ -175,15 +176,17 @@ def test_write_errors_are_reported_until_acks_resume():
 # --- the bound -----------------------------------------------------------------------
 
 
-def test_full_queue_drops_lines_and_counts_them():
+def test_room_shrinks_with_lines_and_a_full_queue_still_takes_them():
+    """The queue never refuses a line (that would lose it): its producers
+    keep to ``room``, and the kid goes over only with a dead child's last lines."""
     q = greeted(max_bytes=MAX_RECORD + 1)
-    assert q.append("a" * (MAX_RECORD - 10))
-    assert not q.append("b" * 20)
-    assert not q.append("c" * 20)
-    assert q.dropped == 2
-    assert q.take_dropped() == 2
-    assert q.take_dropped() == 0
-    assert q.append("d")  # small enough to fit still
+    assert q.room == MAX_RECORD + 1
+    q.append("a" * (MAX_RECORD - 10))
+    assert q.room == 9  # the line with its letter and newline: MAX_RECORD - 8
+    q.append("b" * 20)
+    q.append_lines(b"c" * 20 + b"\n")
+    assert q.room == 0 and len(q) == 3
+    assert drain(q).endswith(b"L" + b"b" * 20 + b"\nL" + b"c" * 20 + b"\n")
 
 
 def test_commands_are_never_dropped_and_acks_free_room():
@@ -191,11 +194,10 @@ def test_commands_are_never_dropped_and_acks_free_room():
     q.append("a" * (MAX_RECORD - 1))
     q.command("R")
     q.command("F")
-    assert q.queued_bytes > q.max_bytes
-    assert not q.append("b")
+    assert q.queued_bytes > q.max_bytes and q.room == 0
     assert drain(q).endswith(b"R\nF\n")
     q.feed(b"O0\nA3 0\n")
-    assert q.append("b")
+    assert q.idle() and q.room == q.max_bytes
 
 
 def test_bound_must_hold_a_record():
@@ -363,7 +365,7 @@ def test_chunks_acked_in_any_pieces_then_a_crash_lose_and_duplicate_nothing(chun
     them and the daemon dies at any byte: every line is on disk once."""
     q = greeted(100)
     for chunk in chunks:
-        assert q.append_lines(b"".join(line + b"\n" for line in chunk))
+        q.append_lines(b"".join(line + b"\n" for line in chunk))
     assert drain(q) == b"".join(b"L%s\n" % line for chunk in chunks for line in chunk)
     ends = [0]  # file offset (past the base) after each line
     for line in (line for chunk in chunks for line in chunk):
@@ -386,7 +388,7 @@ def test_chunk_with_a_line_too_long_for_a_record_is_cut_like_one_line():
     long = b"x" * (MAX_RECORD + 10)
     chunk = b"short\n" + long + b"\nafter\n"
     bulk, one_by_one = greeted(), greeted()
-    assert bulk.append_lines(chunk)
+    bulk.append_lines(chunk)
     for line in (b"short", long, b"after"):
         one_by_one.append(line)
     assert drain(bulk) == drain(one_by_one)

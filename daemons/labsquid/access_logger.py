@@ -10,8 +10,10 @@ squid's kid starts its logfile daemon with ``ipcCreate`` and calls
   was written (labsquid's ``A``/``O`` extension of squid's protocol);
 * when the daemon dies, starts a new one within ``RESPAWN_DELAY`` and resends
   what was not acknowledged, skipping what the dead daemon had in fact written;
-* counts lines it must drop when the queue is full and says so in a warning
-  (at most once per ``DROP_REPORT_INTERVAL``), never silently.
+* drops no line when the queue is full (squid does, when its buffer
+  overflows): the kid takes no more from the pool children's pipes than
+  ``line_budget()`` allows, the children hold their clients back while their
+  pipes are full, and ``on_room`` says when acknowledgements made room again.
 
 The kid is the only writer (pool children send their lines to the kid), so a
 rotation happens exactly once and lines never interleave.
@@ -37,7 +39,6 @@ log = structlog.get_logger()
 RESPAWN_DELAY = 0.1
 RESPAWN_MAX = 5.0
 YOUNG_DEATH = 2.0
-DROP_REPORT_INTERVAL = 5.0
 
 
 def daemon_argv(program: str, path: str) -> list[str]:
@@ -63,7 +64,9 @@ class AccessLogger:
         self.young_deaths = 0
         self.started_at = 0.0
         self._respawn_timer: Timer | None = None
-        self._drop_timer: Timer | None = None
+        self._room_wanted = False
+        #: Called once room is back after ``want_room()`` (a quarter of the bound).
+        self.on_room: Callable[[], None] | None = None
         self._closing = False
         self._send_scheduled = False
         self.on_idle: Callable[[], None] | None = None
@@ -121,7 +124,6 @@ class AccessLogger:
     def close(self) -> None:
         """Shut down cleanly: EOF to the daemon once everything is acknowledged."""
         self._closing = True
-        self._report_drops()
         self._maybe_send_eof()
 
     @property
@@ -130,15 +132,24 @@ class AccessLogger:
 
     # -- writing ------------------------------------------------------------
     def write_line(self, line: str | bytes) -> None:
-        self._queued(self.queue.append(line))
+        self.queue.append(line)
+        self._queued()
 
     def write_lines(self, chunk: bytes) -> None:
         """Several lines at once, each ending in a newline (a pool child's)."""
-        self._queued(self.queue.append_lines(chunk))
+        self.queue.append_lines(chunk)
+        self._queued()
 
-    def _queued(self, accepted: bool) -> None:
-        if not accepted and self._drop_timer is None:
-            self._drop_timer = self.loop.call_later(DROP_REPORT_INTERVAL, self._report_drops)
+    def line_budget(self) -> int:
+        """Bytes of lines that may be taken now and stay within the bound
+        (queued, they take at most twice their size)."""
+        return self.queue.room // 2
+
+    def want_room(self) -> None:
+        """Someone holds lines back: call ``on_room`` when acks make room."""
+        self._room_wanted = True
+
+    def _queued(self) -> None:
         # One send per loop turn for however many lines the turn produced,
         # tried directly: epoll's EPOLLOUT is only needed when the socket is full.
         if not self._send_scheduled and self.sock is not None:
@@ -162,14 +173,6 @@ class AccessLogger:
     def flush(self) -> None:
         self.queue.command("F")
         self._want_write()
-
-    def _report_drops(self) -> None:
-        self._drop_timer = None
-        dropped = self.queue.take_dropped()
-        if dropped:
-            log.warning("access_log_lines_dropped", count=dropped,
-                        queue_bytes=self.queue.max_bytes,
-                        reason="logfile daemon queue full")
 
     def _want_write(self) -> None:
         if self.sock is None:
@@ -225,6 +228,10 @@ class AccessLogger:
                       error=os.strerror(error.errno),
                       pending_bytes=error.pending)
         self._want_write()  # the daemon's greeting or acks may have released output
+        if self._room_wanted and self.queue.room >= self.queue.max_bytes // 4:
+            self._room_wanted = False
+            if self.on_room is not None:
+                self.on_room()
         self._check_idle()
 
     def _maybe_send_eof(self) -> None:

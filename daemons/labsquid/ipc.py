@@ -332,7 +332,9 @@ class LogStream:
     kid's core, waited: the tail of its latency.  A pipe packs small writes
     into its pages (1 MiB, ~9,000 short lines, where the system allows), and the
     kid takes everything with one or two ``read`` calls.  Lines end in
-    ``\n``; an incomplete last line waits for the rest.
+    ``\n``; an incomplete last line waits for the rest.  While the kid's
+    logfile queue is full it reads no more: lines wait in the pipe, and a
+    child whose pipe is full holds its clients back (nothing is dropped).
 
     Writer side (the child): ``send``, ``backlog`` (bytes the pipe would not
     take yet), ``on_sent_all`` when they have gone, ``flush_blocking`` at exit.
@@ -418,24 +420,32 @@ class LogStream:
                 return
 
     # -- reading (the kid) -------------------------------------------------------
-    def read_all(self) -> None:
-        """Hand every complete line already in the pipe to ``on_lines``, without waiting."""
+    def read_all(self, limit: int | None = None) -> int:
+        """Hand every complete line already in the pipe to ``on_lines``,
+        without waiting; with ``limit``, read about that many bytes at most
+        and leave the rest in the pipe.  Returns the bytes read."""
         inbox = _read_buffer()
+        taken = 0
         while not self.closed:
+            size = len(inbox) if limit is None else min(len(inbox), limit - taken)
+            if size <= 0:
+                break
             try:
-                n = os.readv(self.fd, [inbox])
+                n = os.readv(self.fd, [inbox[:size]])
             except BlockingIOError:
-                return
+                break
             data = bytes(inbox[:n])
             if not data:
                 self._ended()
-                return
+                break
+            taken += n
             if self._partial:
                 data = self._partial + data
             cut = data.rfind(b"\n") + 1
             self._partial = data[cut:]
             if cut and self._on_lines is not None:
                 self._on_lines(data[:cut] if cut < len(data) else data)
+        return taken
 
     def drain(self) -> None:
         """The child is dead: take every line it wrote, then close."""

@@ -94,6 +94,7 @@ class Kid:
                               rotate_count=config.logfile_rotate,
                               buffered=config.buffered_logs,
                               max_bytes=config.logfile_queue_size)
+        logger.on_room = self._log_room
         logger.start()
         return logger
 
@@ -119,6 +120,21 @@ class Kid:
         """A pool child's lines, each ending in a newline, in one go."""
         if self.logger is not None:
             self.logger.write_lines(chunk)
+
+    def log_budget(self) -> int | None:
+        """Bytes of access-log lines the kid may take in now; None: no bound.
+        At 0 the caller leaves lines where they are and calls ``want_log_room``."""
+        return None if self.logger is None else self.logger.line_budget()
+
+    def want_log_room(self) -> None:
+        if self.logger is not None:
+            self.logger.want_room()
+
+    def _log_room(self) -> None:
+        # The logfile daemon caught up (or a new logger started): lines left
+        # waiting may come in now.
+        if self.engine is not None:
+            self.engine.log_room()
 
     # -- signals ------------------------------------------------------------
     def handle_term(self, _signum: int) -> None:
@@ -153,6 +169,7 @@ class Kid:
             if self.logger is not None:
                 self.logger.close()  # drains and exits; replaced right away
             self.logger = self._start_logger(new)
+            self._log_room()
         elif self.logger is not None:
             self.logger.set_rotate_count(new.logfile_rotate)
         assert self.engine is not None

@@ -90,7 +90,20 @@ class SerialEngine:
 
         self.kid = kid
         ctx = ServeContext(kid.loop, kid.config, kid.write_access_line, kid.stats.own, kid.stats)
+        ctx.flush_log = self._log_has_room
         self.server = ProxyServer(ctx)
+
+    def _log_has_room(self) -> bool:
+        # The kid's own lines are queued as they come (refusing one would lose
+        # it); while that is over the bound, its clients wait for the daemon.
+        budget = self.kid.log_budget()
+        if budget is None or budget > 0:
+            return True
+        self.kid.want_log_room()
+        return False
+
+    def log_room(self) -> None:
+        self.server.ctx.log_unblocked()
 
     def start(self) -> None:
         for sock in self.kid.listeners:
@@ -146,6 +159,7 @@ class PoolEngine:
         self._respawns: dict[int, Timer] = {}
         self._logs_due = False
         self._last_collect = 0.0  # loop time of the last log collection
+        self._log_turn = 0  # which child's log stream is read first
         self._on_drained: Callable[[], None] | None = None
         self._drain_timer: Timer | None = None
         self._announced = False
@@ -311,7 +325,7 @@ class PoolEngine:
             os.close(fd)  # children never send fds; do not leak any
         if kind == Kind.LOGS:
             if payload:  # urgent: its log stream is full and it holds clients back
-                child.log_stream.read_all()
+                self._read_logs([child])
             elif not self._logs_due:
                 # At most one collection per LOG_COLLECT_DELAY, and right away
                 # when the last one is that old: one wake-up of the kid, not
@@ -343,15 +357,38 @@ class PoolEngine:
     def _collect_logs(self) -> None:
         self._logs_due = False
         self._last_collect = self.loop.now
-        for child in list(self.children.values()):
-            child.log_stream.read_all()
+        self._read_logs(list(self.children.values()))
+
+    def log_room(self) -> None:
+        """The logfile queue has room again: take what waits in the pipes."""
+        self._read_logs(list(self.children.values()))
+
+    def _read_logs(self, children: list[Child]) -> None:
+        # As much as the logfile queue has room for; the rest waits in the
+        # pipes, and a child whose pipe fills holds its clients back, until
+        # log_room().  Each time another child goes first, so that a short
+        # budget is shared.
+        budget = self.kid.log_budget()
+        if budget is None:
+            for child in children:
+                child.log_stream.read_all()
+            return
+        self._log_turn = (self._log_turn + 1) % max(1, len(children))
+        for child in children[self._log_turn:] + children[:self._log_turn]:
+            if budget <= 0:
+                break
+            budget -= child.log_stream.read_all(limit=budget)
+        if budget <= 0:
+            self.kid.want_log_room()
 
     def child_exited(self, pid: int, status: int) -> bool:
         child = self.children.pop(pid, None)
         if child is None:
             return False
         # SIGCHLD may be handled before the channel's last messages (its final
-        # access-log lines) were read: take them first.
+        # access-log lines) were read: take them first, all of them (over the
+        # logfile queue's bound if need be, by at most one pipe: nobody is
+        # left to hold them).
         child.log_stream.drain()
         child.channel.drain()
         self.kid.stats.row(child.row).set("state", 0)

@@ -107,11 +107,16 @@ def _lines_fit(chunk: bytes) -> bool:
 
 
 class LogQueue:
-    """Everything the kid has for one daemon, bounded to ``max_bytes``.
+    """Everything the kid has for one daemon, meant to stay within ``max_bytes``.
 
     Drive it with: ``append``/``command`` (producers), ``pending_output`` +
     ``consumed`` (socket writable), ``feed`` (socket readable) and
     ``daemon_restarted`` (after starting a replacement daemon).
+
+    It never refuses a line: a line refused is a line lost.  The bound is kept
+    by the producers, who look at ``room`` and take no more lines from their
+    sources (pool children's pipes) than fits; what waits there holds the
+    children's clients back instead.
     """
 
     def __init__(self, max_bytes: int = 8 * 1024 * 1024) -> None:
@@ -128,8 +133,6 @@ class LogQueue:
         self._acked_count = 0  # records this daemon has confirmed
         self._base_size: int | None = None  # file size where _entries[0] starts
         self._settings: dict[str, bytes] = {}  # last acknowledged r/b entries
-        #: Lines refused because the queue was full, since the last take_dropped().
-        self.dropped = 0
         #: Lines cut to fit a record.
         self.truncated = 0
         #: Records confirmed by daemons, in total.
@@ -146,41 +149,33 @@ class LogQueue:
 
     # --- producers -----------------------------------------------------------
 
-    def append(self, line: str | bytes) -> bool:
-        """Queue one access-log line (no newline).  False if the queue is full."""
+    def append(self, line: str | bytes) -> None:
+        """Queue one access-log line (no newline)."""
         text = _escape(line)
         if len(text) > _MAX_TEXT:
             text = _cut(text, _MAX_TEXT)
             self.truncated += 1
-        wire = b"L" + text + b"\n"
-        if self._bytes + len(wire) > self.max_bytes:
-            self.dropped += 1
-            return False
-        self._push(_Entry("L", wire))
-        return True
+        self._push(_Entry("L", b"L" + text + b"\n"))
 
-    def append_lines(self, chunk: bytes) -> bool:
+    def append_lines(self, chunk: bytes) -> None:
         """``append`` for every line of ``chunk`` (lines ending in ``\\n``, as
         a pool child sends them): the same records, queued as one entry,
-        because the kid takes a few hundred lines at once.  False if some were
-        refused."""
+        because the kid takes a few hundred lines at once.  They take at most
+        twice ``len(chunk)`` of ``room`` (a letter per line, escaping)."""
         wire = b"L" + chunk[:-1].replace(b"\n", b"\nL") + b"\n"
         if (not chunk.endswith(b"\n") or b"\r" in chunk or chunk[:1] == b"\n"
-                or b"\n\n" in chunk or self._bytes + len(wire) > self.max_bytes
-                or not _lines_fit(chunk)):
-            # Escaping, cutting, empty lines or a full queue: line by line.
-            accepted = True
+                or b"\n\n" in chunk or not _lines_fit(chunk)):
+            # Escaping, cutting or empty lines: line by line.
             for line in chunk.split(b"\n"):
                 if line:
-                    accepted = self.append(line) and accepted
-            return accepted
+                    self.append(line)
+            return
         self._push(_Entry("L", wire, len(wire) - len(chunk)))  # one "L" per line
-        return True
 
     def command(self, letter: str, arg: int | str = "") -> None:
         """Queue R, T, O, F (no argument) or r, b (integer argument).
 
-        Commands are never refused: losing a rotate is worse than a full queue."""
+        Like lines, commands are never refused."""
         if letter in "RTOF" and len(letter) == 1:
             if arg != "":
                 raise ValueError(f"command {letter!r} takes no argument")
@@ -190,11 +185,6 @@ class LogQueue:
         else:
             raise ValueError(f"not a logfile daemon command: {letter!r}")
         self._push(_Entry(letter, encode_record(letter, payload)))
-
-    def take_dropped(self) -> int:
-        """How many lines were dropped since the last call (for one warning)."""
-        n, self.dropped = self.dropped, 0
-        return n
 
     # --- the socket ----------------------------------------------------------
 
@@ -240,6 +230,11 @@ class LogQueue:
     @property
     def queued_bytes(self) -> int:
         return self._bytes
+
+    @property
+    def room(self) -> int:
+        """Bytes that may still be queued within ``max_bytes`` (0 when over)."""
+        return max(0, self.max_bytes - self._bytes)
 
     @property
     def file_size(self) -> int | None:
