@@ -204,6 +204,7 @@ def test_a_batch_of_access_log_lines_is_one_line_run():
     wire = b"".join(encode_record("L", b"line %d" % i) for i in range(3)) + b"Lpart"
     assert take_line_run(wire) == (LineRun(3, b"line 0\nline 1\nline 2\n"), b"Lpart")
     assert take_line_run(b"Lone\nR\nLtwo\n")[0] is None  # a command: record by record
+    assert take_line_run(b"L\n\n")[0] is None  # an empty record (no letter) last
 
 
 # --- messages: daemon -> kid -----------------------------------------------------

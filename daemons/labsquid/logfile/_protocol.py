@@ -90,7 +90,7 @@ def take_line_run(data: bytes, max_record: int = MAX_RECORD) -> tuple[LineRun | 
     ``count`` times ``Record("L", ...)`` and then whatever the rest gives.
     """
     end = data.rfind(b"\n") + 1
-    if not end or data[:1] != b"L" or _NOT_L.search(data, 0, end - 1):
+    if not end or data[:1] != b"L" or _NOT_L.search(data, 0, end):
         return None, data  # no complete record, or one that is not "L..."
     head = data[:end]
     if end > max_record and max(map(len, head.split(b"\n"))) > max_record:
