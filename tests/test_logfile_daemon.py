@@ -96,9 +96,8 @@ class Daemon:
         return self.proc.wait(timeout=15)
 
     def kill(self) -> None:
-        # SIGSTOP first: a stopped process is outside any system call, so the
-        # SIGKILL cannot land inside a write() (a torn line is a documented case).
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        # Like a crash, this may land inside a write() and leave half a line:
+        # the queue then sends the new daemon only the rest of it.
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=5)
         self.sock.close()
