@@ -324,14 +324,15 @@ class LogStream:
 
     The child writes each loop turn's lines when the turn ends (they must be
     in the kernel before that turn's clients get their responses), so at low
-    concurrency that is one write per request; the kid collects them every
-    ``LOG_COLLECT_DELAY``.  Why a pipe: as SEQPACKET messages, each write was
-    one buffer in the kernel, so ~270 of them filled the socket whatever
-    their size, and collecting was one ``recvmsg`` (with a 256 KiB buffer)
-    per request — a burst of hundreds during which the child, sharing the
-    kid's core, waited: the tail of its latency.  A pipe packs small writes
-    into its pages (1 MiB, ~9,000 short lines, where the system allows), and the
-    kid takes everything with one or two ``read`` calls.  Lines end in
+    concurrency that is one write per request; the kid collects them when
+    the child's ``LOGS`` wake-up says so, at most every 50 ms.  Why a pipe:
+    as SEQPACKET messages, each write was one buffer in the kernel, so ~270
+    of them filled the socket whatever their size, and collecting was one
+    ``recvmsg`` (with a 256 KiB buffer) per request — a burst of hundreds
+    during which the child, sharing the kid's core, waited: the tail of its
+    latency.  A pipe packs small writes into its pages (1 MiB, ~9,000 short
+    lines, where the system allows), and the kid takes everything with one
+    or two ``read`` calls.  Lines end in
     ``\n``; an incomplete last line waits for the rest.  While the kid's
     logfile queue is full it reads no more: lines wait in the pipe, and a
     child whose pipe is full holds its clients back (nothing is dropped).

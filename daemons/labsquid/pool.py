@@ -57,9 +57,12 @@ log = structlog.get_logger()
 RESPAWN_MIN, RESPAWN_MAX = 0.05, 5.0
 YOUNG_DEATH = 5.0
 # The least time between two collections of the children's log streams (a
-# child's LOGS wake-up asks for one): lines reach the logfile daemon within
-# about this, in batches.
-LOG_COLLECT_DELAY = 0.05
+# child's LOGS wake-up asks for one).  A child sends at most one wake-up per
+# worker.LOG_WAKE_INTERVAL (50 ms); half that here means a child's next
+# wake-up always finds a collection due and is served at once, so one child
+# costs the kid one wake-up per batch, while several children's wake-ups
+# still share collections.
+LOG_COLLECT_GAP = 0.025
 
 
 def make_engine(kid: Kid) -> SerialEngine | PoolEngine:
@@ -327,10 +330,10 @@ class PoolEngine:
             if payload:  # urgent: its log stream is full and it holds clients back
                 self._read_logs([child])
             elif not self._logs_due:
-                # At most one collection per LOG_COLLECT_DELAY, and right away
-                # when the last one is that old: one wake-up of the kid, not
-                # this one and a timer's (each stalls the children on its core).
-                wait = self._last_collect + LOG_COLLECT_DELAY - self.loop.now
+                # Right away when the last collection is LOG_COLLECT_GAP old,
+                # else when it will be: one wake-up of the kid, not this one
+                # and a timer's (each stalls the children on its core).
+                wait = self._last_collect + LOG_COLLECT_GAP - self.loop.now
                 if wait <= 0:
                     self._collect_logs()
                 else:

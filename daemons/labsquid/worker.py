@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 LOG_BATCH = 64 * 1024
-LOG_WAKE_INTERVAL = 0.05  # the kid's LOG_COLLECT_DELAY
+LOG_WAKE_INTERVAL = 0.05  # lines reach the kid within this, in batches (pool.LOG_COLLECT_GAP)
 
 
 class WakePacer:
