@@ -430,7 +430,13 @@ def expected(n: int, start: int = 0) -> list[str]:
     return [f"request {i} " + "p" * (i % 50) for i in range(start, start + n)]
 
 
-def test_lines_written_but_not_acked_are_not_written_twice(daemons, log):
+@pytest.mark.parametrize("torn", [False, True])
+def test_lines_written_but_not_acked_are_not_written_twice(daemons, log, torn):
+    """The daemon is killed with every line written and none acknowledged: the
+    replacement writes none of them again.  ``torn``: the file is cut inside
+    a line first, the state a kill inside write() leaves (Linux ends a
+    regular-file write between pages for SIGKILL); the replacement writes
+    only the rest of that line."""
     q = LogQueue()
     d = daemons(log)
     pump(d, q, lambda: q.file_size is not None)  # the greeting
@@ -443,50 +449,23 @@ def test_lines_written_but_not_acked_are_not_written_twice(daemons, log):
     q.consumed(len(out))
     wait_for(lambda: log.stat().st_size == sum(len(s) + 1 for s in ls))
     d.kill()  # its acks are never read
+    if torn:
+        os.truncate(log, sum(len(s) + 1 for s in ls[:150]) + 9)  # "request 150" cut short
 
     d2 = daemons(log)
     q.daemon_restarted()
     q.append("after restart")
     pump(d2, q, q.idle)
     code = d2.close()
-    proof.record("fault", "kill -9 logfile daemon with lines written, not acked", 1,
-                 _lines_off(text(log).splitlines(), ls + ["after restart"]), unit="lines",
-                 detail="the new daemon skips what the file already holds: nothing twice")
-    assert q.skipped == 300
-    assert code == 0
-    assert text(log).splitlines() == ls + ["after restart"]
-
-
-def test_line_torn_by_a_kill_inside_write_is_completed_not_repeated(daemons, log):
-    """Linux ends a regular-file write() between pages when SIGKILL arrives,
-    so a dying daemon can leave half a line.  The file is put in exactly that
-    state (cut inside an unacknowledged line); the replacement finishes it."""
-    q = LogQueue()
-    d = daemons(log)
-    pump(d, q, lambda: q.file_size is not None)
-    ls = expected(300)
-    for line in ls:
-        q.append(line)
-    d.sock.setblocking(True)
-    out = q.pending_output(limit=1 << 30)
-    d.sock.sendall(out)
-    q.consumed(len(out))
-    whole = sum(len(s) + 1 for s in ls)
-    wait_for(lambda: log.stat().st_size == whole)
-    d.kill()  # its acks are never read
-    cut = sum(len(s) + 1 for s in ls[:150]) + 9  # "request 150" cut after 9 bytes
-    os.truncate(log, cut)
-
-    d2 = daemons(log)
-    q.daemon_restarted()
-    q.append("after restart")
-    pump(d2, q, q.idle)
-    code = d2.close()
-    proof.record("fault", "kill -9 logfile daemon inside a write (torn line)", 1,
-                 _lines_off(text(log).splitlines(), ls + ["after restart"]), unit="lines",
-                 detail="the new daemon writes only the rest of the torn line: each line "
-                        "whole, once")
-    assert (q.skipped, q.completed) == (150, 1)
+    case, detail = (
+        ("kill -9 logfile daemon inside a write (torn line)",
+         "the new daemon writes only the rest of the torn line: each line whole, once")
+        if torn else
+        ("kill -9 logfile daemon with lines written, not acked",
+         "the new daemon skips what the file already holds: nothing twice"))
+    proof.record("fault", case, 1, _lines_off(text(log).splitlines(), ls + ["after restart"]),
+                 unit="lines", detail=detail)
+    assert (q.skipped, q.completed) == ((150, 1) if torn else (300, 0))
     assert code == 0
     assert text(log).splitlines() == ls + ["after restart"]
 
