@@ -14,6 +14,10 @@ done.  The daemon says so in two ways (see ``_protocol``):
 Both carry the file size at that point: the *base size*, which is where the
 oldest unacknowledged entry would start writing.
 
+The queue never refuses a line or a command (a refused line is a lost one).
+Its bound, ``max_bytes``, is kept by the kid, which reads no more from the
+pool children's pipes than ``room`` allows; the rest waits there.
+
 A pool child's chunk of lines (a few hundred per collection) is one entry
 holding that many records, and an ack that ends inside it only counts into
 it: the kid's cost per line stays a few bytes operations, not an object.  A
