@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -84,6 +85,7 @@ def test_logfile_daemon_killed_while_lines_flow(make_labsquid, origin):
             target = len(traffic.ok) + 10
             wait_for(lambda t=target: len(traffic.ok) > t, what="more traffic")
     kid_now = ls.kid().pid
+    last_daemon = ls.logfile_daemon().pid
     ls.stop()
     logged = [line.split()[6] for line in ls.access_lines()]
     # Lines missing, twice, or for no answered request; failed requests; a lost kid.
@@ -97,6 +99,11 @@ def test_logfile_daemon_killed_while_lines_flow(make_labsquid, origin):
     assert traffic.failed == []
     assert sorted(logged) == sorted(traffic.ok), "every answered request logged exactly once"
     assert "logfile_daemon_died" in ls.stderr_text()
+    # Each replacement says what it found written and what it was sent again.
+    resumed = [json.loads(line) for line in ls.stderr_text().splitlines()
+               if '"logfile_daemon_resumed"' in line]
+    assert len(resumed) == len(killed), resumed
+    assert [r["daemon_pid"] for r in resumed] == [*killed[1:], last_daemon], resumed
 
 
 def test_kid_killed_is_restarted(make_labsquid):

@@ -65,6 +65,7 @@ class AccessLogger:
         self.started_at = 0.0
         self._respawn_timer: Timer | None = None
         self._room_wanted = False
+        self._resumed_from: tuple[int, int, int] | None = None  # queue counters at a restart
         #: Called once room is back after ``want_room()`` (a quarter of the bound).
         self.on_room: Callable[[], None] | None = None
         self._closing = False
@@ -87,6 +88,8 @@ class AccessLogger:
         self.loop.add(ours.fileno(), READ, self._on_event)
         if self.restarts:
             self.queue.daemon_restarted()
+            q = self.queue
+            self._resumed_from = (q.skipped, q.completed, q.resent)
         else:
             # Settings go first in the stream; after a restart they are resent
             # by the queue along with everything unacknowledged.
@@ -227,12 +230,24 @@ class AccessLogger:
             log.error("access_log_write_failed", path=self.path, errno=error.errno,
                       error=os.strerror(error.errno),
                       pending_bytes=error.pending)
+        if self._resumed_from is not None and self.queue.greeted:
+            self._report_resume(*self._resumed_from)
         self._want_write()  # the daemon's greeting or acks may have released output
         if self._room_wanted and self.queue.room >= self.queue.max_bytes // 4:
             self._room_wanted = False
             if self.on_room is not None:
                 self.on_room()
         self._check_idle()
+
+    def _report_resume(self, skipped: int, completed: int, resent: int) -> None:
+        # What the replacement found on disk and what it was given: the
+        # exactly-once arithmetic, visible in the journal.
+        self._resumed_from = None
+        q = self.queue
+        log.info("logfile_daemon_resumed", daemon_pid=self.pid,
+                 lines_found_written=q.skipped - skipped,
+                 torn_lines_completed=q.completed - completed,
+                 records_resent=q.resent - resent)
 
     def _maybe_send_eof(self) -> None:
         if self.sock is not None and self._closing and self.queue.idle():

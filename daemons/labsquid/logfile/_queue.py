@@ -227,6 +227,11 @@ class LogQueue:
 
     # --- state ---------------------------------------------------------------
 
+    @property
+    def greeted(self) -> bool:
+        """The current daemon's greeting has arrived (sending may start)."""
+        return self._greeted
+
     def idle(self) -> bool:
         """Nothing queued and nothing awaiting confirmation."""
         return not self._entries
