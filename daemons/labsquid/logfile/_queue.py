@@ -166,7 +166,6 @@ class LogQueue:
         a pool child sends them): the same records, queued as one entry,
         because the kid takes a few hundred lines at once.  They take at most
         twice ``len(chunk)`` of ``room`` (a letter per line, escaping)."""
-        wire = b"L" + chunk[:-1].replace(b"\n", b"\nL") + b"\n"
         if (not chunk.endswith(b"\n") or b"\r" in chunk or chunk[:1] == b"\n"
                 or b"\n\n" in chunk or not _lines_fit(chunk)):
             # Escaping, cutting or empty lines: line by line.
@@ -174,6 +173,7 @@ class LogQueue:
                 if line:
                     self.append(line)
             return
+        wire = b"L" + chunk[:-1].replace(b"\n", b"\nL") + b"\n"
         self._push(_Entry("L", wire, len(wire) - len(chunk)))  # one "L" per line
 
     def command(self, letter: str, arg: int | str = "") -> None:
@@ -336,6 +336,8 @@ class LogQueue:
     def _skip_written(self, grown: int) -> None:
         """Drop the leading L entries that make up ``grown`` bytes; of a line
         that ``grown`` ends inside, keep only the part not yet written."""
+        if grown <= 0:
+            return
         total = n = torn = 0
         for entry in self._entries:
             if total == grown or entry.letter in _FILE_CHANGING:
@@ -348,7 +350,7 @@ class LogQueue:
                     break
                 total += size
             n += 1
-        if grown <= 0 or total != grown:
+        if total != grown:
             return
         head = [self._entries.popleft() for _ in range(n)]
         kept = [e for e in head if e.letter != "L"]
