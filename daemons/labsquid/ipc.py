@@ -332,10 +332,10 @@ class LogStream:
     during which the child, sharing the kid's core, waited: the tail of its
     latency.  A pipe packs small writes into its pages (1 MiB, ~9,000 short
     lines, where the system allows), and the kid takes everything with one
-    or two ``read`` calls.  Lines end in
-    ``\n``; an incomplete last line waits for the rest.  While the kid's
-    logfile queue is full it reads no more: lines wait in the pipe, and a
-    child whose pipe is full holds its clients back (nothing is dropped).
+    or two ``read`` calls.  Lines end in ``\n``; an incomplete last line
+    waits for the rest.  While the kid's logfile queue is full it reads no
+    more: lines wait in the pipe, and a child whose pipe is full holds its
+    clients back (nothing is dropped).
 
     Writer side (the child): ``send``, ``backlog`` (bytes the pipe would not
     take yet), ``on_sent_all`` when they have gone, ``flush_blocking`` at exit.

@@ -221,9 +221,9 @@ class PoolEngine:
         # passfd: its channel had filled up (we stopped dispatching to it): go on.
         child.channel.on_sent_all = lambda: self._hold(False)
         # Its access-log lines come on a stream of their own, which the kid
-        # does not watch: it empties it a moment after the child's LOGS
-        # wake-up, so a busy child costs the kid (and the logfile daemon) one
-        # wake-up per batch of lines, not one per request.  The lines are in
+        # does not watch: it empties it on the child's paced LOGS wake-up, so
+        # a busy child costs the kid (and the logfile daemon) one wake-up per
+        # batch of lines, not one per request.  The lines are in
         # the kernel meanwhile, so a child killed after answering loses none.
         child.log_stream = LogStream(self.loop, log_ours, self.kid.write_access_lines)
         self.children[pid] = child
