@@ -228,3 +228,16 @@ def test_lines_after_a_wake_up_get_one_of_their_own():
     assert pacer.lines_written(10.06) is not None  # after that wake-up: another is due
     pacer.timer_fired(10.10)
     assert pacer.lines_written(10.20) == 0.0  # quiet for an interval: at once again
+
+
+def test_lines_when_a_scheduled_wake_up_is_due_do_not_send_a_second():
+    """The loop runs a due timer after the turn's other callbacks: lines written
+    in that turn are covered by the timer's wake-up, not given one more (which
+    cost the kid a second collection, and the core a second stall, per interval)."""
+    pacer = WakePacer(0.05)
+    assert pacer.lines_written(10.0) == 0.0
+    assert pacer.lines_written(10.01) is not None  # scheduled for 10.05
+    assert pacer.lines_written(10.051) is None  # due, not fired yet: it covers these
+    pacer.timer_fired(10.052)
+    delay = pacer.lines_written(10.06)
+    assert delay is not None and abs(delay - (10.102 - 10.06)) < 1e-9

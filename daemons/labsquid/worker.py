@@ -58,11 +58,14 @@ class WakePacer:
     def lines_written(self, now: float) -> float | None:
         """0.0: wake the kid now; a delay: wake it after that (schedule a timer);
         None: a wake-up is already scheduled."""
+        if self.scheduled:
+            # Even when its time has come: the timer fires this turn or the
+            # next, and a wake-up of our own as well would make the kid collect
+            # twice (the second a timer of its own, LOG_COLLECT_GAP later).
+            return None
         if now >= self.next_wake:
             self.next_wake = now + self.interval
             return 0.0
-        if self.scheduled:
-            return None
         self.scheduled = True
         return self.next_wake - now
 
