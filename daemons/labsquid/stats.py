@@ -104,7 +104,10 @@ class Stats:
         raise RuntimeError("no free statistics row")
 
     def rows(self) -> list[dict[str, int]]:
-        return [r for r in (self.row(i).as_dict() for i in range(ROWS)) if r["pid"]]
+        """The rows in use (those with a pid).  Free rows are skipped by their pid
+        alone: the kid's status runs this every few seconds over all ROWS."""
+        view, width = self._view, len(FIELDS)
+        return [self.row(i).as_dict() for i in range(ROWS) if view[i * width]]
 
     def totals(self) -> dict[str, int]:
         out = dict.fromkeys(("requests", "errors", "bytes_in", "bytes_out", "active",
