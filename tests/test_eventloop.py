@@ -7,7 +7,7 @@ import signal
 import socket
 import time
 
-from labsquid.eventloop import READ, EventLoop
+from labsquid.eventloop import READ, READY_EVERY, EventLoop
 
 
 def test_timers_fire_in_order_and_cancelled_ones_never():
@@ -103,6 +103,39 @@ def test_call_soon_runs_before_waiting():
     started = time.monotonic()
     loop.run_once(5)
     assert ran == [1] and time.monotonic() - started < 1
+
+
+def test_call_soon_work_does_not_wait_for_a_whole_busy_turn():
+    """A pool child's client writes are call_soon work: with many connections
+    ready in one turn, what the first callback queued runs after at most
+    READY_EVERY more callbacks, not after all of them (and still before the
+    loop waits again)."""
+    loop = EventLoop()
+    pairs = [socket.socketpair() for _ in range(3 * READY_EVERY)]
+    order: list[str] = []
+
+    def on_ready(i: int, sock: socket.socket):
+        def callback(_mask: int) -> None:
+            sock.recv(1)
+            order.append(f"fd{i}")
+            if not i:
+                loop.call_soon(lambda: order.append("soon"))
+        return callback
+
+    try:
+        for i, (ours, theirs) in enumerate(pairs):
+            loop.add(ours.fileno(), READ, on_ready(i, ours))
+            theirs.send(b"x")
+        loop.run_once(1.0)  # all of them are ready: one turn serves them all
+        assert len(order) == len(pairs) + 1
+        soon = order.index("soon")
+        assert 1 <= soon <= READY_EVERY, order
+    finally:
+        for ours, theirs in pairs:
+            loop.remove(ours.fileno())
+            ours.close()
+            theirs.close()
+        loop.close()
 
 
 def test_signal_is_handled_in_the_loop_not_in_the_handler():
