@@ -23,8 +23,8 @@ needs locking.  ``call_soon`` work (a pool child's client writes and log
 lines, which wait for the end of the callback that made them) runs once the
 turn's fd callbacks are done, and also after every ``READY_EVERY`` of them: a
 turn at 200 busy connections lasts milliseconds, and work made early in it
-must not wait for all of it.  A callback that raises is logged and the loop goes on: one bad
-connection must never take the process down.
+must not wait for all of it.  A callback that raises is logged and the loop
+goes on: one bad connection must never take the process down.
 """
 
 from __future__ import annotations

@@ -52,7 +52,6 @@ def _dropped(msg: Request | Response) -> frozenset[bytes]:
     return HOP_BY_HOP | tokens
 
 
-
 def request_head(req: Request, authority: bytes, path: bytes, client_ip: str,
                  policy: ForwardPolicy, body: int | str) -> bytes:
     """The head sent upstream; ``body`` is the framing we will use (length or "chunked").
