@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import array
 import fcntl
+import functools
 import os
 import select
 import socket
@@ -304,9 +305,9 @@ class Channel:
 LOG_PIPE_SIZE = 1024 * 1024  # Linux's default pipe-max-size: 256 pages, ~9,000 short lines
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 OnLines = Callable[[bytes], None]  # whole lines, each ending in "\n"
-_INBOX: list[memoryview] = []
 
 
+@functools.cache
 def _read_buffer() -> memoryview:
     """The kid's one buffer for reading log pipes, made on first use.
 
@@ -314,9 +315,7 @@ def _read_buffer() -> memoryview:
     collection, and one buffer per stream would stay with the process as
     generations of workers come and go.  Reads never overlap (each read's
     bytes are copied out before the next), so every stream shares it."""
-    if not _INBOX:
-        _INBOX.append(memoryview(bytearray(LOG_PIPE_SIZE)))
-    return _INBOX[0]
+    return memoryview(bytearray(LOG_PIPE_SIZE))
 
 
 class LogStream:
