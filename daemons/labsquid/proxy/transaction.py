@@ -302,7 +302,7 @@ class Transaction(LocalReplies, UpstreamHandler):
     def request_end(self) -> None:
         self.wants_body = False
         self.body_done = True
-        if self.upstream is not None and self.resp_reader is not None:
+        if self.resp_reader is not None:  # else upstream_connected ends it
             self._end_body()
 
     def _end_body(self) -> None:
