@@ -539,7 +539,6 @@ def test_chaos_under_systemd(box):
     assert end_master.rss - start_master.rss < RSS_SLACK, (start_master, end_master)
 
 
-
 # -- the bug the chaos run can hit, made certain -----------------------------------------------
 def _dead(p: psutil.Process) -> bool:
     try:

@@ -189,7 +189,6 @@ def test_rejected_before_any_event_of_the_bad_head(data: bytes, status: int, cod
             reader.next_event()
 
 
-
 def test_garbage_fails_on_first_packet() -> None:
     # No CRLF yet, but the bytes cannot be a method: fail now, not at the limit.
     reader = RequestReader()

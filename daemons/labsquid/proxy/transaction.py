@@ -62,7 +62,6 @@ log = structlog.get_logger()
 HIGH_WATER = 256 * 1024
 
 
-
 class Transaction(LocalReplies, UpstreamHandler):
     # Starting values, read from the class until a step sets its own: most
     # transactions change only a few of them, and this runs per request.
