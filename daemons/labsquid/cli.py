@@ -47,6 +47,19 @@ Usage: labsquid [-hvzCNsY] [-d level] [-f config-file] [-k signal] [--foreground
 """
 
 
+def print_native_report() -> None:
+    """How many hot modules run compiled; for each that does not, why."""
+    from labsquid import _native
+
+    rows = _native.report()
+    compiled = sum(how == "compiled" for _, how in rows)
+    print(f"compiled hot modules: {compiled} of {len(rows)}"
+          + ("" if rows else " (a pure-Python build)"))
+    for name, how in rows:
+        if how != "compiled":
+            print(f"  {name}: {how}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labsquid", add_help=False, usage=argparse.SUPPRESS)
     p.add_argument("-h", action="store_true", dest="help")
@@ -104,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(f"labsquid version {__version__}\n"
               f"Python {sys.version.split()[0]}; squid-compatible configuration and CLI")
+        print_native_report()
         return 0
 
     from labsquid import log as logsetup

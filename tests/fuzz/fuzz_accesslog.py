@@ -20,9 +20,13 @@ tests/fuzz/seeds/accesslog`` (docs/fuzzing.md).
 
 from __future__ import annotations
 
+import os
 import re
 
 import atheris
+
+# atheris instruments bytecode: run labsquid's .py sources, not the compiled twins.
+os.environ["LABSQUID_NO_EXTENSIONS"] = "1"
 
 with atheris.instrument_imports(include=["labsquid"]):
     from _common import check, fuzz_main, known

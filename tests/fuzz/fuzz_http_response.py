@@ -22,7 +22,12 @@ tests/fuzz/seeds/http_response`` (docs/fuzzing.md).
 
 from __future__ import annotations
 
+import os
+
 import atheris
+
+# atheris instruments bytecode: run labsquid's .py sources, not the compiled twins.
+os.environ["LABSQUID_NO_EXTENSIONS"] = "1"
 
 with atheris.instrument_imports(include=["labsquid"]):
     from _common import (

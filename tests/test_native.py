@@ -1,0 +1,103 @@
+"""The compiled hot modules (setup.py, labsquid/_native.py): built, loaded, and
+replaced by their source whenever that is the code that should run."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import labsquid
+from support.origin import fetch
+from support.service import wait_for
+
+PACKAGE = Path(labsquid.__file__).resolve().parent
+REPO = PACKAGE.parents[1]
+
+
+def hot_modules() -> list[str]:
+    """setup.py's HOT_MODULES, read without running setup()."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "HOT_MODULES":
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no HOT_MODULES")
+
+
+def version_report(env: dict[str, str] | None = None, pythonpath: Path | None = None) -> str:
+    full_env = {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
+    full_env.update(env or {})
+    if pythonpath is not None:
+        full_env["PYTHONPATH"] = str(pythonpath)
+    out = subprocess.run([sys.executable, "-m", "labsquid", "-v"], capture_output=True,
+                         text=True, env=full_env, timeout=30, check=True)
+    return out.stdout
+
+
+def test_setup_compiles_every_hot_module_and_they_load_compiled():
+    # packaging/setup.sh built them: a build that silently fell back to pure
+    # Python would pass every other test, only slower.
+    n = len(hot_modules())
+    assert n >= 10
+    assert f"compiled hot modules: {n} of {n}\n" in version_report()
+    for name in hot_modules():
+        built = list(PACKAGE.parent.glob(name.replace(".", "/") + ".*.so"))
+        assert built, f"no extension module for {name}"
+
+
+def test_no_extensions_loads_every_hot_module_from_source():
+    report = version_report({"LABSQUID_NO_EXTENSIONS": "1"})
+    n = len(hot_modules())
+    assert f"compiled hot modules: 0 of {n}\n" in report
+    assert report.count(": LABSQUID_NO_EXTENSIONS is set\n") == n
+
+
+def test_an_edited_source_runs_instead_of_its_stale_build(tmp_path):
+    copy = tmp_path / "labsquid"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    head = copy / "http" / "_head.py"
+    head.write_text(head.read_text() + "\n\nEDITED_AFTER_BUILD = True\n")
+    probe = ("import labsquid.http._head as h, labsquid.http._readers as r\n"
+             "print(h.EDITED_AFTER_BUILD, h.__file__.endswith('.py'), r.__file__.endswith('.py'))")
+    env = {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**env, "PYTHONPATH": str(tmp_path)}, timeout=30, check=True)
+    # The edit runs; the untouched neighbour stays compiled.
+    assert out.stdout.split() == ["True", "True", "False"]
+    report = version_report(pythonpath=tmp_path)
+    n = len(hot_modules())
+    assert f"compiled hot modules: {n - 1} of {n}\n" in report
+    assert "  labsquid.http._head: source changed since the build\n" in report
+
+
+def labsquid_extensions_mapped(pid: int) -> set[str]:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {line.split()[-1] for line in maps.splitlines()
+            if line.endswith(".so") and "/labsquid/" in line}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("no_extensions", [False, True])
+def test_pool_child_serves_from_the_build_it_was_given(make_labsquid, origin, monkeypatch,
+                                                        no_extensions):
+    if no_extensions:
+        monkeypatch.setenv("LABSQUID_NO_EXTENSIONS", "1")
+    else:
+        monkeypatch.delenv("LABSQUID_NO_EXTENSIONS", raising=False)
+    ls = make_labsquid(dispatch="notify", pool_size=1).start()
+    resp, body = fetch(ls.port, "GET", origin.url("/native"))
+    assert (resp.status, body) == (200, b"path /native\n")
+    wait_for(lambda: len(ls.access_lines()) == 1, timeout=5, what="the access.log line")
+    assert " TCP_MISS/200 " in ls.access_lines()[0]
+    [worker] = ls.workers()
+    mapped = {Path(p).name.split(".")[0] for p in labsquid_extensions_mapped(worker.pid)}
+    if no_extensions:
+        assert mapped == set()
+    else:
+        assert mapped == {name.rsplit(".", 1)[1] for name in hot_modules()}
+    ls.stop()
