@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the Debian package: bash packaging/build-deb.sh  ->  dist/labsquid_<version>_all.deb
+# Build the Debian package: bash packaging/build-deb.sh  ->  dist/labsquid_<version>_<arch>.deb
 #
-# Pure Python, architecture all: the wheel built from pyproject.toml is unpacked into
-# /usr/lib/python3/dist-packages (as dh_python3 would place it); the runtime dependencies are
-# Debian packages (Depends: in packaging/debian/control), never pip. Needs only dpkg-deb and a
-# Python with pip and setuptools (the .venv that packaging/setup.sh makes); no network.
+# The wheel built from pyproject.toml is unpacked into /usr/lib/python3/dist-packages (as
+# dh_python3 would place it); the runtime dependencies are Debian packages (Depends: in
+# packaging/debian/control), never pip. The wheel carries the hot modules compiled for this
+# interpreter (setup.py), so the package is for this architecture and this Python minor
+# version; LABSQUID_NO_EXTENSIONS=1 builds a pure-Python package, architecture all. Needs only
+# dpkg-deb, a C compiler, and a Python with pip, setuptools and Cython (the .venv that
+# packaging/setup.sh makes); no network.
 #
 # Layout of the package:
 #   /usr/lib/python3/dist-packages/labsquid{,-<version>.dist-info}
@@ -29,7 +32,6 @@ if ! { "$PY" -c 'import setuptools' && "$PY" -m pip --version; } >/dev/null 2>&1
 fi
 version=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
-out=dist/labsquid_${version}_all.deb
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/labsquid-deb.XXXXXX")
 trap 'rm -rf --one-file-system "$work"' EXIT
@@ -38,9 +40,11 @@ mkdir -p "$root"
 
 # --- the Python package: a wheel from a clean copy (no stale build/ of the checkout) -------
 mkdir -p "$work/src" "$work/wheel"
-cp pyproject.toml README.md "$work/src/"
+cp pyproject.toml setup.py README.md "$work/src/"
 cp -r daemons "$work/src/daemons"
 find "$work/src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+# and what the editable install compiled in place: the wheel compiles its own
+find "$work/src/daemons" \( -name '*.so' -o -name '*.c' -o -name _native.json \) -delete
 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation --no-cache-dir \
     --disable-pip-version-check -w "$work/wheel" "$work/src" >&2
 site=$root/usr/lib/python3/dist-packages
@@ -53,6 +57,18 @@ with zipfile.ZipFile(wheel) as z:
 info = next(site.glob("labsquid-*.dist-info"))
 (info / "INSTALLER").write_text("dpkg\n")
 PYEOF
+# Compiled modules tie the package to this machine's architecture and Python 3.X;
+# stripped as Debian ships them (the debug sections are most of each file).
+find "$site" -name '*.so' -exec strip --strip-unneeded {} +
+if find "$site/labsquid" -name '*.so' | grep -q .; then
+    arch=$(dpkg --print-architecture)
+    pyminor=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1] + 1}")')
+    python_depends="python3 (>= 3.11), python3 (<< $pyminor)"
+else
+    arch=all
+    python_depends="python3 (>= 3.11)"
+fi
+out=dist/labsquid_${version}_${arch}.deb
 
 # --- programs ---------------------------------------------------------------------------
 install -D -m 0755 $pkg/labsquid.wrapper "$root/usr/bin/labsquid"
@@ -93,7 +109,8 @@ find "$root" -type d -exec chmod 0755 {} +
 find "$root" -type f ! -path "$root/usr/bin/*" -exec chmod 0644 {} +
 mkdir -p "$root/DEBIAN"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
-sed -e "s/@VERSION@/$version/" -e "s/@INSTALLED_SIZE@/$size/" $pkg/debian/control > "$root/DEBIAN/control"
+sed -e "s/@VERSION@/$version/" -e "s/@INSTALLED_SIZE@/$size/" -e "s/@ARCH@/$arch/" \
+    -e "s/@PYTHON@/$python_depends/" $pkg/debian/control > "$root/DEBIAN/control"
 install -m 0644 $pkg/debian/conffiles "$root/DEBIAN/conffiles"
 for script in postinst prerm postrm; do
     sh -n $pkg/debian/$script

@@ -1,4 +1,4 @@
-"""The Debian package: ``bash packaging/build-deb.sh`` -> ``dist/labsquid_<ver>_all.deb``.
+"""The Debian package: ``bash packaging/build-deb.sh`` -> ``dist/labsquid_<ver>_<arch>.deb``.
 
 Built once per session and taken apart with ``dpkg-deb``; the packaged code is then run by
 Debian's own interpreter (``/usr/bin/python3``) on Debian's own libraries (python3-structlog
@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -24,8 +25,10 @@ from support.systemd import REPO, build_deb, missing_dependencies
 
 pytestmark = pytest.mark.slow
 
-DEPENDS = ["python3 (>= 3.11)", "python3-structlog", "python3-sdnotify", "python3-systemd",
-           "python3-psutil", "python3-setproctitle"]
+# The compiled hot modules (setup.py) are built for the interpreter that built the package.
+NEXT_MINOR = f"{sys.version_info[0]}.{sys.version_info[1] + 1}"
+DEPENDS = ["python3 (>= 3.11)", f"python3 (<< {NEXT_MINOR})", "python3-structlog",
+           "python3-sdnotify", "python3-systemd", "python3-psutil", "python3-setproctitle"]
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 
@@ -48,13 +51,15 @@ def field(deb: Path, name: str) -> str:
                           check=True).stdout.strip()
 
 
-def test_one_command_builds_versioned_arch_all_deb(deb):
+def test_one_command_builds_versioned_deb_for_this_architecture(deb):
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    assert deb == REPO / "dist" / f"labsquid_{version}_all.deb"
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert deb == REPO / "dist" / f"labsquid_{version}_{arch}.deb"
     assert deb.is_file()
     assert field(deb, "Package") == "labsquid"
     assert field(deb, "Version") == version
-    assert field(deb, "Architecture") == "all"
+    assert field(deb, "Architecture") == arch
 
 
 def test_depends_on_debian_packages_only_and_not_httptools(deb):
@@ -191,6 +196,14 @@ def test_packaged_labsquid_serves_on_debian_libraries(tree, debian_libs, tmp_pat
     """The wrapper, the packaged modules and Debian's libraries run the real process tree."""
     version = debian_python(tree, str(tree / "usr/bin/labsquid"), "-v")
     assert version.returncode == 0 and "labsquid version" in version.stdout
+    # Shipped stripped, without the generated C, and loaded compiled by Debian's python3.
+    site = tree / "usr/lib/python3/dist-packages/labsquid"
+    built = sorted(site.rglob("*.so"))
+    assert built and not list(site.rglob("*.c"))
+    assert f"compiled hot modules: {len(built)} of {len(built)}\n" in version.stdout
+    sections = subprocess.run(["objdump", "-h", str(built[0])], capture_output=True, text=True,
+                              check=True).stdout
+    assert ".debug_info" not in sections
     parse = debian_python(tree, str(tree / "usr/bin/labsquid"), "-k", "parse", "-f",
                           str(tree / "etc/labsquid/labsquid.conf"))
     assert parse.returncode == 0, parse.stderr

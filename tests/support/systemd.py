@@ -5,7 +5,7 @@ PID 1 of private pid/mount/uts/ipc/cgroup/net namespaces on a throw-away overlay
 root, in well under a second::
 
     with SystemdContainer() as box:
-        box.install_deb("dist/labsquid_0.1.0_all.deb")
+        box.install_deb("dist/labsquid_0.1.0_amd64.deb")
         box.systemctl("start", "labsquid")
         print(box.exec("curl", "-sS", "-x", "http://127.0.0.1:3128", "http://…").stdout)
 
