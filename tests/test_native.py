@@ -75,6 +75,22 @@ def test_an_edited_source_runs_instead_of_its_stale_build(tmp_path):
     assert "  labsquid.http._head: source changed since the build\n" in report
 
 
+def test_an_extension_the_build_did_not_make_never_shadows_its_source(tmp_path):
+    # A leftover from a build that compiled more modules: here, the wrong
+    # module's code under _writers' name, which would fail to import at all.
+    copy = tmp_path / "labsquid"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    [head_so] = (copy / "http").glob("_head.*.so")
+    shutil.copy(head_so, copy / "http" / head_so.name.replace("_head.", "_writers."))
+    probe = ("import labsquid.http._writers as w, labsquid.http._head as h\n"
+             "print(w.__file__.endswith('.py'), h.__file__.endswith('.py'))")
+    env = {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**env, "PYTHONPATH": str(tmp_path)}, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
+
+
 def labsquid_extensions_mapped(pid: int) -> set[str]:
     maps = Path(f"/proc/{pid}/maps").read_text()
     return {line.split()[-1] for line in maps.splitlines()

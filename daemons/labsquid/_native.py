@@ -11,7 +11,9 @@ is that rule; for each listed module it loads the ``.py`` instead when
 * the source no longer hashes as it did at build time (edited, checked out
   anew: ``bash packaging/setup.sh`` rebuilds).
 
-Otherwise it stays out of the way and the extension loads as usual. The
+and for every other labsquid module it always loads the ``.py``, so an
+extension left over from a build that compiled more modules cannot shadow
+it. Otherwise it stays out of the way and the extension loads as usual. The
 check runs once per module, at its first import, in the process importing
 it: a pool child inherits its modules from the kid.
 """
@@ -30,7 +32,7 @@ NO_EXTENSIONS = "LABSQUID_NO_EXTENSIONS"
 
 
 class SourceFirstFinder:
-    """A meta-path finder that hands out the ``.py`` of a compiled module when it must."""
+    """A meta-path finder: a labsquid module's ``.py``, unless its built extension is due."""
 
     def __init__(self, digests: dict[str, str], no_extensions: bool) -> None:
         self.digests = digests
@@ -38,20 +40,21 @@ class SourceFirstFinder:
         self.why_source: dict[str, str] = {}  # module -> reason it loaded from source
 
     def find_spec(self, name: str, path: list[str] | None, target: object = None):
-        digest = self.digests.get(name)
-        if digest is None or not path:
+        if not name.startswith("labsquid.") or not path:
             return None
         spec = _source_spec(name, path)
         if spec is None:
-            return None
+            return None  # no .py: nothing to prefer
+        digest = self.digests.get(name)
+        if digest is None:
+            return spec  # never compiled by this build
         if self.no_extensions:
             self.why_source[name] = f"{NO_EXTENSIONS} is set"
-            return spec
-        source = Path(spec.origin).read_bytes()
-        if hashlib.sha256(source).hexdigest() != digest:
+        elif hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest() != digest:
             self.why_source[name] = "source changed since the build"
-            return spec
-        return None  # the extension module, found by the usual finders
+        else:
+            return None  # the extension module, found by the usual finders
+        return spec
 
 
 def _source_spec(name: str, path: list[str]):
@@ -63,17 +66,15 @@ def _source_spec(name: str, path: list[str]):
     return None
 
 
-def install() -> SourceFirstFinder | None:
-    """Put the finder on sys.meta_path (once); None for a pure-Python build."""
+def install() -> SourceFirstFinder:
+    """Put the finder on sys.meta_path (once)."""
     for finder in sys.meta_path:
         if isinstance(finder, SourceFirstFinder):
             return finder
     try:
         digests = json.loads(_MANIFEST.read_text())
     except (OSError, ValueError):
-        return None
-    if not digests:
-        return None
+        digests = {}  # a pure-Python build, or a tree that was never built
     finder = SourceFirstFinder(digests, bool(os.environ.get(NO_EXTENSIONS)))
     # Just before the standard path finder, not first: import hooks that wrap
     # the finders after them (atheris's instrumentation) must see our specs too.
@@ -86,8 +87,6 @@ def install() -> SourceFirstFinder | None:
 def report() -> list[tuple[str, str]]:
     """(module, "compiled" or why it runs from source) for every module built compiled."""
     finder = install()
-    if finder is None:
-        return []
     rows = []
     for name in sorted(finder.digests):
         module = sys.modules.get(name)
