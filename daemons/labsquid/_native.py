@@ -1,21 +1,21 @@
-"""Which of the hot modules run compiled, and when their source wins instead.
+"""Which labsquid modules run compiled, and when their source wins instead.
 
-setup.py compiles a fixed list of modules with Cython and records, in
+setup.py compiles a fixed list of hot modules with Cython and records, in
 ``_native.json``, the SHA-256 of each source it compiled. Python's import
 system prefers an extension module to a ``.py`` of the same name, so without
 a rule an edit made after the build would silently not run. The finder here
-is that rule; for each listed module it loads the ``.py`` instead when
+is that rule. A labsquid module loads from its extension only if
 
-* LABSQUID_NO_EXTENSIONS is set (the fuzzers instrument Python bytecode, and
-  an operator can rule out the compiled code with one variable), or
-* the source no longer hashes as it did at build time (edited, checked out
-  anew: ``bash packaging/setup.sh`` rebuilds).
+* the manifest lists it (an extension left over from a build that compiled
+  more modules never shadows a source),
+* its source still hashes as it did at build time (not edited or checked out
+  anew since; ``bash packaging/setup.sh`` rebuilds), and
+* LABSQUID_NO_EXTENSIONS is not set (the fuzzers instrument Python bytecode,
+  and an operator can rule out the compiled code with one variable).
 
-and for every other labsquid module it always loads the ``.py``, so an
-extension left over from a build that compiled more modules cannot shadow
-it. Otherwise it stays out of the way and the extension loads as usual. The
-check runs once per module, at its first import, in the process importing
-it: a pool child inherits its modules from the kid.
+Otherwise it loads from its ``.py``. The check runs once per module, at its
+first import, in the process importing it: a pool child inherits its modules
+from the kid.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class SourceFirstFinder:
         self.no_extensions = no_extensions
         self.why_source: dict[str, str] = {}  # module -> reason it loaded from source
 
-    def find_spec(self, name: str, path: list[str] | None, target: object = None):
+    def find_spec(self, name: str, path: list[str] | None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
         if not name.startswith("labsquid.") or not path:
             return None
         spec = _source_spec(name, path)
@@ -57,7 +58,7 @@ class SourceFirstFinder:
         return spec
 
 
-def _source_spec(name: str, path: list[str]):
+def _source_spec(name: str, path: list[str]) -> importlib.machinery.ModuleSpec | None:
     loader = (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)
     for entry in path:
         spec = importlib.machinery.FileFinder(entry, loader).find_spec(name)
