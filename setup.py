@@ -9,8 +9,9 @@ source. bench/README ("Compiled hot modules") has the measurements.
 
 The sources stay the truth: ``labsquid/_native.py`` loads a module from its
 ``.py`` whenever the source no longer hashes as it did at build time (an
-edit after ``packaging/setup.sh``), or when LABSQUID_NO_EXTENSIONS is set
-(the fuzzers, which instrument Python bytecode). Building with
+edit after ``packaging/setup.sh``), when this build did not compile it (a
+leftover extension), or when LABSQUID_NO_EXTENSIONS is set (the fuzzers,
+which instrument Python bytecode). Building with
 LABSQUID_NO_EXTENSIONS=1, or where Cython is missing, gives a pure-Python
 package that behaves the same, only slower.
 """

@@ -10,7 +10,7 @@ debs=(
     python3 python3-venv python3-dev python3-systemd   # interpreter, venv, journal/daemon bindings
     python3-structlog python3-sdnotify python3-psutil  # what the .deb depends on: the
     python3-setproctitle                               #  systemd tests install it offline
-    gcc                                                 # builds wheels that ship no binary
+    gcc                                                 # compiles the hot modules (setup.py) and binary-less wheels
     lsof strace curl procps psmisc iproute2 util-linux  # what the tests (and users) inspect with
     systemd logrotate                                   # the real-systemd tests and log rotation
 )

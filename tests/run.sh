@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash packaging/setup.sh
-.venv/bin/ruff check daemons tests bench
+.venv/bin/ruff check daemons tests bench setup.py
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@" tests
