@@ -391,6 +391,23 @@ class Row:
     rounds: list[float] = field(default_factory=list)  # req/s of each round (target cases)
 
 
+def rotate_labsquid(live: list, rnd: int) -> list:
+    """The peers in round `rnd`: nginx and squid #1 first and squid #2 last as always,
+    the labsquid modes between them starting one place later each round, so that no
+    mode is always the one that runs right after squid (in two full runs the first
+    two labsquid peers had the lowest 100 B ratios, where a separate A/B ranked them
+    first)."""
+    slots = [i for i, (peer, _cases) in enumerate(live) if isinstance(peer, Labsquid)]
+    if not slots:
+        return live
+    k = rnd % len(slots)
+    moved = [live[i] for i in slots[k:] + slots[:k]]
+    order = list(live)
+    for i, entry in zip(slots, moved, strict=True):
+        order[i] = entry
+    return order
+
+
 def merge_rounds(cells: list[Row]) -> Row:
     """One row for a case measured in several interleaved rounds: the cell with the
     median req/s stands for the peer (its latency and CPU are real numbers from one
@@ -606,15 +623,16 @@ def main() -> int:
         order += [c for c in all_cases if c not in order]
         for case in order:
             log(f"== {case.label}")
-            # The target cases run in rounds, each a full pass over the peers in the
-            # same order: a burst of load from elsewhere then costs one round of every
-            # peer, and each round's ratios to its own squid runs stay comparable.
+            # The target cases run in rounds, each a full pass over the peers (the
+            # labsquid modes rotated, see rotate_labsquid): a burst of load from
+            # elsewhere then costs one round of every peer, and each round's ratios
+            # to its own squid runs stay comparable.
             n_rounds = target_rounds if case in TARGET_CASES else 1
             cells: dict[str, list[Row]] = {}
             for rnd in range(n_rounds):
                 if n_rounds > 1:
                     log(f"   -- round {rnd + 1}/{n_rounds}")
-                for peer, cases in live:
+                for peer, cases in rotate_labsquid(live, rnd):
                     if case not in cases:
                         continue
                     cells.setdefault(peer.name, []).append(measure_cell(peer, case))
@@ -707,9 +725,10 @@ def report(rows: list[Row], health: dict[str, list[str]], seconds: float, load_b
     n_rounds = max((len(r.rounds) for r in rows), default=1)
     if n_rounds > 1:
         out.append(f"- the target cases ({', '.join(c.label for c in TARGET_CASES)}) ran in "
-                   f"{n_rounds} interleaved rounds (every peer once per round, in the same "
-                   "order); their row is the round with the median req/s, and the targets "
-                   "below use the median of the per-round ratios to that round's squid runs")
+                   f"{n_rounds} interleaved rounds (every peer once per round; squid #1 first "
+                   "and squid #2 last, the labsquid modes rotated one place per round); "
+                   "their row is the round with the median req/s, and the targets below use "
+                   "the median of the per-round ratios to that round's squid runs")
     out.append(f"- logs and configs kept in `{work}`")
     out.append("")
     out.append("| case | peer | req/s | MB/s | p50 ms | p99 ms | errors | CPU s | "
