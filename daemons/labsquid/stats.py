@@ -26,6 +26,7 @@ STATE_NAMES = {STATE_FREE: "free", STATE_STARTING: "starting", STATE_SERVING: "s
 
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _REQUESTS, _ERRORS, _SERVICE_US = _INDEX["requests"], _INDEX["errors"], _INDEX["service_us"]
+_PID = _INDEX["pid"]
 
 
 class Row:
@@ -107,7 +108,7 @@ class Stats:
         """The rows in use (those with a pid).  Free rows are skipped by their pid
         alone: the kid's status runs this every few seconds over all ROWS."""
         view, width = self._view, len(FIELDS)
-        return [self.row(i).as_dict() for i in range(ROWS) if view[i * width]]
+        return [self.row(i).as_dict() for i in range(ROWS) if view[i * width + _PID]]
 
     def totals(self) -> dict[str, int]:
         out = dict.fromkeys(("requests", "errors", "bytes_in", "bytes_out", "active",
