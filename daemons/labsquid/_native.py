@@ -21,6 +21,7 @@ from the kid.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.machinery
 import json
 import os
@@ -90,10 +91,7 @@ def report() -> list[tuple[str, str]]:
     finder = install()
     rows = []
     for name in sorted(finder.digests):
-        module = sys.modules.get(name)
-        if module is None:
-            __import__(name)
-            module = sys.modules[name]
+        module = importlib.import_module(name)
         compiled = not (module.__file__ or "").endswith(".py")
         rows.append((name, "compiled" if compiled else finder.why_source.get(name, "source")))
     return rows
