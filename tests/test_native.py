@@ -29,14 +29,28 @@ def hot_modules() -> list[str]:
     raise AssertionError("setup.py has no HOT_MODULES")
 
 
-def version_report(env: dict[str, str] | None = None, pythonpath: Path | None = None) -> str:
+def python(*args: str, env: dict[str, str] | None = None,
+           pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    """This interpreter in a fresh process, LABSQUID_NO_EXTENSIONS unset unless `env` sets it."""
     full_env = {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
     full_env.update(env or {})
     if pythonpath is not None:
         full_env["PYTHONPATH"] = str(pythonpath)
-    out = subprocess.run([sys.executable, "-m", "labsquid", "-v"], capture_output=True,
-                         text=True, env=full_env, timeout=30, check=True)
-    return out.stdout
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                         env=full_env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def version_report(env: dict[str, str] | None = None, pythonpath: Path | None = None) -> str:
+    return python("-m", "labsquid", "-v", env=env, pythonpath=pythonpath).stdout
+
+
+def copy_of_package(tmp_path: Path) -> Path:
+    """The built package (sources, extensions, manifest) under tmp_path/labsquid."""
+    copy = tmp_path / "labsquid"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
 
 
 def test_setup_compiles_every_hot_module_and_they_load_compiled():
@@ -58,15 +72,11 @@ def test_no_extensions_loads_every_hot_module_from_source():
 
 
 def test_an_edited_source_runs_instead_of_its_stale_build(tmp_path):
-    copy = tmp_path / "labsquid"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    head = copy / "http" / "_head.py"
+    head = copy_of_package(tmp_path) / "http" / "_head.py"
     head.write_text(head.read_text() + "\n\nEDITED_AFTER_BUILD = True\n")
     probe = ("import labsquid.http._head as h, labsquid.http._readers as r\n"
              "print(h.EDITED_AFTER_BUILD, h.__file__.endswith('.py'), r.__file__.endswith('.py'))")
-    env = {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         env={**env, "PYTHONPATH": str(tmp_path)}, timeout=30, check=True)
+    out = python("-c", probe, pythonpath=tmp_path)
     # The edit runs; the untouched neighbour stays compiled.
     assert out.stdout.split() == ["True", "True", "False"]
     report = version_report(pythonpath=tmp_path)
@@ -78,16 +88,12 @@ def test_an_edited_source_runs_instead_of_its_stale_build(tmp_path):
 def test_an_extension_the_build_did_not_make_never_shadows_its_source(tmp_path):
     # A leftover from a build that compiled more modules: here, the wrong
     # module's code under _writers' name, which would fail to import at all.
-    copy = tmp_path / "labsquid"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    [head_so] = (copy / "http").glob("_head.*.so")
-    shutil.copy(head_so, copy / "http" / head_so.name.replace("_head.", "_writers."))
+    http = copy_of_package(tmp_path) / "http"
+    [head_so] = http.glob("_head.*.so")
+    shutil.copy(head_so, http / head_so.name.replace("_head.", "_writers."))
     probe = ("import labsquid.http._writers as w, labsquid.http._head as h\n"
              "print(w.__file__.endswith('.py'), h.__file__.endswith('.py'))")
-    env = {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         env={**env, "PYTHONPATH": str(tmp_path)}, timeout=30)
-    assert out.returncode == 0, out.stderr
+    out = python("-c", probe, pythonpath=tmp_path)
     assert out.stdout.split() == ["True", "False"]
 
 
