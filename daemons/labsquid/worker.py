@@ -25,6 +25,7 @@ import structlog
 from labsquid import log as logsetup
 from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import PASSFD_IN_FLIGHT, Channel, Kind, LogStream
+from labsquid.pacing import Pacer
 from labsquid.process import set_title
 from labsquid.proxy.context import ServeContext
 from labsquid.proxy.server import FD_HEADROOM, ProxyServer
@@ -37,42 +38,6 @@ log = structlog.get_logger()
 
 LOG_BATCH = 64 * 1024
 LOG_WAKE_INTERVAL = 0.05  # lines reach the kid within this, in batches (pool.LOG_COLLECT_GAP)
-
-
-class WakePacer:
-    """When a pool child tells the kid its log pipe holds lines (a LOGS wake-up).
-
-    At most one wake-up per ``interval`` is enough: the kid collects, a moment
-    later, everything that arrived by then.  But lines written after a
-    wake-up need one of their own: the kid may have collected already, and
-    without it they would wait in the pipe for the next request — for ever,
-    if none comes.  So lines that may not wake the kid yet schedule the
-    wake-up for when they may (sans-I/O: the caller sends and schedules).
-    """
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.next_wake = 0.0
-        self.scheduled = False
-
-    def lines_written(self, now: float) -> float | None:
-        """0.0: wake the kid now; a delay: wake it after that (schedule a timer);
-        None: a wake-up is already scheduled."""
-        if self.scheduled:
-            # Even when its time has come: the timer fires this turn or the
-            # next, and a wake-up of our own as well would make the kid collect
-            # twice (the second a timer of its own, LOG_COLLECT_GAP later).
-            return None
-        if now >= self.next_wake:
-            self.next_wake = now + self.interval
-            return 0.0
-        self.scheduled = True
-        return self.next_wake - now
-
-    def timer_fired(self, now: float) -> None:
-        """The scheduled wake-up is being sent."""
-        self.scheduled = False
-        self.next_wake = now + self.interval
 
 
 class Worker:
@@ -90,7 +55,7 @@ class Worker:
         self.log_stream = LogStream(self.loop, log_fd)
         self._pending_lines: list[bytes] = []
         self._pending_size = 0
-        self._wake_pacer = WakePacer(LOG_WAKE_INTERVAL)
+        self._wake_pacer = Pacer(LOG_WAKE_INTERVAL)
         self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
         self.ctx.flush_log = self._flush_lines
         self.log_stream.on_sent_all = self._log_stream_emptied

@@ -200,6 +200,11 @@ class LogQueue:
         """``pending_output()`` would not be empty (without copying it)."""
         return self._greeted and bool(self._out)
 
+    @property
+    def output_bytes(self) -> int:
+        """Wire bytes not yet written to this daemon."""
+        return len(self._out)
+
     def consumed(self, n: int) -> None:
         """``n`` bytes of ``pending_output()`` were written."""
         if n < 0 or n > len(self._out):

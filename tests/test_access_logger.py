@@ -1,0 +1,116 @@
+"""The kid's end of the logfile daemon, with the real daemon: how often queued
+lines are handed over.  Each hand-over wakes the daemon, which shares the
+serving core with the kid, so lines go in paced batches — and none waits for
+ever, and a large batch does not wait at all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from labsquid import access_logger
+from labsquid.access_logger import AccessLogger
+from labsquid.eventloop import EventLoop
+
+
+def _read_calls(pid: int) -> int:
+    """read(2)-family calls the process made so far (/proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no syscr in /proc/{pid}/io")
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _turn_until(loop: EventLoop, done: Callable[[], bool], timeout: float) -> float:
+    """Run loop turns until ``done()``; returns the seconds it took."""
+    start = time.monotonic()
+    while not done():
+        assert time.monotonic() - start < timeout, "timed out"
+        loop.run_once(0.002)
+    return time.monotonic() - start
+
+
+class Logger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.loop = EventLoop()
+        self.logger = AccessLogger(self.loop, str(path))
+        self.logger.start()
+        # Greeted once the settings (r, b) are acknowledged: sending may start.
+        _turn_until(self.loop, lambda: self.logger.queue.greeted and self.logger.queue.idle(), 10)
+
+    def close(self) -> None:
+        """EOF once every line is acknowledged; the daemon then exits."""
+        pid = self.logger.pid
+        assert pid is not None
+        self.logger.close()
+        try:
+            _turn_until(self.loop, lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, 10)
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+        finally:
+            self.loop.close()
+
+
+@pytest.fixture
+def logger(tmp_path: Path) -> Iterator[Logger]:
+    lg = Logger(tmp_path / "access.log")
+    yield lg
+    lg.close()
+
+
+def test_lines_queued_every_turn_reach_the_daemon_in_few_batches(logger):
+    """100 lines, one per loop turn over ~0.2 s: sent each turn, the daemon
+    would read about 100 times; paced (SEND_INTERVAL), about 0.2 / 0.025."""
+    lg, pid = logger.logger, logger.logger.pid
+    reads_before = _read_calls(pid)
+    for n in range(100):
+        lg.write_line(f"line {n}")
+        end = time.monotonic() + 0.002
+        while time.monotonic() < end:
+            logger.loop.run_once(max(0.0, end - time.monotonic()))
+    _turn_until(logger.loop, lambda: len(_lines(logger.path)) == 100, 10)
+    reads = _read_calls(pid) - reads_before
+    assert _lines(logger.path) == [f"line {n}" for n in range(100)]
+    assert reads <= 30, f"the daemon read {reads} times for 100 lines"
+
+
+def test_a_line_after_a_hand_over_is_written_with_no_further_traffic(logger):
+    lg = logger.logger
+    lg.write_line("first")
+    _turn_until(logger.loop, lambda: _lines(logger.path) == ["first"], 10)
+    lg.write_line("second")  # too soon after that hand-over: it goes on a timer
+    waited = _turn_until(logger.loop, lambda: len(_lines(logger.path)) == 2, 10)
+    assert _lines(logger.path) == ["first", "second"]
+    assert waited < 2.0
+
+
+def test_a_large_batch_is_sent_without_waiting_for_its_turn(tmp_path, monkeypatch):
+    monkeypatch.setattr(access_logger, "SEND_INTERVAL", 30.0)
+    # Starting hands the daemon its settings (r, b): the next hand-over of
+    # lines is due 30 s later.
+    lg = Logger(tmp_path / "access.log")
+    try:
+        lg.logger.write_line("small")
+        for _ in range(50):  # 0.1 s: a small batch waits for its interval
+            lg.loop.run_once(0.002)
+        assert _lines(lg.path) == []
+        big = [f"{n:05d} " + "x" * 200 for n in range(400)]  # ~80 KiB > SEND_BATCH
+        for line in big:
+            lg.logger.write_line(line)
+        waited = _turn_until(lg.loop, lambda: len(_lines(lg.path)) == 401, 20)
+        assert _lines(lg.path) == ["small", *big]
+        assert waited < 10.0  # long before the 30 s interval
+    finally:
+        lg.close()
