@@ -19,6 +19,7 @@ Signals arrive through the event loop and each has a named handler:
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pwd
@@ -80,6 +81,10 @@ class Kid:
         self.engine.start()
         log.info("kid_started", kid=self.name, dispatch=self.config.pool_dispatch,
                  listening=[_sockname(s) for s in self.listeners])
+        # As in a pool child: what start-up built lives as long as the process,
+        # so the collector's full passes only walk what serving creates (in
+        # serial mode the kid serves).
+        gc.freeze()
         self.loop.run()
         self.loop.close()
         self.stats.close()
