@@ -200,6 +200,33 @@ def test_a_line_run_stands_for_the_records_the_decoder_gives(lines, cut):
         assert run.count == run.text.count(b"\n") and rest.count(b"\n") == 0
 
 
+@given(
+    lines=st.lists(st.one_of(
+        st.tuples(st.just("L"), _payloads),
+        st.tuples(_letters, _payloads),
+        st.binary(max_size=30).map(lambda b: b.replace(b"\n", b""))), max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
+)
+def test_reads_cut_anywhere_give_the_records_the_decoder_gives(lines, cuts):
+    """feed_runs (the daemon's read path) over any chunking reports the same
+    records as feed over the whole stream, over-long lines included (limit 24)."""
+    wire = b"".join(encode_record(*x) if isinstance(x, tuple) else x + b"\n" for x in lines)
+    dec = RecordDecoder(max_record=24)
+    got, pos = [], 0
+    for cut in sorted(cuts) + [len(wire)]:
+        got += dec.feed_runs(wire[pos:cut])
+        pos = max(pos, cut)
+    assert _expand(got) == RecordDecoder(max_record=24).feed(wire)
+
+
+def test_a_read_that_starts_mid_record_still_takes_the_rest_as_one_run():
+    wire = b"".join(encode_record("L", b"line %d" % i) for i in range(4))
+    dec = RecordDecoder()
+    assert dec.feed_runs(wire[:10]) == [LineRun(1, b"line 0\n")]  # and "Lli" held
+    assert dec.feed_runs(wire[10:]) == [Record("L", b"line 1"),
+                                        LineRun(2, b"line 2\nline 3\n")]
+
+
 def test_a_batch_of_access_log_lines_is_one_line_run():
     wire = b"".join(encode_record("L", b"line %d" % i) for i in range(3)) + b"Lpart"
     assert take_line_run(wire) == (LineRun(3, b"line 0\nline 1\nline 2\n"), b"Lpart")

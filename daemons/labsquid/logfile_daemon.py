@@ -58,7 +58,6 @@ from labsquid.logfile import (
     WriteFailed,
     encode_message,
     parse_int,
-    take_line_run,
 )
 from labsquid.process import set_title
 
@@ -235,13 +234,8 @@ class Daemon:
             if not data:
                 self.eof_at = self.clock()  # an unfinished last record is dropped
                 return
-            if not self.decoder.partial:
-                # A batch of access-log lines, the usual read: one LineRun.
-                run, data = take_line_run(data)
-                if run is not None:
-                    self.backlog.append(run)
-            if data:
-                self.backlog.extend(self.decoder.feed(data))
+            # A batch of access-log lines, the usual read: one LineRun.
+            self.backlog.extend(self.decoder.feed_runs(data))
             if not until_eof:
                 return
 

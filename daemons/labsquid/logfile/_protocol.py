@@ -176,6 +176,26 @@ class RecordDecoder:
         self._scanned = len(buf)
         return out
 
+    def feed_runs(self, data: bytes) -> list[Record | Overlong | LineRun]:
+        """``feed``, with each run of ``L`` records as one ``LineRun``.
+
+        A read that starts inside a record (most reads of a batch larger than
+        one read) first completes that record, and only then finds the run:
+        otherwise every line after it cost a ``Record`` (the daemon spent
+        ~2.5 us a line that way, stalling the serving core for milliseconds).
+        """
+        out: list[Record | Overlong | LineRun] = []
+        if self.partial:
+            end = data.find(b"\n") + 1 or len(data)
+            out += self.feed(data[:end])
+            data = data[end:]
+        run, data = take_line_run(data, self.max_record)
+        if run is not None:
+            out.append(run)
+        if data:
+            out += self.feed(data)
+        return out
+
 
 # --- daemon -> kid -----------------------------------------------------------
 
