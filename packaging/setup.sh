@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything labsquid needs on a Debian 12 machine (run as root):
 # the Debian packages, then a virtualenv in .venv with labsquid installed
-# editable plus its test tools. Idempotent: a second run installs nothing new.
+# editable plus its test tools. Idempotent: a second run installs and compiles
+# nothing new.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -30,4 +31,20 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import systemd.journal' 2
     rm -rf .venv
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+
+# The editable install compiles the hot modules (setup.py, about a minute on
+# 2 cores).  Skip it when the last completed one used the same pyproject.toml,
+# setup.py and LABSQUID_NO_EXTENSIONS, and every module it compiled still
+# matches its source (labsquid -v counts them; an edited one would run from
+# its .py until rebuilt).
+stamp=.venv/.labsquid-install
+want=$( (cat pyproject.toml setup.py; echo "no_extensions=${LABSQUID_NO_EXTENSIONS:-}") | sha256sum)
+report=$(.venv/bin/labsquid -v 2>/dev/null || true)
+if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
+   && grep -qxE 'compiled hot modules: ([0-9]+) of \1( \(a pure-Python build\))?' <<<"$report"; then
+    echo "setup.sh: labsquid is installed and built already (.venv)"
+else
+    rm -f "$stamp"
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    echo "$want" > "$stamp"
+fi

@@ -64,6 +64,21 @@ def test_setup_compiles_every_hot_module_and_they_load_compiled():
         assert built, f"no extension module for {name}"
 
 
+@pytest.mark.slow
+def test_setup_run_again_installs_and_compiles_nothing():
+    """tests/run.sh has just run packaging/setup.sh: a second run finds the
+    Debian packages, the venv and a build that matches the sources, and leaves
+    the build alone instead of spending a minute compiling it again."""
+    built = sorted(PACKAGE.rglob("*.so")) + [PACKAGE / "_native.json"]
+    before = {path: path.stat().st_mtime_ns for path in built}
+    env = {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
+    run = subprocess.run(["bash", str(REPO / "packaging" / "setup.sh")], capture_output=True,
+                         text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr
+    assert "labsquid is installed and built already" in run.stdout, run.stdout + run.stderr
+    assert {path: path.stat().st_mtime_ns for path in built} == before
+
+
 def test_no_extensions_loads_every_hot_module_from_source():
     report = version_report({"LABSQUID_NO_EXTENSIONS": "1"})
     n = len(hot_modules())
