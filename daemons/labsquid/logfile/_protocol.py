@@ -181,8 +181,8 @@ class RecordDecoder:
 
         A read that starts inside a record (most reads of a batch larger than
         one read) first completes that record, and only then finds the run:
-        otherwise every line after it cost a ``Record`` (the daemon spent
-        ~2.5 us a line that way, stalling the serving core for milliseconds).
+        otherwise every line after it cost a ``Record`` (under strace, 1.2-1.7
+        ms for ~480 lines against 0.3 ms: a stall of the serving core).
         """
         out: list[Record | Overlong | LineRun] = []
         if self.partial:
