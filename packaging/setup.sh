@@ -40,8 +40,12 @@ fi
 stamp=.venv/.labsquid-install
 want=$( (cat pyproject.toml setup.py; echo "no_extensions=${LABSQUID_NO_EXTENSIONS:-}") | sha256sum)
 report=$(.venv/bin/labsquid -v 2>/dev/null || true)
-if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
-   && grep -qxE 'compiled hot modules: ([0-9]+) of \1( \(a pure-Python build\))?' <<<"$report"; then
+if [ -n "${LABSQUID_NO_EXTENSIONS:-}" ]; then
+    built='compiled hot modules: 0 of 0 \(a pure-Python build\)'
+else
+    built='compiled hot modules: ([1-9][0-9]*) of \1'  # not a build that lost its manifest
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && grep -qxE "$built" <<<"$report"; then
     echo "setup.sh: labsquid is installed and built already (.venv)"
 else
     rm -f "$stamp"
