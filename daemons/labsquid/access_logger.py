@@ -3,9 +3,9 @@
 squid's kid starts its logfile daemon with ``ipcCreate`` and calls
 ``fatal()`` when it dies.  labsquid's kid instead:
 
-* writes through a non-blocking socket whose writability drives the sending
-  (epoll ``EPOLLOUT`` only while something is pending), so a slow disk never
-  blocks the loop;
+* writes through a non-blocking socket, so a slow disk never blocks the loop:
+  queued lines go at most once per ``SEND_INTERVAL`` (``labsquid.pacing``),
+  and epoll's ``EPOLLOUT`` is armed only while a send left bytes behind;
 * keeps every line in a bounded ``LogQueue`` until the daemon acknowledges it
   was written (labsquid's ``A``/``O`` extension of squid's protocol);
 * when the daemon dies, starts a new one within ``RESPAWN_DELAY`` and resends
@@ -42,10 +42,11 @@ RESPAWN_MAX = 5.0
 YOUNG_DEATH = 2.0
 # Lines go to the daemon at most once per SEND_INTERVAL, all that queued by
 # then, or at once when SEND_BATCH bytes wait.  Sending every loop turn woke the
-# daemon 700-750 times a second in serial mode at 100 B c=50 (it shares the
+# daemon 694-750 times a second in serial mode at 100 B c=50 (it shares the
 # core with the kid), ~7 us of its CPU per request; paced, 38 times and ~1 us.
-# Pool children's lines arrive in collections at least pool.LOG_COLLECT_GAP (as
-# long) apart, so each of those is sent at once.
+# Pool children's lines mostly arrive in collections at least
+# pool.LOG_COLLECT_GAP (as long) apart, so those are sent at once; the unspaced
+# reads (a child's full pipe, a dead child's last lines) may wait up to 25 ms.
 SEND_INTERVAL = 0.025
 SEND_BATCH = 64 * 1024
 
