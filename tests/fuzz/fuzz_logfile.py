@@ -7,8 +7,9 @@ Input: a byte stream, read in both directions of the protocol:
   raises; its events must equal a reference model (every complete line is a
   ``Record(first byte, rest)`` or, when longer than the limit, ``Overlong(len)``)
   and ``partial`` must count the unfinished tail; fed whole, cut at random
-  points or byte by byte, the events are the same. A decoded record with an
-  ASCII letter survives ``encode_record`` -> decode unchanged, and
+  points or byte by byte, the events are the same, and so are those of
+  ``feed_runs`` (the daemon's read path) with its LineRuns expanded. A decoded
+  record with an ASCII letter survives ``encode_record`` -> decode unchanged, and
   ``parse_int`` (the ``r``/``b`` argument) returns an int or None, never raises;
 * as messages (daemon -> kid) by ``MessageDecoder``: the only exception is
   ``ProtocolError``, and it comes exactly when the model says the stream is
@@ -35,6 +36,7 @@ with atheris.instrument_imports(include=["labsquid"]):
     from labsquid.logfile import (
         MAX_MESSAGE,
         MAX_RECORD,
+        LineRun,
         MessageDecoder,
         Overlong,
         ProtocolError,
@@ -77,9 +79,30 @@ def check_records(data: bytes, limit: int) -> None:
             raise FuzzFailure(f"records differ from the model (limit {limit}, "
                               f"{len(chunks)} pieces):\n  got: {got!r}\n  want: {expected!r}")
         check(dec.partial == tail, f"partial {dec.partial} != unfinished tail {tail}")
+        # The daemon's read path: the same records, runs of L lines as LineRuns.
+        dec = RecordDecoder(max_record=limit)
+        got = []
+        for chunk in chunks:
+            got += _expand(dec.feed_runs(chunk))
+        if got != expected:
+            raise FuzzFailure(f"feed_runs differs from the model (limit {limit}, "
+                              f"{len(chunks)} pieces):\n  got: {got!r}\n  want: {expected!r}")
+        check(dec.partial == tail, f"feed_runs: partial {dec.partial} != tail {tail}")
     for event in expected:
         if type(event) is Record:
             _check_record(event)
+
+
+def _expand(events: list) -> list[Record | Overlong]:
+    """LineRuns as the Records they stand for."""
+    out: list[Record | Overlong] = []
+    for event in events:
+        if type(event) is LineRun:
+            out += [Record("L", line) for line in event.text.split(b"\n")[:-1]]
+            check(event.count == event.text.count(b"\n"), f"LineRun count {event!r}")
+        else:
+            out.append(event)
+    return out
 
 
 def _check_record(rec: Record) -> None:
