@@ -36,7 +36,7 @@ from support.chaos import (
     settled,
     shm_segment,
 )
-from support.origin import parse_squid_line
+from support.origin import fetch, parse_squid_line
 from support.service import wait_for
 
 pytestmark = pytest.mark.slow
@@ -323,6 +323,37 @@ def test_reloads_lose_no_request_and_no_line(make_labsquid, origin, dispatch):
     assert unlogged == []
     assert sorted(logged) == sorted(o.url for o in outcomes)
     assert max(logged.values()) == 1
+
+
+def test_reload_to_another_access_log_retires_the_old_daemon(make_labsquid, origin):
+    """access_log moved by a reload, four times over: each line lands in the file
+    in force when it was served, each old daemon's exit is reaped as its own
+    (logfile_daemon_stopped), and the kid keeps no descriptor of it."""
+    ls = make_labsquid(dispatch="notify", pool_size=1).start()
+    kid = ls.kid()
+    assert kid is not None
+    paths = [ls.access_log, ls.access_log.with_name("other.log")]
+    fds = None
+    for n in range(4):
+        path, url = paths[n % 2], origin.url(f"/id/moved-{n}")
+        resp, _ = fetch(ls.port, "GET", url)
+        assert resp.status == 200
+        wait_for(lambda p=path, u=url: p.exists() and u in p.read_text(),
+                 what=f"request {n} logged in {path.name}")
+        if fds is None:
+            fds = kid.num_fds()
+        else:
+            # The old daemon's socket closed, the old worker's channels too.
+            wait_for(lambda want=fds: kid.num_fds() == want,
+                     what=f"the kid back to {fds} descriptors (has {kid.num_fds()})")
+        ls.write_config(text=ls.config_text().replace(str(ls.access_log), str(paths[(n + 1) % 2])))
+        ls.signal(signal.SIGHUP)
+        wait_for(lambda k=n + 1: len(events(ls, "reconfigured")) == k, what=f"reload {n + 1}")
+        wait_for(lambda k=n + 1: len(events(ls, "logfile_daemon_stopped")) == k,
+                 what=f"the daemon of {path.name} reaped as such")
+    assert all(url not in paths[1].read_text() for url in ("/id/moved-0", "/id/moved-2"))
+    assert all(url not in paths[0].read_text() for url in ("/id/moved-1", "/id/moved-3"))
+    assert ls.stop() == 0
 
 
 @pytest.mark.parametrize("dispatch", ["notify", "reuseport"])

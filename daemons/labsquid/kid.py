@@ -57,6 +57,7 @@ class Kid:
         self.control: Channel | None = None
         self._control_sock = control
         self.logger: AccessLogger | None = None
+        self._retired_loggers: list[AccessLogger] = []  # draining after a reload
         self.stats: Stats = None  # type: ignore[assignment]  # made in run(), as the final user
         self.engine = None
         self.stopping = False
@@ -172,7 +173,7 @@ class Kid:
         if daemon_log_entry(old) != daemon_log_entry(new) or (
                 old.logfile_daemon != new.logfile_daemon):
             if self.logger is not None:
-                self.logger.close()  # drains and exits; replaced right away
+                self._retire_logger(self.logger)  # replaced right away
             self.logger = self._start_logger(new)
             self._log_room()
         elif self.logger is not None:
@@ -182,6 +183,15 @@ class Kid:
         log.info("reconfigured", generation=self.reconfigures)
         self.send_status(reconfigured=True)
 
+    def _retire_logger(self, logger: AccessLogger) -> None:
+        """The logger of the access_log a reload left: it drains and its daemon
+        exits; it stays known until then, so that exit is reaped as its own
+        (closing its socket), not as an unknown child's."""
+        logger.on_room = None
+        logger.on_idle = lambda: self._retired_loggers.remove(logger)
+        self._retired_loggers.append(logger)
+        logger.close()
+
     def handle_usr1(self, _signum: int) -> None:
         if self.logger is not None:
             log.info("access_log_rotate", path=self.logger.path)
@@ -190,8 +200,11 @@ class Kid:
     def handle_chld(self, _signum: int) -> None:
         for pid, status in process.reap():
             text, _code, _sig = process.describe_status(status)
+            retired = [lg for lg in self._retired_loggers if lg.pid == pid]
             if self.logger is not None and pid == self.logger.pid:
                 self.logger.daemon_exited(text)
+            elif retired:
+                retired[0].daemon_exited(text)
             elif self.engine is not None and self.engine.child_exited(pid, status):
                 pass
             else:
