@@ -302,6 +302,32 @@ def test_full_queue_holds_clients_back_and_drops_no_line(make_labsquid, dispatch
     assert sorted(logged) == sorted(sent)
 
 
+@pytest.mark.parametrize("dispatch", ["serial", "notify"])
+def test_daemon_killed_while_the_kid_drains_at_exit_is_replaced(make_labsquid, dispatch):
+    """SIGTERM while the daemon has lines it has not written (stopped: a hung
+    disk), then the daemon dies: a new one writes them, every answered request
+    is logged once, and labsquid exits 0 without waiting out its flush limit."""
+    ls = make_labsquid(dispatch=dispatch).start()
+    daemon = ls.logfile_daemon()
+    daemon.suspend()
+    urls = [f"http://127.0.0.1:9/exit-{i:02d}" for i in range(20)]  # port 9: a quick 403
+    for url in urls:
+        with socket.create_connection(("127.0.0.1", ls.port), timeout=10) as s:
+            s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert s.recv(20).startswith(b"HTTP/1.1 403")
+    ls.signal(signal.SIGTERM)
+    wait_for(lambda: '"connections_drained"' in ls.stderr_text(),
+             what="the kid waiting on its logfile daemon at exit")
+    began = time.monotonic()
+    daemon.kill()
+    code = ls.stop()
+    took = time.monotonic() - began
+    logged = [line.split()[6] for line in ls.access_lines()]
+    assert code == 0, ls.stderr_text()[-3000:]
+    assert sorted(logged) == urls
+    assert took < 5, f"exit took {took:.1f} s after the daemon died"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 def test_root_start_drops_to_cache_effective_user(make_labsquid, tmp_path_factory):
     import pwd

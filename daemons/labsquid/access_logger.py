@@ -74,6 +74,7 @@ class AccessLogger:
         self.young_deaths = 0
         self.started_at = 0.0
         self._respawn_timer: Timer | None = None
+        self._gave_up = False  # kill_now(): lines still queued are abandoned
         self._room_wanted = False
         self._resumed_from: tuple[int, int, int] | None = None  # queue counters at a restart
         #: Called once room is back after ``want_room()`` (a quarter of the bound).
@@ -114,7 +115,7 @@ class AccessLogger:
         """Called by the kid's reaper when ``self.pid`` exited."""
         self.pid = None
         self._drop_socket()
-        if self._closing and self.queue.idle():
+        if self._gave_up or (self._closing and self.queue.idle()):
             log.info("logfile_daemon_stopped", status=status_text)
             self._check_idle()
             return
@@ -132,7 +133,9 @@ class AccessLogger:
 
     def _respawn(self) -> None:
         self._respawn_timer = None
-        if not self._closing and self.pid is None:
+        # While closing too, as long as lines wait: close() ends in EOF only
+        # once everything is acknowledged, so a replacement must write them.
+        if self.pid is None and not self._gave_up and not (self._closing and self.queue.idle()):
             self.start()
 
     def close(self) -> None:
@@ -142,7 +145,7 @@ class AccessLogger:
 
     @property
     def closed(self) -> bool:
-        return self._closing and self.pid is None
+        return self._closing and self.pid is None and self.queue.idle()
 
     # -- writing ------------------------------------------------------------
     def write_line(self, line: str | bytes) -> None:
@@ -296,5 +299,11 @@ class AccessLogger:
             self.sock = None
 
     def kill_now(self) -> None:
-        """Last resort at exit: the daemon still gets EOF and flushes what it has."""
+        """Last resort (a flush that took too long): no more daemons; the one
+        running still gets EOF and writes what it has."""
+        self._gave_up = True
+        if self._respawn_timer is not None:
+            self._respawn_timer.cancel()
+            self._respawn_timer = None
         self._drop_socket()
+        self._check_idle()

@@ -188,9 +188,21 @@ class Kid:
         exits; it stays known until then, so that exit is reaped as its own
         (closing its socket), not as an unknown child's."""
         logger.on_room = None
-        logger.on_idle = lambda: self._retired_loggers.remove(logger)
+        logger.on_idle = lambda: self._forget_retired(logger)
         self._retired_loggers.append(logger)
         logger.close()
+        # A daemon that cannot write the old file (its disk gone, say) is
+        # replaced while lines wait; give up on them after the exit's limit.
+        self.loop.call_later(LOGGER_CLOSE_LIMIT, lambda: self._retired_timeout(logger))
+
+    def _forget_retired(self, logger: AccessLogger) -> None:
+        if logger in self._retired_loggers:
+            self._retired_loggers.remove(logger)
+
+    def _retired_timeout(self, logger: AccessLogger) -> None:
+        if logger in self._retired_loggers:
+            log.error("access_log_flush_timeout", path=logger.path, limit=LOGGER_CLOSE_LIMIT)
+            logger.kill_now()
 
     def handle_usr1(self, _signum: int) -> None:
         if self.logger is not None:
