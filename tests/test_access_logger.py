@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from labsquid import access_logger
 from labsquid.access_logger import AccessLogger
 from labsquid.eventloop import EventLoop
+from support.service import wait_for
 
 pytestmark = pytest.mark.slow  # a real logfile daemon process
 
@@ -43,6 +45,10 @@ def _turn_until(loop: EventLoop, done: Callable[[], bool], timeout: float) -> fl
 
 class Logger:
     def __init__(self, path: Path) -> None:
+        # The logger forks its daemon, and labsquid refuses to fork a threaded
+        # process: let an earlier test's origin threads finish their connections.
+        wait_for(lambda: threading.active_count() == 1, timeout=15,
+                 what=f"other threads to end: {[t.name for t in threading.enumerate()]}")
         self.path = path
         self.loop = EventLoop()
         self.logger = AccessLogger(self.loop, str(path))
