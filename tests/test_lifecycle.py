@@ -328,6 +328,36 @@ def test_daemon_killed_while_the_kid_drains_at_exit_is_replaced(make_labsquid, d
     assert took < 5, f"exit took {took:.1f} s after the daemon died"
 
 
+def test_exit_right_after_a_reload_that_moved_the_log_waits_for_the_old_file(make_labsquid):
+    """The old file's daemon is stuck (SIGSTOP) with more lines than its socket
+    holds; a reload moves access_log, then SIGTERM: the kid waits for the old
+    logger as for the current one, and every line reaches the old file."""
+    ls = make_labsquid(dispatch="serial").start()
+    old_daemon = ls.logfile_daemon()
+    old_daemon.suspend()
+    pad = "x" * 6000  # ~100 lines: more than the daemon's socket buffers hold
+    urls = [f"http://127.0.0.1:9/{i:03d}/{pad}" for i in range(100)]  # port 9: a quick 403
+    for url in urls:
+        with socket.create_connection(("127.0.0.1", ls.port), timeout=10) as s:
+            s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert s.recv(20).startswith(b"HTTP/1.1 403")
+    old_log = ls.access_log
+    new_log = old_log.with_name("moved.log")
+    ls.write_config(text=ls.config_text().replace(str(old_log), str(new_log)))
+    ls.signal(signal.SIGHUP)
+    wait_for(lambda: '"reconfigured"' in ls.stderr_text(), what="the reload")
+    ls.signal(signal.SIGTERM)
+    wait_for(lambda: '"connections_drained"' in ls.stderr_text(), what="the drain")
+    time.sleep(0.5)
+    assert ls.proc.poll() is None, "exited with the old file's lines still queued"
+    old_daemon.resume()
+    assert ls.stop() == 0
+    wait_for(lambda: not psutil.pid_exists(old_daemon.pid) or old_daemon.status() == "zombie",
+             what="the old daemon done")
+    logged = [line.split()[6] for line in old_log.read_text().splitlines()]
+    assert logged == urls
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 def test_root_start_drops_to_cache_effective_user(make_labsquid, tmp_path_factory):
     import pwd

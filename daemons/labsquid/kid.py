@@ -58,6 +58,7 @@ class Kid:
         self._control_sock = control
         self.logger: AccessLogger | None = None
         self._retired_loggers: list[AccessLogger] = []  # draining after a reload
+        self._logs_closing = False  # exiting: waiting for the loggers (_logs_closed)
         self.stats: Stats = None  # type: ignore[assignment]  # made in run(), as the final user
         self.engine = None
         self.stopping = False
@@ -198,6 +199,7 @@ class Kid:
     def _forget_retired(self, logger: AccessLogger) -> None:
         if logger in self._retired_loggers:
             self._retired_loggers.remove(logger)
+        self._logs_closed()
 
     def _retired_timeout(self, logger: AccessLogger) -> None:
         if logger in self._retired_loggers:
@@ -249,17 +251,27 @@ class Kid:
         self.engine.abort(self._drained)
 
     def _close_logger(self) -> None:
-        if self.logger is None or self.logger.closed:
+        self._logs_closing = True
+        if self.logger is not None and not self.logger.closed:
+            self.logger.on_idle = self._logs_closed
+            self.logger.close()
+        if not self._logs_closed():
+            self.loop.call_later(LOGGER_CLOSE_LIMIT, self._logger_timeout)
+
+    def _logs_closed(self) -> bool:
+        """At exit: stop once every logger is done, the current one and any a
+        reload retired (their lines are as much owed as the current ones)."""
+        done = (self._logs_closing and (self.logger is None or self.logger.closed)
+                and not self._retired_loggers)
+        if done:
             self.loop.stop()
-            return
-        self.logger.on_idle = self.loop.stop
-        self.logger.close()
-        self.loop.call_later(LOGGER_CLOSE_LIMIT, self._logger_timeout)
+        return done
 
     def _logger_timeout(self) -> None:
         log.error("access_log_flush_timeout", limit=LOGGER_CLOSE_LIMIT)
-        if self.logger is not None:
-            self.logger.kill_now()
+        for logger in (self.logger, *self._retired_loggers):
+            if logger is not None:
+                logger.kill_now()
         self.loop.stop()
 
 
