@@ -115,7 +115,7 @@ class AccessLogger:
         """Called by the kid's reaper when ``self.pid`` exited."""
         self.pid = None
         self._drop_socket()
-        if self._gave_up or (self._closing and self.queue.idle()):
+        if self._gave_up or self.closed:
             log.info("logfile_daemon_stopped", status=status_text)
             self._check_idle()
             return
@@ -135,7 +135,7 @@ class AccessLogger:
         self._respawn_timer = None
         # While closing too, as long as lines wait: close() ends in EOF only
         # once everything is acknowledged, so a replacement must write them.
-        if self.pid is None and not self._gave_up and not (self._closing and self.queue.idle()):
+        if self.pid is None and not self._gave_up and not self.closed:
             self.start()
 
     def close(self) -> None:

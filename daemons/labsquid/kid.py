@@ -196,6 +196,11 @@ class Kid:
         # replaced while lines wait; give up on them after the exit's limit.
         self.loop.call_later(LOGGER_CLOSE_LIMIT, lambda: self._retired_timeout(logger))
 
+    def _loggers(self) -> list[AccessLogger]:
+        """The current logger (if any) and those a reload retired."""
+        current = [] if self.logger is None else [self.logger]
+        return current + self._retired_loggers
+
     def _forget_retired(self, logger: AccessLogger) -> None:
         if logger in self._retired_loggers:
             self._retired_loggers.remove(logger)
@@ -214,11 +219,9 @@ class Kid:
     def handle_chld(self, _signum: int) -> None:
         for pid, status in process.reap():
             text, _code, _sig = process.describe_status(status)
-            retired = [lg for lg in self._retired_loggers if lg.pid == pid]
-            if self.logger is not None and pid == self.logger.pid:
-                self.logger.daemon_exited(text)
-            elif retired:
-                retired[0].daemon_exited(text)
+            owner = next((lg for lg in self._loggers() if lg.pid == pid), None)
+            if owner is not None:
+                owner.daemon_exited(text)
             elif self.engine is not None and self.engine.child_exited(pid, status):
                 pass
             else:
@@ -269,9 +272,8 @@ class Kid:
 
     def _logger_timeout(self) -> None:
         log.error("access_log_flush_timeout", limit=LOGGER_CLOSE_LIMIT)
-        for logger in (self.logger, *self._retired_loggers):
-            if logger is not None:
-                logger.kill_now()
+        for logger in self._loggers():
+            logger.kill_now()
         self.loop.stop()
 
 
