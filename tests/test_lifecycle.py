@@ -31,6 +31,13 @@ def hello(port: int) -> bytes:
     return data
 
 
+def get_denied(port: int, url: str) -> None:
+    """One GET the default rules deny (port 9): a quick 403, and one line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(20).startswith(b"HTTP/1.1 403")
+
+
 def proxied_get(port: int, url: str) -> int:
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
@@ -286,10 +293,8 @@ def test_full_queue_holds_clients_back_and_drops_no_line(make_labsquid, dispatch
     held.close()
     answered.append(len(answered))
     for i in range(len(answered), len(answered) + 20):  # and serving goes on
-        with socket.create_connection(("127.0.0.1", ls.port), timeout=10) as s:
-            s.sendall(f"GET {urls[i]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            assert s.recv(20).startswith(b"HTTP/1.1 403")
-            answered.append(i)
+        get_denied(ls.port, urls[i])
+        answered.append(i)
     code = ls.stop()
     logged = [line.split()[6] for line in ls.access_lines()]
     sent = [urls[i] for i in answered]
@@ -312,9 +317,7 @@ def test_daemon_killed_while_the_kid_drains_at_exit_is_replaced(make_labsquid, d
     daemon.suspend()
     urls = [f"http://127.0.0.1:9/exit-{i:02d}" for i in range(20)]  # port 9: a quick 403
     for url in urls:
-        with socket.create_connection(("127.0.0.1", ls.port), timeout=10) as s:
-            s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            assert s.recv(20).startswith(b"HTTP/1.1 403")
+        get_denied(ls.port, url)
     ls.signal(signal.SIGTERM)
     wait_for(lambda: '"connections_drained"' in ls.stderr_text(),
              what="the kid waiting on its logfile daemon at exit")
@@ -338,9 +341,7 @@ def test_exit_right_after_a_reload_that_moved_the_log_waits_for_the_old_file(mak
     pad = "x" * 6000  # ~100 lines: more than the daemon's socket buffers hold
     urls = [f"http://127.0.0.1:9/{i:03d}/{pad}" for i in range(100)]  # port 9: a quick 403
     for url in urls:
-        with socket.create_connection(("127.0.0.1", ls.port), timeout=10) as s:
-            s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            assert s.recv(20).startswith(b"HTTP/1.1 403")
+        get_denied(ls.port, url)
     old_log = ls.access_log
     new_log = old_log.with_name("moved.log")
     ls.write_config(text=ls.config_text().replace(str(old_log), str(new_log)))

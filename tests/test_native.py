@@ -29,10 +29,14 @@ def hot_modules() -> list[str]:
     raise AssertionError("setup.py has no HOT_MODULES")
 
 
+def env_without_no_extensions() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
+
+
 def python(*args: str, env: dict[str, str] | None = None,
            pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     """This interpreter in a fresh process, LABSQUID_NO_EXTENSIONS unset unless `env` sets it."""
-    full_env = {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
+    full_env = env_without_no_extensions()
     full_env.update(env or {})
     if pythonpath is not None:
         full_env["PYTHONPATH"] = str(pythonpath)
@@ -76,9 +80,8 @@ def test_setup_run_again_installs_and_compiles_nothing():
         pytest.fail("the build does not match the sources: run packaging/setup.sh first")
     built = sorted(PACKAGE.rglob("*.so")) + [PACKAGE / "_native.json"]
     before = {path: path.stat().st_mtime_ns for path in built}
-    env = {k: v for k, v in os.environ.items() if k != "LABSQUID_NO_EXTENSIONS"}
     run = subprocess.run(["bash", str(REPO / "packaging" / "setup.sh")], capture_output=True,
-                         text=True, env=env, timeout=900)
+                         text=True, env=env_without_no_extensions(), timeout=900)
     assert run.returncode == 0, run.stderr
     assert "labsquid is installed and built already" in run.stdout, run.stdout + run.stderr
     assert {path: path.stat().st_mtime_ns for path in built} == before
