@@ -34,8 +34,8 @@ from labsquid.http import (
     Paused,
     ProtocolError,
     Request,
-    RequestReader,
 )
+from labsquid.http._readers import RequestReader
 from labsquid.proxy.transaction import Transaction
 
 if TYPE_CHECKING:

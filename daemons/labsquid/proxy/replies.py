@@ -1,95 +1,104 @@
 """Replies the proxy makes itself: error pages, manager pages, TRACE/OPTIONS.
 
-Mixed into ``Transaction``: each reply goes through the same path as a
-relayed response (``_to_client``), is logged once by ``finish``, and ends
-the transaction.  Error replies close the client connection afterwards, as
-squid does for most of them.
+Each function takes the ``Transaction`` it answers and is bound into that
+class as a method (``Transaction.reply_error`` and so on): an extension type
+has at most one base class, so this half of it is not a mixin.  Each reply
+goes through the same path as a relayed response (``_to_client``), is logged
+once by ``finish``, and ends the transaction.  Error replies close the
+client connection afterwards, as squid does for most of them.
 """
 
 from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from typing import TYPE_CHECKING
 
 from labsquid.errorpages import render_error
 from labsquid.http import Headers, ProtocolError
 from labsquid.proxy import forward, mgr
 
+if TYPE_CHECKING:
+    from labsquid.proxy.transaction import Transaction
+
 MGR_PREFIX = "/squid-internal-mgr/"
 MGR_PREFIX_BYTES = MGR_PREFIX.encode()
 
 
-class LocalReplies:
-    """The reply-making half of ``Transaction`` (it provides the state used here)."""
+def max_forwards_reached(txn: Transaction) -> bool:
+    req = txn.req
+    assert req is not None
+    if req.method not in (b"TRACE", b"OPTIONS"):
+        return False
+    value = req.headers.first(b"max-forwards")
+    if value is None:
+        return False
+    if forward.parse_max_forwards(value) != 0:
+        return False
+    if req.method == b"TRACE":
+        body = forward.serialize(b"%s %s HTTP/%s" % (req.method, req.target,
+                                                      req.http_version), req.headers)
+        reply_local(txn, 200, b"OK", body, b"message/http")
+    else:
+        reply_local(txn, 200, b"OK", b"", None,
+                    extra=[(b"Allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE")])
+    return True
 
-    def max_forwards_reached(self) -> bool:
-        req = self.req
-        assert req is not None
-        if req.method not in (b"TRACE", b"OPTIONS"):
-            return False
-        value = req.headers.first(b"max-forwards")
-        if value is None:
-            return False
-        if forward.parse_max_forwards(value) != 0:
-            return False
-        if req.method == b"TRACE":
-            body = forward.serialize(b"%s %s HTTP/%s" % (req.method, req.target,
-                                                          req.http_version), req.headers)
-            self.reply_local(200, b"OK", body, b"message/http")
-        else:
-            self.reply_local(200, b"OK", b"", None,
-                             extra=[(b"Allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE")])
-        return True
 
-    def reply_error(self, code: str, status: int, detail: str = "", errno: int = 0) -> None:
-        if self.finished:
-            return
-        self.error_code = code
-        self._drop_upstream()
-        status, headers, body = render_error(
-            code, status=status, method=self.method, url=self.url,
-            client_addr=self.client.peer_ip, hostname=self.ctx.hostname, now=time.time(),
-            error_detail=detail, errno=errno, cache_admin=self.ctx.config.cache_mgr,
-            version_string=self.ctx.version)
-        self.status = status
-        self.mime = "text/html"
-        if self.log_tag == "TCP_MISS" and self.hierarchy == "HIER_NONE":
-            self.log_tag = "TCP_MISS" if self.req is not None and self.host else "NONE_NONE"
-        start = b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))
-        self._to_client(forward.serialize(start, Headers(headers)) + body)
-        self.wants_body = False
-        self.finish(False)
+def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
+                errno: int = 0) -> None:
+    if txn.finished:
+        return
+    txn.error_code = code
+    txn._drop_upstream()
+    status, headers, body = render_error(
+        code, status=status, method=txn.method, url=txn.url,
+        client_addr=txn.client.peer_ip, hostname=txn.ctx.hostname, now=time.time(),
+        error_detail=detail, errno=errno, cache_admin=txn.ctx.config.cache_mgr,
+        version_string=txn.ctx.version)
+    txn.status = status
+    txn.mime = "text/html"
+    if txn.log_tag == "TCP_MISS" and txn.hierarchy == "HIER_NONE":
+        txn.log_tag = "TCP_MISS" if txn.req is not None and txn.host else "NONE_NONE"
+    start = b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))
+    txn._to_client(forward.serialize(start, Headers(headers)) + body)
+    txn.wants_body = False
+    txn.finish(False)
 
-    def reply_protocol_error(self, exc: ProtocolError) -> None:
-        self.log_tag = "NONE_NONE"
-        self.reply_error(exc.error_code, exc.status, detail=exc.reason)
 
-    def reply_timeout(self) -> None:
-        self.log_tag = "NONE_NONE"
-        self.reply_error("ERR_REQUEST_START_TIMEOUT", 408, detail="request_timeout")
+def reply_protocol_error(txn: Transaction, exc: ProtocolError) -> None:
+    txn.log_tag = "NONE_NONE"
+    reply_error(txn, exc.error_code, exc.status, detail=exc.reason)
 
-    def reply_local(self, status: int, reason: bytes, body: bytes, ctype: bytes | None,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        headers = Headers(extra or [])
-        if ctype:
-            headers.add(b"Content-Type", ctype)
-        headers.add(b"Content-Length", str(len(body)).encode())
-        headers.add(b"Date", _http_date())
-        headers.add(b"Connection", b"keep-alive" if self.client_keep_alive else b"close")
-        self.status = status
-        self.mime = ctype.decode() if ctype else None
-        self.log_tag = "TCP_MISS"
-        self._to_client(forward.serialize(b"HTTP/1.1 %d %s" % (status, reason), headers) + body)
-        self.finish(self.client_keep_alive and self.body_done)
 
-    def reply_manager(self) -> None:
-        action = self.path.decode("latin-1")[len(MGR_PREFIX):].split("?")[0] or "menu"
-        page = mgr.render(action, self.ctx)
-        if page is None:
-            self.reply_error("ERR_INVALID_URL", 404,
-                             detail=f"unknown cache manager action {action}")
-            return
-        self.reply_local(200, b"OK", page.encode(), b"text/plain")
+def reply_timeout(txn: Transaction) -> None:
+    txn.log_tag = "NONE_NONE"
+    reply_error(txn, "ERR_REQUEST_START_TIMEOUT", 408, detail="request_timeout")
+
+
+def reply_local(txn: Transaction, status: int, reason: bytes, body: bytes, ctype: bytes | None,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = Headers(extra or [])
+    if ctype:
+        headers.add(b"Content-Type", ctype)
+    headers.add(b"Content-Length", str(len(body)).encode())
+    headers.add(b"Date", _http_date())
+    headers.add(b"Connection", b"keep-alive" if txn.client_keep_alive else b"close")
+    txn.status = status
+    txn.mime = ctype.decode() if ctype else None
+    txn.log_tag = "TCP_MISS"
+    txn._to_client(forward.serialize(b"HTTP/1.1 %d %s" % (status, reason), headers) + body)
+    txn.finish(txn.client_keep_alive and txn.body_done)
+
+
+def reply_manager(txn: Transaction) -> None:
+    action = txn.path.decode("latin-1")[len(MGR_PREFIX):].split("?")[0] or "menu"
+    page = mgr.render(action, txn.ctx)
+    if page is None:
+        reply_error(txn, "ERR_INVALID_URL", 404,
+                    detail=f"unknown cache manager action {action}")
+        return
+    reply_local(txn, 200, b"OK", page.encode(), b"text/plain")
 
 
 def _http_date() -> bytes:

@@ -43,52 +43,36 @@ from labsquid.http import (
     ProtocolError,
     Request,
     Response,
-    ResponseReader,
     format_authority,
     keep_alive,
     parse_target,
     request_framing,
     response_framing,
 )
-from labsquid.proxy import forward, mgr
-from labsquid.proxy.replies import MGR_PREFIX_BYTES, LocalReplies
-from labsquid.proxy.upstream import Upstream, UpstreamHandler, connect_error_text
+from labsquid.http._readers import ResponseReader
+from labsquid.proxy import forward, mgr, replies
+from labsquid.proxy.replies import MGR_PREFIX_BYTES
+from labsquid.proxy.upstream import Upstream, connect_error_text
 
 if TYPE_CHECKING:
     from labsquid.proxy.client import ClientConnection
+    from labsquid.proxy.tunnel import Tunnel
 
 log = structlog.get_logger()
 
 HIGH_WATER = 256 * 1024
 
 
-class Transaction(LocalReplies, UpstreamHandler):
-    # Starting values, read from the class until a step sets its own: most
-    # transactions change only a few of them, and this runs per request.
-    url = "error:invalid-request"
-    scheme = "http"
-    host = ""
-    port = 0
-    path = b"/"
-    log_tag = "TCP_MISS"
-    status = 0
-    hierarchy = "HIER_NONE"
-    peer: str | None = None
-    mime: str | None = None
-    error_code: str | None = None
-    reply_size = 0
-    body_done = False
-    body_framing: int | str = 0
-    upstream: Upstream | None = None
-    resp_reader: ResponseReader | None = None
-    head_sent = False
-    client_framing: int | str | None = None
-    client_keep_alive = False
-    upstream_reusable = False
-    finished = False
-    retried = False
-    tunnel = None
-    authority: bytes | None = None  # host[:port] as sent upstream in Host
+class Transaction:
+    # An extension type when compiled (transaction.pxd): every attribute is
+    # a declared field, set in __init__, and the replies labsquid makes
+    # itself are functions of replies.py bound here as methods.
+    max_forwards_reached = replies.max_forwards_reached
+    reply_error = replies.reply_error
+    reply_protocol_error = replies.reply_protocol_error
+    reply_timeout = replies.reply_timeout
+    reply_local = replies.reply_local
+    reply_manager = replies.reply_manager
 
     def __init__(self, client: ClientConnection, request: Request | None) -> None:
         self.client = client
@@ -99,6 +83,31 @@ class Transaction(LocalReplies, UpstreamHandler):
         self.wants_body = request is not None
         self.pending_body: list[bytes] = []
         self.addresses: list[str] = []
+        # Filled in by the steps below, as far as each transaction gets.
+        self.url = "error:invalid-request"
+        self.scheme = "http"
+        self.host = ""
+        self.port = 0
+        self.path = b"/"
+        self.authority: bytes | None = None  # host[:port] as sent upstream in Host
+        self.log_tag = "TCP_MISS"
+        self.status = 0
+        self.hierarchy = "HIER_NONE"
+        self.peer: str | None = None
+        self.mime: str | None = None
+        self.error_code: str | None = None
+        self.reply_size = 0
+        self.body_done = False
+        self.body_framing: int | str = 0
+        self.upstream: Upstream | None = None
+        self.resp_reader: ResponseReader | None = None
+        self.head_sent = False
+        self.client_framing: int | str | None = None
+        self.client_keep_alive = False
+        self.upstream_reusable = False
+        self.finished = False
+        self.retried = False
+        self.tunnel: Tunnel | None = None
 
     # -- 1. classify --------------------------------------------------------
     def start(self) -> None:

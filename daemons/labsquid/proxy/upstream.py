@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, is_would_block
 
@@ -24,7 +24,7 @@ READ_SIZE = 65536
 MAX_IDLE_PER_ORIGIN = 64
 
 
-class UpstreamHandler:
+class UpstreamHandler(Protocol):
     """What an ``Upstream`` tells its owner (a transaction)."""
 
     def upstream_connected(self, up: Upstream) -> None: ...
@@ -118,7 +118,7 @@ class Upstream:
                 sent = self.sock.send(data)
             except OSError as exc:
                 if not is_would_block(exc):
-                    self.loop.call_soon(lambda: self._eof_from_error())
+                    self.loop.call_soon(self._eof_from_error)
                     return
                 sent = 0
             if sent == len(data):
