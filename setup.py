@@ -3,15 +3,19 @@
 Everything else about the project is in pyproject.toml; this file only adds
 extension modules. A pool child spends most of each small request in the
 interpreter, running the head parsers, the proxy's rewrites, the access-log
-line and the glue between them. Cython compiles exactly these ``.py`` files,
-unchanged, into extension modules, which the import system prefers to the
-source. bench/README ("Compiled hot modules") has the measurements.
+line and the glue between them. Cython compiles exactly these ``.py`` files
+into extension modules, which the import system prefers to the source. A
+``.pxd`` beside a source (the connection, transaction, reader and loop
+classes) makes its classes extension types: their attributes become fields
+and their calls to each other direct, without changing what the ``.py``
+says. bench/README ("Compiled hot modules") has the measurements.
 
 The sources stay the truth: ``labsquid/_native.py`` loads a module from its
-``.py`` whenever the source no longer hashes as it did at build time (an
-edit after ``packaging/setup.sh``), when this build did not compile it (a
-leftover extension), or when LABSQUID_NO_EXTENSIONS is set (the fuzzers,
-which instrument Python bytecode). Building with
+``.py`` whenever a file it was built from no longer hashes as it did at
+build time (an edit after ``packaging/setup.sh``), when a module whose
+types it was compiled against runs from source, when this build did not
+compile it (a leftover extension), or when LABSQUID_NO_EXTENSIONS is set
+(the fuzzers, which instrument Python bytecode). Building with
 LABSQUID_NO_EXTENSIONS=1, or where Cython is missing, gives a pure-Python
 package that behaves the same, only slower.
 """
@@ -80,10 +84,23 @@ def extensions() -> list:
 
 
 def write_manifest(built: list) -> None:
-    """What each compiled module was built from: _native.py compares it with the source."""
-    names = [ext.name for ext in built]
-    digests = {m: hashlib.sha256(source_of(m).read_bytes()).hexdigest() for m in names}
-    MANIFEST.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+    """What each compiled module was built from, for labsquid/_native.py: the
+    SHA-256 of every file Cython read for it (its .py, its .pxd, the .pxd
+    files it cimports) and the hot modules whose types it uses."""
+    manifest = {}
+    if built:
+        from Cython.Build.Dependencies import create_dependency_tree
+
+        read_by = create_dependency_tree().all_dependencies
+        for name in (ext.name for ext in built):
+            files = sorted(Path(f).resolve() for f in read_by(str(source_of(name))))
+            manifest[name] = {
+                "sources": {str(f.relative_to(PACKAGE.resolve())):
+                            hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
+                "needs": [m for m in HOT_MODULES
+                          if m != name and source_of(m).with_suffix(".pxd").resolve() in files],
+            }
+    MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 class ParallelBuildExt(build_ext):

@@ -1,15 +1,20 @@
 """Which labsquid modules run compiled, and when their source wins instead.
 
 setup.py compiles a fixed list of hot modules with Cython and records, in
-``_native.json``, the SHA-256 of each source it compiled. Python's import
-system prefers an extension module to a ``.py`` of the same name, so without
-a rule an edit made after the build would silently not run. The finder here
-is that rule. A labsquid module loads from its extension only if
+``_native.json``, the SHA-256 of every file each was built from (its
+``.py``, its ``.pxd`` and the ``.pxd`` files it cimports) and which other
+hot modules' types it was compiled against. Python's import system prefers
+an extension module to a ``.py`` of the same name, so without a rule an
+edit made after the build would silently not run. The finder here is that
+rule. A labsquid module loads from its extension only if
 
 * the manifest lists it (an extension left over from a build that compiled
   more modules never shadows a source),
-* its source still hashes as it did at build time (not edited or checked out
-  anew since; ``bash packaging/setup.sh`` rebuilds), and
+* every file it was built from still hashes as it did at build time (not
+  edited or checked out anew since; ``bash packaging/setup.sh`` rebuilds),
+* every module whose types it was compiled against loads compiled too (an
+  extension type compiled against ``EventLoop`` cannot work with the
+  ``.py`` class of that name), and
 * LABSQUID_NO_EXTENSIONS is not set (the fuzzers instrument Python bytecode,
   and an operator can rule out the compiled code with one variable).
 
@@ -35,10 +40,12 @@ NO_EXTENSIONS = "LABSQUID_NO_EXTENSIONS"
 class SourceFirstFinder:
     """A meta-path finder: a labsquid module's ``.py``, unless its built extension is due."""
 
-    def __init__(self, digests: dict[str, str], no_extensions: bool) -> None:
-        self.digests = digests
+    def __init__(self, manifest: dict[str, dict], no_extensions: bool,
+                 package: Path = _MANIFEST.parent) -> None:
+        self.manifest = manifest
         self.no_extensions = no_extensions
-        self.why_source: dict[str, str] = {}  # module -> reason it loaded from source
+        self.package = package
+        self.why_source: dict[str, str | None] = {}  # module -> why it loads from source
 
     def find_spec(self, name: str, path: list[str] | None,
                   target: object = None) -> importlib.machinery.ModuleSpec | None:
@@ -47,16 +54,31 @@ class SourceFirstFinder:
         spec = _source_spec(name, path)
         if spec is None:
             return None  # no .py: nothing to prefer
-        digest = self.digests.get(name)
-        if digest is None:
-            return spec  # never compiled by this build
+        if name not in self.manifest or self.source_reason(name) is not None:
+            return spec  # never compiled by this build, or stale
+        return None  # the extension module, found by the usual finders
+
+    def source_reason(self, name: str) -> str | None:
+        """Why the compiled module ``name`` must load from source; None if it need not."""
+        if name not in self.why_source:
+            self.why_source[name] = self._check(name)
+        return self.why_source[name]
+
+    def _check(self, name: str) -> str | None:
         if self.no_extensions:
-            self.why_source[name] = f"{NO_EXTENSIONS} is set"
-        elif hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest() != digest:
-            self.why_source[name] = "source changed since the build"
-        else:
-            return None  # the extension module, found by the usual finders
-        return spec
+            return f"{NO_EXTENSIONS} is set"
+        entry = self.manifest[name]
+        for dependency in entry["needs"]:
+            if self.source_reason(dependency) is not None:
+                return f"compiled against {dependency}, which runs from source"
+        for relative, digest in entry["sources"].items():
+            try:
+                current = hashlib.sha256((self.package / relative).read_bytes()).hexdigest()
+            except OSError:
+                return f"{relative} is missing"
+            if current != digest:
+                return "source changed since the build"
+        return None
 
 
 def _source_spec(name: str, path: list[str]) -> importlib.machinery.ModuleSpec | None:
@@ -74,10 +96,12 @@ def install() -> SourceFirstFinder:
         if isinstance(finder, SourceFirstFinder):
             return finder
     try:
-        digests = json.loads(_MANIFEST.read_text())
-    except (OSError, ValueError):
-        digests = {}  # a pure-Python build, or a tree that was never built
-    finder = SourceFirstFinder(digests, bool(os.environ.get(NO_EXTENSIONS)))
+        manifest = json.loads(_MANIFEST.read_text())
+        if not all(isinstance(entry, dict) for entry in manifest.values()):
+            manifest = {}  # written by an older setup.py: nothing in it can be trusted
+    except (OSError, ValueError, AttributeError):
+        manifest = {}  # a pure-Python build, or a tree that was never built
+    finder = SourceFirstFinder(manifest, bool(os.environ.get(NO_EXTENSIONS)))
     # Just before the standard path finder, not first: import hooks that wrap
     # the finders after them (atheris's instrumentation) must see our specs too.
     at = next((i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder),
@@ -90,8 +114,8 @@ def report() -> list[tuple[str, str]]:
     """(module, "compiled" or why it runs from source) for every module built compiled."""
     finder = install()
     rows = []
-    for name in sorted(finder.digests):
+    for name in sorted(finder.manifest):
         module = importlib.import_module(name)
         compiled = not (module.__file__ or "").endswith(".py")
-        rows.append((name, "compiled" if compiled else finder.why_source.get(name, "source")))
+        rows.append((name, "compiled" if compiled else finder.why_source.get(name) or "source"))
     return rows

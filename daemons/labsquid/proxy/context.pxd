@@ -1,0 +1,27 @@
+# What a serving process's connections share, as an extension type for the
+# compiled build (see eventloop.pxd).
+
+from labsquid.eventloop cimport EventLoop
+
+cdef class ServeContext:
+    cdef public EventLoop loop
+    cdef public object log_sink
+    cdef public object stats
+    cdef public object all_stats
+    cdef public double started
+    cdef public object resolver
+    cdef public object upstreams
+    cdef public object flush_log
+    cdef public list _writers
+    cdef public bint _turn_end_due
+    cdef public bint _log_blocked
+    cdef public object config
+    cdef public object access
+    cdef public object hostname
+    cdef public object version
+    cdef public object policy
+    cdef public object log_format
+    cdef public bint log_headers
+    cpdef write_at_turn_end(self, client)
+    cpdef end_turn_soon(self)
+    cpdef log(self, line, duration_ms, http_status)

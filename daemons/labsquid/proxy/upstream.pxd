@@ -1,0 +1,25 @@
+# An origin connection as an extension type for the compiled build (see
+# eventloop.pxd). Typed as the loop's own classes, its calls into the loop
+# are direct.
+
+from labsquid.eventloop cimport EventLoop, Deadline
+
+cdef class Upstream:
+    cdef public EventLoop loop
+    cdef public object key
+    cdef public object address
+    cdef public object sock
+    cdef public int fd
+    cdef public object handler
+    cdef public bint connected
+    cdef public bint closed
+    cdef public bint reading
+    cdef public bytearray out
+    cdef public Py_ssize_t requests
+    cdef public Deadline idle_deadline
+    cdef public object _pool
+    cdef public object reader
+    cpdef int _mask(self)
+    cpdef send(self, data)
+    cpdef pause_reading(self, paused)
+    cpdef close(self)
