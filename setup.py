@@ -5,19 +5,20 @@ extension modules. A pool child spends most of each small request in the
 interpreter, running the head parsers, the proxy's rewrites, the access-log
 line and the glue between them. Cython compiles exactly these ``.py`` files
 into extension modules, which the import system prefers to the source. A
-``.pxd`` beside a source (the connection, transaction, reader and loop
-classes) makes its classes extension types: their attributes become fields
-and their calls to each other direct, without changing what the ``.py``
-says. bench/README ("Compiled hot modules") has the measurements.
+``.pxd`` beside a source (the loop, the readers, the client and upstream
+connections, the transaction and what they share) makes its classes
+extension types: their attributes become fields and their calls to each
+other direct, without changing what the ``.py`` says. bench/README
+("Compiled hot modules") has the measurements.
 
 The sources stay the truth: ``labsquid/_native.py`` loads a module from its
 ``.py`` whenever a file it was built from no longer hashes as it did at
 build time (an edit after ``packaging/setup.sh``), when a module whose
 types it was compiled against runs from source, when this build did not
-compile it (a leftover extension), or when LABSQUID_NO_EXTENSIONS is set
-(the fuzzers, which instrument Python bytecode). Building with
-LABSQUID_NO_EXTENSIONS=1, or where Cython is missing, gives a pure-Python
-package that behaves the same, only slower.
+compile it (a leftover extension) or did not finish, or when
+LABSQUID_NO_EXTENSIONS is set (the fuzzers, which instrument Python
+bytecode). Building with LABSQUID_NO_EXTENSIONS=1, or where Cython is
+missing, gives a pure-Python package that behaves the same, only slower.
 """
 
 from __future__ import annotations
@@ -83,35 +84,62 @@ def extensions() -> list:
     )
 
 
-def write_manifest(built: list) -> None:
-    """What each compiled module was built from, for labsquid/_native.py: the
-    SHA-256 of every file Cython read for it (its .py, its .pxd, the .pxd
-    files it cimports) and the hot modules whose types it uses."""
+def manifest_of(built: list) -> dict:
+    """What each compiled module is built from, for labsquid/_native.py: the
+    SHA-256 of every file Cython reads for it (its .py, its .pxd, the .pxd
+    files it cimports; an own .pxd that does not exist is recorded as None,
+    so that adding one counts as an edit) and the hot modules whose types
+    it uses."""
+    if not built:
+        return {}
+    from Cython.Build.Dependencies import create_dependency_tree
+
+    read_by = create_dependency_tree().all_dependencies
+    package = PACKAGE.resolve()
     manifest = {}
-    if built:
-        from Cython.Build.Dependencies import create_dependency_tree
+    for name in (ext.name for ext in built):
+        # Only our own files: a cimport from Cython's includes (libc...) is
+        # part of Cython, which a rebuild does not change.
+        files = sorted(f for f in (Path(f).resolve() for f in read_by(str(source_of(name))))
+                       if f.is_relative_to(package))
+        sources: dict[str, str | None] = {
+            str(f.relative_to(package)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in files}
+        own_pxd = source_of(name).with_suffix(".pxd").resolve().relative_to(package)
+        sources.setdefault(str(own_pxd), None)
+        manifest[name] = {
+            "sources": sources,
+            "needs": [m for m in HOT_MODULES
+                      if m != name and source_of(m).with_suffix(".pxd").resolve() in files],
+        }
+    return manifest
 
-        read_by = create_dependency_tree().all_dependencies
-        for name in (ext.name for ext in built):
-            files = sorted(Path(f).resolve() for f in read_by(str(source_of(name))))
-            manifest[name] = {
-                "sources": {str(f.relative_to(PACKAGE.resolve())):
-                            hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
-                "needs": [m for m in HOT_MODULES
-                          if m != name and source_of(m).with_suffix(".pxd").resolve() in files],
-            }
-    MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
-
-class ParallelBuildExt(build_ext):
-    """One compiler per CPU: the C files are large and independent."""
+class ManifestBuildExt(build_ext):
+    """One compiler per CPU (the C files are large and independent), and the
+    manifest written only once every extension module has been built: one
+    that vouched for a half-built set would load stale extensions."""
 
     def finalize_options(self) -> None:
         super().finalize_options()
         if not self.parallel:
             self.parallel = os.cpu_count() or 1
 
+    def run(self) -> None:
+        super().run()
+        text = json.dumps(MANIFEST_DATA, indent=1, sort_keys=True) + "\n"
+        MANIFEST.write_text(text)
+        if not self.inplace:  # a wheel: its package comes from build_lib
+            built = Path(self.build_lib, "labsquid", MANIFEST.name)
+            built.parent.mkdir(parents=True, exist_ok=True)
+            built.write_text(text)
+
 
 ext_modules = extensions()
-write_manifest(ext_modules)
-setup(ext_modules=ext_modules, cmdclass={"build_ext": ParallelBuildExt})
+MANIFEST_DATA = manifest_of(ext_modules)  # the sources as Cython compiles them
+if ext_modules:
+    # Until build_ext has succeeded, no manifest: every module runs from source.
+    MANIFEST.unlink(missing_ok=True)
+else:
+    MANIFEST.write_text("{}\n")  # a pure-Python build: no extension module is current
+setup(ext_modules=ext_modules, cmdclass={"build_ext": ManifestBuildExt})

@@ -108,23 +108,32 @@ def test_an_edited_source_runs_instead_of_its_stale_build(tmp_path):
     assert "  labsquid.http._head: source changed since the build\n" in report
 
 
-def test_modules_compiled_against_an_edited_one_run_from_source_too(tmp_path):
+@pytest.mark.parametrize("change, reason", [
+    ("edit", "source changed since the build"),
+    ("remove", "its extension module is missing"),
+])
+def test_modules_compiled_against_a_stale_one_run_from_source_too(tmp_path, change, reason):
     # The connection and transaction classes were compiled against the
     # loop's extension types (eventloop.pxd); next to the .py EventLoop they
     # would fail to import or misread its objects, so they follow it.
-    loop = copy_of_package(tmp_path) / "eventloop.py"
-    loop.write_text(loop.read_text() + "\n\nEDITED_AFTER_BUILD = True\n")
+    package = copy_of_package(tmp_path)
+    if change == "edit":
+        loop = package / "eventloop.py"
+        loop.write_text(loop.read_text() + "\n\nEDITED_AFTER_BUILD = True\n")
+    else:
+        [built] = package.glob("eventloop.*.so")
+        built.unlink()
     report = version_report(pythonpath=tmp_path)
     followers = ["labsquid.proxy.client", "labsquid.proxy.context",
                  "labsquid.proxy.transaction", "labsquid.proxy.upstream"]
     n = len(hot_modules())
     assert f"compiled hot modules: {n - 1 - len(followers)} of {n}\n" in report
-    assert "  labsquid.eventloop: source changed since the build\n" in report
+    assert f"  labsquid.eventloop: {reason}\n" in report
     for name in followers:
         assert f"  {name}: compiled against labsquid.eventloop, which runs from source\n" in report
     # They work together: a transaction made by the .py classes, over the .py loop.
     probe = ("import labsquid.proxy.transaction as t, labsquid.http._readers as r\n"
-             "from labsquid.eventloop import EventLoop, EDITED_AFTER_BUILD\n"
+             "from labsquid.eventloop import EventLoop\n"
              "from labsquid.proxy.upstream import Upstream\n"
              "up = Upstream(EventLoop(), ('127.0.0.1', 9), '127.0.0.1'); up.close()\n"
              "print(t.__file__.endswith('.py'), r.__file__.endswith('.py'), up.closed)")
@@ -140,6 +149,15 @@ def test_an_edited_declaration_file_counts_as_an_edited_source(tmp_path):
     assert "  labsquid.proxy.client: source changed since the build\n" in report
     assert ("  labsquid.proxy.transaction: compiled against labsquid.proxy.client,"
             " which runs from source\n") in report
+
+
+def test_a_declaration_file_added_since_the_build_counts_as_an_edit(tmp_path):
+    # forward.py was compiled without a .pxd; one added later changes what
+    # Cython would make of it.
+    pxd = copy_of_package(tmp_path) / "proxy" / "forward.pxd"
+    pxd.write_text("cdef class ForwardPolicy:\n    cdef public object hostname\n")
+    report = version_report(pythonpath=tmp_path)
+    assert "  labsquid.proxy.forward: source changed since the build\n" in report
 
 
 def test_an_extension_the_build_did_not_make_never_shadows_its_source(tmp_path):

@@ -11,16 +11,18 @@ rule. A labsquid module loads from its extension only if
 * the manifest lists it (an extension left over from a build that compiled
   more modules never shadows a source),
 * every file it was built from still hashes as it did at build time (not
-  edited or checked out anew since; ``bash packaging/setup.sh`` rebuilds),
+  edited or checked out anew since; a ``.pxd`` added since counts too;
+  ``bash packaging/setup.sh`` rebuilds),
+* its extension file is there,
 * every module whose types it was compiled against loads compiled too (an
   extension type compiled against ``EventLoop`` cannot work with the
   ``.py`` class of that name), and
 * LABSQUID_NO_EXTENSIONS is not set (the fuzzers instrument Python bytecode,
   and an operator can rule out the compiled code with one variable).
 
-Otherwise it loads from its ``.py``. The check runs once per module, at its
-first import, in the process importing it: a pool child inherits its modules
-from the kid.
+Otherwise it loads from its ``.py``. The check runs once per module, in the
+process importing it, when it or a module compiled against it is first
+imported: a pool child inherits its modules from the kid.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class SourceFirstFinder:
     def source_reason(self, name: str) -> str | None:
         """Why the compiled module ``name`` must load from source; None if it need not."""
         if name not in self.why_source:
+            # What a (malformed) manifest whose needs loop back here gets.
+            self.why_source[name] = "its manifest entry depends on itself"
             self.why_source[name] = self._check(name)
         return self.why_source[name]
 
@@ -74,11 +78,20 @@ class SourceFirstFinder:
         for relative, digest in entry["sources"].items():
             try:
                 current = hashlib.sha256((self.package / relative).read_bytes()).hexdigest()
-            except OSError:
-                return f"{relative} is missing"
+            except FileNotFoundError:
+                current = None  # a .pxd that was not there at build time must still not be
+            except OSError as exc:
+                return f"{relative}: {exc.strerror}"
             if current != digest:
-                return "source changed since the build"
+                return "source changed since the build" if current else f"{relative} is missing"
+        if not self._extension_exists(name):
+            return "its extension module is missing"
         return None
+
+    def _extension_exists(self, name: str) -> bool:
+        stem = self.package.joinpath(*name.split(".")[1:])
+        return any(stem.with_name(stem.name + suffix).exists()
+                   for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def _source_spec(name: str, path: list[str]) -> importlib.machinery.ModuleSpec | None:
@@ -97,10 +110,10 @@ def install() -> SourceFirstFinder:
             return finder
     try:
         manifest = json.loads(_MANIFEST.read_text())
-        if not all(isinstance(entry, dict) for entry in manifest.values()):
-            manifest = {}  # written by an older setup.py: nothing in it can be trusted
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         manifest = {}  # a pure-Python build, or a tree that was never built
+    if not _well_formed(manifest):
+        manifest = {}  # an older setup.py's, or damaged: nothing in it can be trusted
     finder = SourceFirstFinder(manifest, bool(os.environ.get(NO_EXTENSIONS)))
     # Just before the standard path finder, not first: import hooks that wrap
     # the finders after them (atheris's instrumentation) must see our specs too.
@@ -108,6 +121,13 @@ def install() -> SourceFirstFinder:
               len(sys.meta_path))
     sys.meta_path.insert(at, finder)
     return finder
+
+
+def _well_formed(manifest: object) -> bool:
+    return isinstance(manifest, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get("sources"), dict)
+        and isinstance(entry.get("needs"), list) and set(entry["needs"]) <= manifest.keys()
+        for entry in manifest.values())
 
 
 def report() -> list[tuple[str, str]]:

@@ -2,7 +2,8 @@
 # Fields live in the object instead of a __dict__, and the methods below
 # are called directly by compiled code that knows the type: the pool
 # child's request path does both for every event.  The .py stays the
-# truth; a pure-Python run never reads this file.
+# truth: Python never imports this file (labsquid/_native.py only checks
+# that it is unchanged since the build).
 
 cdef class Timer:
     cdef public object when
