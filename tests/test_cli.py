@@ -195,6 +195,14 @@ def test_version_help_and_usage():
     assert bad.returncode == 2 and "Usage:" in bad.stderr
 
 
+def test_a_report_read_only_in_part_ends_quietly():
+    # `labsquid -v | head -1`: the reader goes away before the report is done.
+    shell = f"{sys.executable} -m labsquid -v | head -c 1 >/dev/null; sleep 0"
+    out = subprocess.run(["bash", "-c", shell], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert out.stderr == ""
+
+
 def test_embedded_default_config(tmp_path):
     """No -f and no /etc/labsquid/labsquid.conf: loopback 3128, files under ./var."""
     if os.path.exists("/etc/labsquid/labsquid.conf"):

@@ -11,8 +11,10 @@ process that is master and kid at once.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+from collections.abc import Callable
 
 from labsquid import __version__
 from labsquid.config import Config, ConfigError
@@ -115,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     if args.version:
-        print(f"labsquid version {__version__}\n"
-              f"Python {sys.version.split()[0]}; squid-compatible configuration and CLI")
-        print_native_report()
-        return 0
+        return _report(print_version)
 
     from labsquid import log as logsetup
     from labsquid.settings import config_path
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == STATUS:
         from labsquid.control import show_status
 
-        return show_status(config)
+        return _report(lambda: show_status(config))
     if args.command:
         from labsquid.control import send_signal
 
@@ -153,6 +152,27 @@ def main(argv: list[str] | None = None) -> int:
 
     _set_title("labsquid " + " ".join(argv))
     return run_service(config, path, argv, args, level)
+
+
+def print_version() -> int:
+    print(f"labsquid version {__version__}\n"
+          f"Python {sys.version.split()[0]}; squid-compatible configuration and CLI")
+    print_native_report()
+    return 0
+
+
+def _report(command: Callable[[], int]) -> int:
+    """Run a command that prints a report; a reader that stops early
+    (``labsquid -v | head -1``) ends it quietly, as it would a C program."""
+    try:
+        code = command()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python would print a traceback, and fail once more flushing
+        # stdout at exit: point stdout at /dev/null for that last flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _load_or_report(path: str | None, all_problems: bool) -> Config | None:
