@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from labsquid.inspect import tcp_connections
+from labsquid.kid import LOGGER_CLOSE_LIMIT
 from support import proof
 from support.service import wait_for
 
@@ -357,6 +358,47 @@ def test_exit_right_after_a_reload_that_moved_the_log_waits_for_the_old_file(mak
              what="the old daemon done")
     logged = [line.split()[6] for line in old_log.read_text().splitlines()]
     assert logged == urls
+
+
+def test_a_retired_daemon_that_never_drains_is_given_up_after_the_limit(make_labsquid):
+    """A reload moves access_log while the old file's daemon is stuck (SIGSTOP)
+    with lines unacknowledged: the kid serves on into the new file, waits the
+    exit's flush limit for the old daemon, then says so and lets go of it (its
+    socket closes: EOF). A daemon that recovers later still writes what it got,
+    and its exit is reaped as its own."""
+    ls = make_labsquid(dispatch="serial").start()
+    kid, old_daemon = ls.kid(), ls.logfile_daemon()
+    old_log = ls.access_log
+    get_denied(ls.port, "http://127.0.0.1:9/before")
+    wait_for(lambda: "/before" in old_log.read_text(), what="the first line")
+    fds = kid.num_fds()
+    old_daemon.suspend()
+    stuck = [f"http://127.0.0.1:9/stuck-{i}" for i in range(5)]
+    for url in stuck:
+        get_denied(ls.port, url)
+    new_log = old_log.with_name("moved.log")
+    ls.write_config(text=ls.config_text().replace(str(old_log), str(new_log)))
+    ls.signal(signal.SIGHUP)
+    wait_for(lambda: '"reconfigured"' in ls.stderr_text(), what="the reload")
+    reloaded = time.monotonic()
+    get_denied(ls.port, "http://127.0.0.1:9/after")
+    wait_for(lambda: new_log.exists() and "/after" in new_log.read_text(),
+             what="the line served after the reload, in the new file")
+    assert '"access_log_flush_timeout"' not in ls.stderr_text()
+    wait_for(lambda: '"access_log_flush_timeout"' in ls.stderr_text(),
+             timeout=LOGGER_CLOSE_LIMIT + 5, what="the kid giving up on the old daemon")
+    assert time.monotonic() - reloaded >= LOGGER_CLOSE_LIMIT - 1
+    # Its socket is closed: the new daemon's took its place in the count.
+    wait_for(lambda: kid.num_fds() == fds, what=f"the kid back to {fds} descriptors")
+    assert old_daemon.status() == psutil.STATUS_STOPPED
+    assert '"logfile_daemon_stopped"' not in ls.stderr_text()
+    old_daemon.resume()
+    wait_for(lambda: '"logfile_daemon_stopped"' in ls.stderr_text(),
+             what="the old daemon's exit, reaped as its own")
+    assert [line.split()[6] for line in old_log.read_text().splitlines()][1:] == stuck
+    get_denied(ls.port, "http://127.0.0.1:9/later")
+    wait_for(lambda: "/later" in new_log.read_text(), what="serving and logging go on")
+    assert ls.stop() == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
