@@ -58,7 +58,6 @@ class Kid:
         self._control_sock = control
         self.logger: AccessLogger | None = None
         self._retired_loggers: list[AccessLogger] = []  # draining after a reload
-        self._logs_closing = False  # exiting: waiting for the loggers (_logs_closed)
         self.stats: Stats = None  # type: ignore[assignment]  # made in run(), as the final user
         self.engine = None
         self.stopping = False
@@ -254,7 +253,6 @@ class Kid:
         self.engine.abort(self._drained)
 
     def _close_logger(self) -> None:
-        self._logs_closing = True
         if self.logger is not None and not self.logger.closed:
             self.logger.on_idle = self._logs_closed
             self.logger.close()
@@ -264,7 +262,7 @@ class Kid:
     def _logs_closed(self) -> bool:
         """At exit: stop once every logger is done, the current one and any a
         reload retired (their lines are as much owed as the current ones)."""
-        done = (self._logs_closing and (self.logger is None or self.logger.closed)
+        done = (self._drained_once and (self.logger is None or self.logger.closed)
                 and not self._retired_loggers)
         if done:
             self.loop.stop()
