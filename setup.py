@@ -96,6 +96,8 @@ def manifest_of(built: list) -> dict:
 
     read_by = create_dependency_tree().all_dependencies
     package = PACKAGE.resolve()
+    pxd_of = {m: source_of(m).with_suffix(".pxd").resolve() for m in HOT_MODULES}
+    module_of = {pxd: m for m, pxd in pxd_of.items()}
     manifest = {}
     for name in (ext.name for ext in built):
         # Only our own files: a cimport from Cython's includes (libc...) is
@@ -105,12 +107,10 @@ def manifest_of(built: list) -> dict:
         sources: dict[str, str | None] = {
             str(f.relative_to(package)): hashlib.sha256(f.read_bytes()).hexdigest()
             for f in files}
-        own_pxd = source_of(name).with_suffix(".pxd").resolve().relative_to(package)
-        sources.setdefault(str(own_pxd), None)
+        sources.setdefault(str(pxd_of[name].relative_to(package)), None)
         manifest[name] = {
             "sources": sources,
-            "needs": [m for m in HOT_MODULES
-                      if m != name and source_of(m).with_suffix(".pxd").resolve() in files],
+            "needs": [module_of[f] for f in files if f in module_of and module_of[f] != name],
         }
     return manifest
 
