@@ -39,6 +39,13 @@ def get_denied(port: int, url: str) -> None:
         assert s.recv(20).startswith(b"HTTP/1.1 403")
 
 
+def move_access_log(ls, new_log) -> None:
+    """Reload with access_log moved to ``new_log``, and wait for the reload."""
+    ls.write_config(text=ls.config_text().replace(str(ls.access_log), str(new_log)))
+    ls.signal(signal.SIGHUP)
+    wait_for(lambda: '"reconfigured"' in ls.stderr_text(), what="the reload")
+
+
 def proxied_get(port: int, url: str) -> int:
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
@@ -344,10 +351,7 @@ def test_exit_right_after_a_reload_that_moved_the_log_waits_for_the_old_file(mak
     for url in urls:
         get_denied(ls.port, url)
     old_log = ls.access_log
-    new_log = old_log.with_name("moved.log")
-    ls.write_config(text=ls.config_text().replace(str(old_log), str(new_log)))
-    ls.signal(signal.SIGHUP)
-    wait_for(lambda: '"reconfigured"' in ls.stderr_text(), what="the reload")
+    move_access_log(ls, old_log.with_name("moved.log"))
     ls.signal(signal.SIGTERM)
     wait_for(lambda: '"connections_drained"' in ls.stderr_text(), what="the drain")
     time.sleep(0.5)
@@ -377,9 +381,7 @@ def test_a_retired_daemon_that_never_drains_is_given_up_after_the_limit(make_lab
     for url in stuck:
         get_denied(ls.port, url)
     new_log = old_log.with_name("moved.log")
-    ls.write_config(text=ls.config_text().replace(str(old_log), str(new_log)))
-    ls.signal(signal.SIGHUP)
-    wait_for(lambda: '"reconfigured"' in ls.stderr_text(), what="the reload")
+    move_access_log(ls, new_log)
     reloaded = time.monotonic()
     get_denied(ls.port, "http://127.0.0.1:9/after")
     wait_for(lambda: new_log.exists() and "/after" in new_log.read_text(),
