@@ -1,7 +1,7 @@
 """The kid's LogQueue, sans-I/O: messages in, bytes out, no daemon needed."""
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labsquid.logfile import MAX_RECORD, LogQueue, ProtocolError, RecordDecoder, WriteFailed
@@ -74,6 +74,37 @@ def test_partial_writes_resume_where_they_stopped():
     assert q.pending_output() == b"bcdef\n"
     with pytest.raises(ValueError):
         q.consumed(100)
+
+
+@given(st.lists(st.one_of(st.binary(min_size=1, max_size=300).map(lambda b: ("line", b)),
+                          st.integers(1, 400).map(lambda n: ("chunk", n))), max_size=25),
+       st.lists(st.integers(1, 70_000), min_size=1, max_size=40))
+@settings(deadline=None)  # up to ~1 MB queued and compared
+def test_sends_of_any_size_deliver_every_record_once_in_order(items, sizes):
+    """Small records go out joined, a pool child's chunk as a view of itself;
+    whatever the socket takes each time, the daemon gets the same bytes."""
+    q = greeted()
+    wanted = b""
+    for kind, value in items:
+        if kind == "line":
+            text = value.replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+            q.append(value)
+            wanted += b"L" + text + b"\n"
+        else:  # a chunk of `value` lines of ~120 bytes: over the join threshold
+            lines = [b"%06d " % i + b"x" * 113 for i in range(value)]
+            q.append_lines(b"".join(line + b"\n" for line in lines))
+            wanted += b"".join(b"L" + line + b"\n" for line in lines)
+    got = b""
+    turn = 0
+    while out := q.pending_output():
+        assert len(out) <= 256 * 1024
+        # Any size for the first 200 sends, then whole ones (a bounded run).
+        taken = min(len(out), sizes[turn % len(sizes)] if turn < 200 else len(out))
+        got += bytes(out[:taken])
+        q.consumed(taken)
+        turn += 1
+    assert got == wanted
+    assert q.output_bytes == 0 and not q.has_output()
 
 
 def test_newlines_and_carriage_returns_are_escaped():

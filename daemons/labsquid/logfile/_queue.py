@@ -76,6 +76,7 @@ _FILE_CHANGING = frozenset("RTO")  # commands after which sizes no longer relate
 _SETTINGS = frozenset("rb")  # commands whose effect a fresh daemon forgets
 _MAX_TEXT = MAX_RECORD - 1  # room for the letter
 _CHUNK = 256 * 1024  # most bytes pending_output() hands out at once
+_COALESCE = 16 * 1024  # entries smaller than this go out joined, one send for many
 
 
 class _Entry(NamedTuple):
@@ -131,7 +132,10 @@ class LogQueue:
         self._records = 0  # records in _entries, less _head_acked
         self._head_acked = 0  # records of _entries[0] acknowledged already
         self._bytes = 0  # wire bytes in _entries (a batch's, until its last record is acked)
-        self._out = bytearray()  # wire bytes not yet written to this daemon
+        # Wire bytes not yet written to this daemon: views of the entries'
+        # own bytes (a pool child's chunk goes out without being copied).
+        self._out: deque[memoryview] = deque()
+        self._out_bytes = 0
         self._decoder = MessageDecoder()
         self._greeted = False  # this daemon's O<size> has arrived
         self._acked_count = 0  # records this daemon has confirmed
@@ -173,7 +177,9 @@ class LogQueue:
                 if line:
                     self.append(line)
             return
-        wire = b"L" + chunk[:-1].replace(b"\n", b"\nL") + b"\n"
+        # One copy for the framing (not four): "a\nLb\nL" less its last L.
+        framed = chunk.replace(b"\n", b"\nL")
+        wire = b"".join((b"L", memoryview(framed)[:-1]))
         self._push(_Entry("L", wire, len(wire) - len(chunk)))  # one "L" per line
 
     def command(self, letter: str, arg: int | str = "") -> None:
@@ -192,24 +198,46 @@ class LogQueue:
 
     # --- the socket ----------------------------------------------------------
 
-    def pending_output(self, limit: int = _CHUNK) -> bytes:
-        """Bytes to write to the daemon now (empty until it has greeted us)."""
-        return bytes(self._out[:limit]) if self._greeted else b""
+    def pending_output(self, limit: int = _CHUNK) -> bytes | memoryview:
+        """Bytes to write to the daemon now (empty until it has greeted us):
+        a large entry as a view of itself, small ones joined (at most ``limit``)."""
+        out = self._out
+        if not self._greeted or not out:
+            return b""
+        head = out[0]
+        if len(head) >= _COALESCE or len(out) == 1:
+            return head[:limit]
+        parts = []
+        size = 0
+        for view in out:
+            if size + len(view) > limit:
+                break
+            parts.append(view)
+            size += len(view)
+        return b"".join(parts) if parts else head[:limit]
 
     def has_output(self) -> bool:
         """``pending_output()`` would not be empty (without copying it)."""
-        return self._greeted and bool(self._out)
+        return self._greeted and self._out_bytes > 0
 
     @property
     def output_bytes(self) -> int:
         """Wire bytes not yet written to this daemon."""
-        return len(self._out)
+        return self._out_bytes
 
     def consumed(self, n: int) -> None:
         """``n`` bytes of ``pending_output()`` were written."""
-        if n < 0 or n > len(self._out):
-            raise ValueError(f"consumed {n} of {len(self._out)} pending bytes")
-        del self._out[:n]
+        if n < 0 or n > self._out_bytes:
+            raise ValueError(f"consumed {n} of {self._out_bytes} pending bytes")
+        self._out_bytes -= n
+        out = self._out
+        while n:
+            head = out[0]
+            if n < len(head):
+                out[0] = head[n:]
+                break
+            out.popleft()
+            n -= len(head)
 
     def feed(self, data: bytes) -> None:
         """Bytes read from the daemon.  ProtocolError means: replace that daemon."""
@@ -229,6 +257,7 @@ class LogQueue:
         self._greeted = False
         self._acked_count = 0
         self._out.clear()
+        self._out_bytes = 0
 
     # --- state ---------------------------------------------------------------
 
@@ -265,7 +294,8 @@ class LogQueue:
         self._entries.append(entry)
         self._records += entry.count
         self._bytes += len(entry.wire)
-        self._out += entry.wire
+        self._out.append(memoryview(entry.wire))
+        self._out_bytes += len(entry.wire)
 
     def _pop(self, n: int) -> None:
         """Forget the oldest ``n`` records: whole entries, then a count into
@@ -336,7 +366,8 @@ class LogQueue:
             self._entries.appendleft(_Entry(chr(wire[0]), wire))
             self._bytes += len(wire)
         self._records = len(self._entries)
-        self._out = bytearray(b"".join(e.wire for e in self._entries))
+        self._out = deque(memoryview(e.wire) for e in self._entries)
+        self._out_bytes = sum(len(e.wire) for e in self._entries)
 
     def _skip_written(self, grown: int) -> None:
         """Drop the leading L entries that make up ``grown`` bytes; of a line
