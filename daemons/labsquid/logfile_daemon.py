@@ -6,8 +6,9 @@ The kid starts us with the socket on fd 0 *and* fd 1 (one end of a
 socketpair), /dev/null on fd 2, and the log path as the only argument.  We
 open the log for append as fd 3 and then loop:
 
-1. Read what the socket has (at most READ_SIZE) and decode it into records
-   (``labsquid.logfile._protocol``).  One read is one *batch*.
+1. Read what the socket has and decode it into records
+   (``labsquid.logfile._protocol``): one read of READ_SIZE, and more while
+   more is already waiting (MAX_READS at most).  That is one *batch*.
 2. Apply the records in order.  ``L`` text is collected in ``pending`` and
    written with as few ``os.write`` calls as possible, so a kill -9 between
    system calls leaves only whole lines.  R, T and O first write out what is
@@ -63,12 +64,18 @@ from labsquid.process import set_title
 
 IN_FD, OUT_FD, LOG_FD = 0, 1, 3
 READ_SIZE = 64 * 1024  # under malloc's mmap threshold: no mmap/munmap per read
+MAX_READS = 8  # reads that make one batch, at most (its write and its ack)
 BUFFER_LIMIT = 64 * 1024  # buffered mode writes once this much is held
 FLUSH_INTERVAL = 1.0  # ... or once the oldest held line is this old
 RETRY_INTERVAL = 1.0
 EOF_GRACE = 10.0
 DEFAULT_ROTATE = 10  # squid's logfile_rotate default
 MAX_ROTATE = 9999  # larger is a typo, and would mean that many rename() calls
+
+
+def _readable(fd: int) -> bool:
+    """Input is waiting on ``fd`` (a zero-timeout poll: never blocks)."""
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def rotate_files(path: str, count: int) -> None:
@@ -226,6 +233,7 @@ class Daemon:
             self.eof_at = self.clock()
 
     def read(self, until_eof: bool = False) -> None:
+        reads = 0
         while True:
             try:
                 data = os.read(IN_FD, READ_SIZE)
@@ -236,7 +244,13 @@ class Daemon:
                 return
             # A batch of access-log lines, the usual read: one LineRun.
             self.backlog.extend(self.decoder.feed_runs(data))
-            if not until_eof:
+            if until_eof:
+                continue
+            # The kid sends a batch at a time, often more than one read holds:
+            # take what is already there, so that the batch is written and
+            # acknowledged once (each round is a write, an fstat and an ack).
+            reads += 1
+            if len(data) < READ_SIZE or reads >= MAX_READS or not _readable(IN_FD):
                 return
 
     def step(self) -> None:
