@@ -344,8 +344,8 @@ def test_chaos_under_systemd(box):
     with origin:
         with clients:
             wait_for(lambda: clients.answered() > 50, timeout=30, what="traffic to flow")
-            # pool_size is "auto" in the packaged config: one worker per CPU.
-            tree = UnitTree(box, pool_size=os.cpu_count() or 1)
+            # pool_size is "auto" in the packaged config: one worker per usable CPU.
+            tree = UnitTree(box, pool_size=len(os.sched_getaffinity(0)))
             master, kid = settled(tree)
             kid_pid = kid.pid
             assert box.unit_host_pids(UNIT) == tree.tree_pids(), "the tree is the unit's cgroup"
@@ -563,7 +563,7 @@ def test_line_survives_the_worker_being_killed_after_answering(box):
     (~256 of these long lines), the worker holds its clients' bytes back rather than answer
     with a line only in its own memory: the client stalls instead."""
     fresh_start(box)
-    tree = UnitTree(box, pool_size=os.cpu_count() or 1)
+    tree = UnitTree(box, pool_size=len(os.sched_getaffinity(0)))
     _master, kid = settled(tree)
     with box.netns():
         origin = QuietOrigin()

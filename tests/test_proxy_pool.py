@@ -173,3 +173,38 @@ def test_reconfigure_under_load_loses_nothing(make_labsquid, origin, dispatch):
                         "while the workers are replaced")
     assert traffic.failed == []
     assert refused == [], "the listening socket refused a connection during reload"
+
+
+@pytest.mark.parametrize("dispatch", ["notify", "reuseport"])
+def test_pool_size_auto_counts_the_cpus_it_may_run_on(make_labsquid, origin, dispatch):
+    """``pool_size auto`` under ``taskset -c N`` is one child, not one per CPU in
+    the machine; unpinned it is one per CPU.  reuseport shows that the master
+    (which binds a socket per child) and the kid count alike."""
+    import os
+
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to tell pinned from unpinned")
+    unpinned = started(make_labsquid(dispatch=dispatch, pool_size="auto"))
+    assert len(unpinned.workers(unpinned.kid())) == len(cpus)
+    assert _listening(unpinned.port) == (len(cpus) if dispatch == "reuseport" else 1)
+    assert unpinned.stop() == 0
+
+    os.sched_setaffinity(0, {min(cpus)})  # inherited by the tree started now
+    try:
+        pinned = started(make_labsquid(dispatch=dispatch, pool_size="auto"))
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert len(pinned.workers(pinned.kid())) == 1
+    assert _listening(pinned.port) == 1
+    assert one(pinned.port, origin.url("/pinned")) == b"path /pinned\n"
+    assert pinned.stop() == 0
+
+
+def _listening(port: int) -> int:
+    """Listening sockets on ``port``, as ``ss -ltn`` lists them."""
+    import subprocess
+
+    out = subprocess.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True,
+                         text=True, check=True).stdout
+    return sum("LISTEN" in line for line in out.splitlines())

@@ -48,6 +48,7 @@ from labsquid import process
 from labsquid.config import Config
 from labsquid.eventloop import READ, Timer
 from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, LogStream, channel_pair, log_stream_pair
+from labsquid.settings import pool_size
 
 if TYPE_CHECKING:
     from labsquid.kid import Kid
@@ -78,10 +79,6 @@ def listener_groups(config: Config, socks: list[socket.socket]) -> list[list[soc
         return [socks] * max(size, 1)
     per_port = len(socks) // size
     return [[socks[p * size + i] for p in range(per_port)] for i in range(size)]
-
-
-def pool_size(config: Config) -> int:
-    return config.pool_size or os.cpu_count() or 1
 
 
 class SerialEngine:

@@ -52,6 +52,12 @@ def port_specs(config: Config) -> list[PortSpec]:
     """
     if config.pool_dispatch != "reuseport":
         return [PortSpec(p.host or "", p.port) for p in config.http_port]
-    size = config.pool_size or os.cpu_count() or 1
     return [PortSpec(p.host or "", p.port, reuseport=True)
-            for p in config.http_port for _ in range(size)]
+            for p in config.http_port for _ in range(pool_size(config))]
+
+
+def pool_size(config: Config) -> int:
+    """``pool_size``; for ``auto``, one child per CPU this process may run on
+    (what ``taskset`` or a cpuset allows, as nginx counts for
+    ``worker_processes auto``), not per CPU in the machine."""
+    return config.pool_size or len(os.sched_getaffinity(0)) or 1

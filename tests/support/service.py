@@ -51,7 +51,7 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
 
 
 class Labsquid:
-    def __init__(self, folder: Path, *, dispatch: str = "serial", pool_size: int = 2,
+    def __init__(self, folder: Path, *, dispatch: str = "serial", pool_size: int | str = 2,
                  extra: str = "", rules: str = DEFAULT_RULES, port: int | None = None) -> None:
         self.folder = folder
         self.port = port or free_port()
@@ -123,12 +123,18 @@ class Labsquid:
             return []
         return [p for p in kid.children() if "worker-" in " ".join(_cmdline(p))]
 
+    def expected_workers(self) -> int:
+        """``pool_size``; for ``auto``, the CPUs the master may run on."""
+        if self.pool_size == "auto":
+            return len(os.sched_getaffinity(self.proc.pid))
+        return self.pool_size
+
     def tree_complete(self) -> bool:
         try:
             kid = self.kid()
             if kid is None or self.logfile_daemon(kid) is None:
                 return False
-            if self.dispatch != "serial" and len(self.workers(kid)) < self.pool_size:
+            if self.dispatch != "serial" and len(self.workers(kid)) < self.expected_workers():
                 return False
             return True
         except psutil.Error:
