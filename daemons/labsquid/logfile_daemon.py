@@ -242,7 +242,7 @@ class Daemon:
             if not data:
                 self.eof_at = self.clock()  # an unfinished last record is dropped
                 return
-            # A batch of access-log lines, the usual read: one LineRun.
+            # Access-log lines, the usual read: one LineRun per read.
             self.backlog.extend(self.decoder.feed_runs(data))
             if until_eof:
                 continue
@@ -250,7 +250,8 @@ class Daemon:
             # take what is already there, so that the batch is written and
             # acknowledged once (each round is a write, an fstat and an ack).
             reads += 1
-            if len(data) < READ_SIZE or reads >= MAX_READS or not _readable(IN_FD):
+            if (len(data) < READ_SIZE or reads >= MAX_READS or self.eof_at is not None
+                    or not _readable(IN_FD)):
                 return
 
     def step(self) -> None:

@@ -177,7 +177,8 @@ class LogQueue:
                 if line:
                     self.append(line)
             return
-        # One copy for the framing (not four): "a\nLb\nL" less its last L.
+        # Two copies for the framing, not four: "a\nLb\nL", then "L" and that
+        # less its last L.
         framed = chunk.replace(b"\n", b"\nL")
         wire = b"".join((b"L", memoryview(framed)[:-1]))
         self._push(_Entry("L", wire, len(wire) - len(chunk)))  # one "L" per line
