@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -180,8 +182,6 @@ def test_pool_size_auto_counts_the_cpus_it_may_run_on(make_labsquid, origin, dis
     """``pool_size auto`` under ``taskset -c N`` is one child, not one per CPU in
     the machine; unpinned it is one per CPU.  reuseport shows that the master
     (which binds a socket per child) and the kid count alike."""
-    import os
-
     cpus = os.sched_getaffinity(0)
     if len(cpus) < 2:
         pytest.skip("needs two CPUs to tell pinned from unpinned")
@@ -201,10 +201,32 @@ def test_pool_size_auto_counts_the_cpus_it_may_run_on(make_labsquid, origin, dis
     assert pinned.stop() == 0
 
 
+def test_a_restarted_kid_sizes_the_pool_as_its_master_did(make_labsquid, origin):
+    """reuseport: the master bound a socket per CPU it could run on.  A kid
+    restarted after the master's affinity shrank (``taskset -p``) still runs a
+    child per socket: none is left without a reader, every connection is served."""
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to shrink the affinity")
+    ls = started(make_labsquid(dispatch="reuseport", pool_size="auto"))
+    old_kid = ls.kid()
+    os.sched_setaffinity(ls.master.pid, {min(cpus)})
+    old_kid.send_signal(signal.SIGKILL)
+
+    def new_kid_serving():
+        kid = ls.kid()
+        return kid is not None and kid.pid != old_kid.pid and len(ls.workers(kid)) >= len(cpus)
+
+    wait_for(new_kid_serving, timeout=15, what=f"a new kid with {len(cpus)} children")
+    assert len(ls.workers(ls.kid())) == len(cpus)
+    assert _listening(ls.port) == len(cpus)
+    for i in range(40):  # fresh connections: the kernel spreads them over every socket
+        assert one(ls.port, origin.url(f"/after/{i}")) == f"path /after/{i}\n".encode()
+    assert ls.stop() == 0
+
+
 def _listening(port: int) -> int:
     """Listening sockets on ``port``, as ``ss -ltn`` lists them."""
-    import subprocess
-
     out = subprocess.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True,
                          text=True, check=True).stdout
     return sum("LISTEN" in line for line in out.splitlines())

@@ -37,7 +37,7 @@ from labsquid.config import Config, ConfigError
 from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import Channel, Kind
 from labsquid.pool import make_engine
-from labsquid.settings import load_config
+from labsquid.settings import CPUS_ENV, adopt_usable_cpus, load_config
 from labsquid.stats import Stats
 
 log = structlog.get_logger()
@@ -310,6 +310,7 @@ def kid_main(config_path: str | None, name: str, level: str) -> int:
 
     logsetup.configure("kid", level)
     control_fd = os.environ.pop("LABSQUID_CONTROL_FD", None)
+    adopt_usable_cpus(os.environ.pop(CPUS_ENV, None))
     control = None
     if control_fd is not None:
         fd = int(control_fd)

@@ -32,7 +32,7 @@ from labsquid.eventloop import EventLoop, Timer, bind_signal_handlers
 from labsquid.ipc import Channel, Kind, channel_pair
 from labsquid.notify import Notifier
 from labsquid.pidfile import PidFile
-from labsquid.settings import load_config, port_specs
+from labsquid.settings import CPUS_ENV, load_config, port_specs, usable_cpus
 
 log = structlog.get_logger()
 
@@ -85,6 +85,7 @@ class Master:
         env = dict(os.environ)
         env.update(listeners.export(self.listeners))
         env["LABSQUID_CONTROL_FD"] = str(theirs.fileno())
+        env[CPUS_ENV] = str(usable_cpus())
         argv = [sys.executable, "-m", "labsquid", "--kid", self.kid_name, *self.kid_args]
         pass_fds = [theirs.fileno(), *(s.fileno() for s in self.listeners)]
         self.kid_pid = process.spawn(argv, pass_fds=pass_fds, env=env)

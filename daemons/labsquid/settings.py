@@ -60,4 +60,26 @@ def pool_size(config: Config) -> int:
     """``pool_size``; for ``auto``, one child per CPU this process may run on
     (what ``taskset`` or a cpuset allows, as nginx counts for
     ``worker_processes auto``), not per CPU in the machine."""
-    return config.pool_size or len(os.sched_getaffinity(0)) or 1
+    return config.pool_size or usable_cpus()
+
+
+CPUS_ENV = "LABSQUID_USABLE_CPUS"  # the master's count, for the kid it starts
+_usable_cpus: int | None = None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on, counted once.  The master counts and every
+    kid it starts takes that figure (``adopt_usable_cpus``): an affinity changed
+    later (``taskset -p``) must not make a reload or a restarted kid size the
+    pool differently from the sockets the master bound for it (reuseport)."""
+    global _usable_cpus
+    if _usable_cpus is None:
+        _usable_cpus = len(os.sched_getaffinity(0)) or 1
+    return _usable_cpus
+
+
+def adopt_usable_cpus(value: str | None) -> None:
+    """The kid's side: its master's count (``CPUS_ENV``), when it passed one."""
+    global _usable_cpus
+    if value is not None and value.isdigit() and int(value) > 0:
+        _usable_cpus = int(value)
