@@ -81,8 +81,8 @@ def test_partial_writes_resume_where_they_stopped():
        st.lists(st.integers(1, 70_000), min_size=1, max_size=40))
 @settings(deadline=None)  # up to ~1 MB queued and compared
 def test_sends_of_any_size_deliver_every_record_once_in_order(items, sizes):
-    """Small records go out joined, a pool child's chunk as a view of itself;
-    whatever the socket takes each time, the daemon gets the same bytes."""
+    """Small records go out of one shared buffer, a pool child's chunk as a view
+    of itself; whatever the socket takes each time, the daemon gets the same bytes."""
     q = greeted()
     wanted = b""
     for kind, value in items:

@@ -76,7 +76,7 @@ _FILE_CHANGING = frozenset("RTO")  # commands after which sizes no longer relate
 _SETTINGS = frozenset("rb")  # commands whose effect a fresh daemon forgets
 _MAX_TEXT = MAX_RECORD - 1  # room for the letter
 _CHUNK = 256 * 1024  # most bytes pending_output() hands out at once
-_COALESCE = 16 * 1024  # entries smaller than this go out joined, one send for many
+_COALESCE = 16 * 1024  # entries smaller than this are sent from one shared buffer
 
 
 class _Entry(NamedTuple):
@@ -132,9 +132,10 @@ class LogQueue:
         self._records = 0  # records in _entries, less _head_acked
         self._head_acked = 0  # records of _entries[0] acknowledged already
         self._bytes = 0  # wire bytes in _entries (a batch's, until its last record is acked)
-        # Wire bytes not yet written to this daemon: views of the entries'
-        # own bytes (a pool child's chunk goes out without being copied).
-        self._out: deque[memoryview] = deque()
+        # Wire bytes not yet written to this daemon, in order: a large entry
+        # (a pool child's chunk) as a view of its own bytes, so it goes out
+        # without a copy; runs of small ones (single lines) in one bytearray.
+        self._out: deque[memoryview | bytearray] = deque()
         self._out_bytes = 0
         self._decoder = MessageDecoder()
         self._greeted = False  # this daemon's O<size> has arrived
@@ -200,22 +201,15 @@ class LogQueue:
     # --- the socket ----------------------------------------------------------
 
     def pending_output(self, limit: int = _CHUNK) -> bytes | memoryview:
-        """Bytes to write to the daemon now (empty until it has greeted us):
-        a large entry as a view of itself, small ones joined (at most ``limit``)."""
-        out = self._out
-        if not self._greeted or not out:
+        """Bytes to write to the daemon now, at most ``limit`` (empty until it
+        has greeted us): a large entry as a view of itself, small ones copied
+        out of their buffer (which ``consumed`` then shortens in place)."""
+        if not self._greeted or not self._out:
             return b""
-        head = out[0]
-        if len(head) >= _COALESCE or len(out) == 1:
-            return head[:limit]
-        parts = []
-        size = 0
-        for view in out:
-            if size + len(view) > limit:
-                break
-            parts.append(view)
-            size += len(view)
-        return b"".join(parts) if parts else head[:limit]
+        head = self._out[0]
+        if type(head) is bytearray:
+            return bytes(memoryview(head)[:limit])
+        return head[:limit]
 
     def has_output(self) -> bool:
         """``pending_output()`` would not be empty (without copying it)."""
@@ -235,7 +229,10 @@ class LogQueue:
         while n:
             head = out[0]
             if n < len(head):
-                out[0] = head[n:]
+                if type(head) is bytearray:
+                    del head[:n]
+                else:
+                    out[0] = head[n:]
                 break
             out.popleft()
             n -= len(head)
@@ -295,8 +292,17 @@ class LogQueue:
         self._entries.append(entry)
         self._records += entry.count
         self._bytes += len(entry.wire)
-        self._out.append(memoryview(entry.wire))
-        self._out_bytes += len(entry.wire)
+        self._queue_out(entry.wire)
+
+    def _queue_out(self, wire: bytes) -> None:
+        out = self._out
+        if len(wire) >= _COALESCE:
+            out.append(memoryview(wire))
+        elif out and type(out[-1]) is bytearray:
+            out[-1] += wire
+        else:
+            out.append(bytearray(wire))
+        self._out_bytes += len(wire)
 
     def _pop(self, n: int) -> None:
         """Forget the oldest ``n`` records: whole entries, then a count into
@@ -367,8 +373,10 @@ class LogQueue:
             self._entries.appendleft(_Entry(chr(wire[0]), wire))
             self._bytes += len(wire)
         self._records = len(self._entries)
-        self._out = deque(memoryview(e.wire) for e in self._entries)
-        self._out_bytes = sum(len(e.wire) for e in self._entries)
+        self._out.clear()
+        self._out_bytes = 0
+        for entry in self._entries:
+            self._queue_out(entry.wire)
 
     def _skip_written(self, grown: int) -> None:
         """Drop the leading L entries that make up ``grown`` bytes; of a line
