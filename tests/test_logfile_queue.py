@@ -76,24 +76,31 @@ def test_partial_writes_resume_where_they_stopped():
         q.consumed(100)
 
 
-@given(st.lists(st.one_of(st.binary(min_size=1, max_size=300).map(lambda b: ("line", b)),
-                          st.integers(1, 400).map(lambda n: ("chunk", n))), max_size=25),
-       st.lists(st.integers(1, 70_000), min_size=1, max_size=40))
+_ITEM = st.one_of(st.binary(min_size=1, max_size=300).map(lambda b: ("line", b)),
+                  st.integers(1, 400).map(lambda n: ("chunk", n)))
+
+
+def _queue_item(q: LogQueue, kind: str, value) -> bytes:
+    """Queue a line (``value`` bytes) or a chunk of ``value`` ~120-byte lines
+    (over the shared-buffer threshold from 137 lines); return its wire bytes."""
+    if kind == "line":
+        q.append(value)
+        return b"L" + value.replace(b"\n", b"\\n").replace(b"\r", b"\\r") + b"\n"
+    lines = [b"%06d " % i + b"x" * 113 for i in range(value)]
+    q.append_lines(b"".join(line + b"\n" for line in lines))
+    return b"".join(b"L" + line + b"\n" for line in lines)
+
+
+@given(st.lists(_ITEM, max_size=25), st.lists(st.integers(1, 70_000), min_size=1, max_size=40),
+       st.lists(st.one_of(st.none(), _ITEM), max_size=40))
 @settings(deadline=None)  # up to ~1 MB queued and compared
-def test_sends_of_any_size_deliver_every_record_once_in_order(items, sizes):
+def test_sends_of_any_size_deliver_every_record_once_in_order(items, sizes, arrivals):
     """Small records go out of one shared buffer, a pool child's chunk as a view
-    of itself; whatever the socket takes each time, the daemon gets the same bytes."""
+    of itself; whatever the socket takes each time, and whatever is queued
+    between two sends (onto a buffer already half sent), the daemon gets the
+    same bytes, in order."""
     q = greeted()
-    wanted = b""
-    for kind, value in items:
-        if kind == "line":
-            text = value.replace(b"\n", b"\\n").replace(b"\r", b"\\r")
-            q.append(value)
-            wanted += b"L" + text + b"\n"
-        else:  # a chunk of `value` lines of ~120 bytes: over the join threshold
-            lines = [b"%06d " % i + b"x" * 113 for i in range(value)]
-            q.append_lines(b"".join(line + b"\n" for line in lines))
-            wanted += b"".join(b"L" + line + b"\n" for line in lines)
+    wanted = b"".join(_queue_item(q, kind, value) for kind, value in items)
     got = b""
     turn = 0
     while out := q.pending_output():
@@ -102,6 +109,8 @@ def test_sends_of_any_size_deliver_every_record_once_in_order(items, sizes):
         taken = min(len(out), sizes[turn % len(sizes)] if turn < 200 else len(out))
         got += bytes(out[:taken])
         q.consumed(taken)
+        if turn < len(arrivals) and arrivals[turn] is not None:
+            wanted += _queue_item(q, *arrivals[turn])
         turn += 1
     assert got == wanted
     assert q.output_bytes == 0 and not q.has_output()

@@ -218,6 +218,9 @@ class AccessLogger:
 
     def _send(self) -> None:
         assert self.sock is not None
+        # ``data`` outlives consumed(): safe because pending_output() hands
+        # out a view only of an entry's immutable bytes, never of a buffer
+        # that consumed() shortens.
         data = self.queue.pending_output()
         while data:
             try:

@@ -81,5 +81,5 @@ def usable_cpus() -> int:
 def adopt_usable_cpus(value: str | None) -> None:
     """The kid's side: its master's count (``CPUS_ENV``), when it passed one."""
     global _usable_cpus
-    if value is not None and value.isdigit() and int(value) > 0:
+    if value is not None and value.isdecimal() and int(value) > 0:
         _usable_cpus = int(value)

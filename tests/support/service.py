@@ -91,6 +91,7 @@ class Labsquid:
         self.stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.stderr,
                                      stderr=self.stderr, cwd=self.folder)
+        self.cpus_at_start = len(os.sched_getaffinity(self.proc.pid))
         if wait:
             self.wait_ready()
         return self
@@ -124,9 +125,10 @@ class Labsquid:
         return [p for p in kid.children() if "worker-" in " ".join(_cmdline(p))]
 
     def expected_workers(self) -> int:
-        """``pool_size``; for ``auto``, the CPUs the master may run on."""
+        """``pool_size``; for ``auto``, the CPUs the master could run on when it
+        started (it counts once)."""
         if self.pool_size == "auto":
-            return len(os.sched_getaffinity(self.proc.pid))
+            return self.cpus_at_start
         return self.pool_size
 
     def tree_complete(self) -> bool:

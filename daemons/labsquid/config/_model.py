@@ -143,7 +143,7 @@ class Config:
     http_access: tuple[AccessLine, ...]  # empty: every request is denied
     # the process pool
     workers: int
-    pool_size: int | None  # None (auto): one per CPU it may run on (settings.pool_size)
+    pool_size: int | None  # None (auto): one per usable CPU, counted at start (settings)
     pool_dispatch: str
     pool_max_connections: int
     max_filedescriptors: int  # 0: leave the limit as it is
