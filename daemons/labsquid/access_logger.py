@@ -41,14 +41,21 @@ RESPAWN_DELAY = 0.1
 RESPAWN_MAX = 5.0
 YOUNG_DEATH = 2.0
 # Lines go to the daemon at most once per SEND_INTERVAL, all that queued by
-# then, or at once when SEND_BATCH bytes wait.  Sending every loop turn woke the
+# then, or sooner when SEND_BATCH bytes wait.  Sending every loop turn woke the
 # daemon 694-750 times a second in serial mode at 100 B c=50 (it shares the
 # core with the kid), ~7 us of its CPU per request; paced, 38 times and ~1 us.
 # Pool children's lines mostly arrive in collections at least
-# pool.LOG_COLLECT_GAP (as long) apart, so those are sent at once; the unspaced
+# pool.LOG_COLLECT_GAP (as long) apart, so those are sent right away; the unspaced
 # reads (a child's full pipe, a dead child's last lines) may wait up to 25 ms.
 SEND_INTERVAL = 0.025
 SEND_BATCH = 64 * 1024
+# A send that is due goes out HANDOVER_GAP later, never in the loop turn that
+# queued the lines.  The daemon wakes as soon as the kid blocks, so a pool
+# child's collection and the daemon's turn ran back to back: at 2 connections
+# one stall of ~0.7 ms of the serving core, every 50 ms.  With the kid blocked
+# for a moment in between, the serving process runs first and the stall comes
+# in two parts; wrk counts a stall by its length (bench/README, "The c=2 tail").
+HANDOVER_GAP = 0.001
 
 
 def daemon_argv(program: str, path: str) -> list[str]:
@@ -177,7 +184,7 @@ class AccessLogger:
             delay = self._send_pacer.lines_written(self.loop.now)
         if delay == 0.0:
             self._send_scheduled = True
-            self.loop.call_soon(self._send_soon)
+            self.loop.call_later(HANDOVER_GAP, self._send_due)
         elif delay is not None:
             self.loop.call_later(delay, self._send_paced)
 
@@ -186,7 +193,7 @@ class AccessLogger:
         if self.sock is not None:
             self._send()
 
-    def _send_soon(self) -> None:
+    def _send_due(self) -> None:
         self._send_scheduled = False
         if self.sock is not None:
             self._send()
