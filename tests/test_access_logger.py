@@ -132,3 +132,23 @@ def test_a_large_batch_is_sent_without_waiting_for_its_turn(tmp_path, monkeypatc
         assert waited < 10.0  # long before the 30 s interval
     finally:
         lg.close()
+
+
+def test_a_due_hand_over_leaves_the_loop_turn_that_queued_it(tmp_path, monkeypatch):
+    """The kid's collection and the daemon's turn must not hold the serving
+    core in one piece: a hand-over that is due goes out HANDOVER_GAP later,
+    once the kid has blocked, not in the turn that queued the lines."""
+    monkeypatch.setattr(access_logger, "HANDOVER_GAP", 0.3)
+    lg = Logger(tmp_path / "access.log")
+    try:
+        big = [f"{n:05d} " + "x" * 200 for n in range(400)]  # ~80 KiB > SEND_BATCH: due now
+        queued_at = time.monotonic()
+        for line in big:
+            lg.logger.write_line(line)
+        lg.loop.run_once(0)  # the rest of the turn that queued them
+        assert lg.logger.queue.output_bytes == lg.logger.queue.queued_bytes > 80_000
+        _turn_until(lg.loop, lambda: len(_lines(lg.path)) == 400, 10)
+        assert _lines(lg.path) == big
+        assert time.monotonic() - queued_at >= 0.3
+    finally:
+        lg.close()
