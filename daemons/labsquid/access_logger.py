@@ -54,7 +54,8 @@ SEND_BATCH = 64 * 1024
 # child's collection and the daemon's turn ran back to back: at 2 connections
 # one stall of ~0.7 ms of the serving core, every 50 ms.  With the kid blocked
 # for a moment in between, the serving process runs first and the stall comes
-# in two parts; wrk counts a stall by its length (bench/README, "The c=2 tail").
+# in two parts; wrk counts a stall by its length (bench/README, "What wrk
+# counts at c=2").
 HANDOVER_GAP = 0.001
 
 
