@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ import pytest
 
 from support import proof
 from support.origin import fetch
-from support.service import wait_for
+from support.service import listening_sockets, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -187,7 +186,7 @@ def test_pool_size_auto_counts_the_cpus_it_may_run_on(make_labsquid, origin, dis
         pytest.skip("needs two CPUs to tell pinned from unpinned")
     unpinned = started(make_labsquid(dispatch=dispatch, pool_size="auto"))
     assert len(unpinned.workers(unpinned.kid())) == len(cpus)
-    assert _listening(unpinned.port) == (len(cpus) if dispatch == "reuseport" else 1)
+    assert len(listening_sockets(unpinned.port)) == (len(cpus) if dispatch == "reuseport" else 1)
     assert unpinned.stop() == 0
 
     os.sched_setaffinity(0, {min(cpus)})  # inherited by the tree started now
@@ -196,7 +195,7 @@ def test_pool_size_auto_counts_the_cpus_it_may_run_on(make_labsquid, origin, dis
     finally:
         os.sched_setaffinity(0, cpus)
     assert len(pinned.workers(pinned.kid())) == 1
-    assert _listening(pinned.port) == 1
+    assert len(listening_sockets(pinned.port)) == 1
     assert one(pinned.port, origin.url("/pinned")) == b"path /pinned\n"
     assert pinned.stop() == 0
 
@@ -219,14 +218,8 @@ def test_a_restarted_kid_sizes_the_pool_as_its_master_did(make_labsquid, origin)
 
     wait_for(new_kid_serving, timeout=15, what=f"a new kid with {len(cpus)} children")
     assert len(ls.workers(ls.kid())) == len(cpus)
-    assert _listening(ls.port) == len(cpus)
+    assert len(listening_sockets(ls.port)) == len(cpus)
     for i in range(40):  # fresh connections: the kernel spreads them over every socket
         assert one(ls.port, origin.url(f"/after/{i}")) == f"path /after/{i}\n".encode()
     assert ls.stop() == 0
 
-
-def _listening(port: int) -> int:
-    """Listening sockets on ``port``, as ``ss -ltn`` lists them."""
-    out = subprocess.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True,
-                         text=True, check=True).stdout
-    return sum("LISTEN" in line for line in out.splitlines())

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from labsquid.inspect import tcp_connections
-from support.service import wait_for
+from support.service import listening_sockets, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +128,6 @@ def test_reuseport_children_each_have_their_own_socket(make_labsquid):
         assert len(inodes) == 1, (worker.pid, inodes)
         listening[worker.pid] = inodes.pop()
     assert len(listening) == 2 and len(set(listening.values())) == 2, listening
-    ss = subprocess.run(["ss", "-ltn", f"sport = :{ls.port}"], capture_output=True,
-                        text=True).stdout
-    assert len([ln for ln in ss.splitlines() if "LISTEN" in ln]) == 2, ss
+    listening = listening_sockets(ls.port)
+    assert len(listening) == 2, listening
     assert ls.stop() == 0

@@ -38,6 +38,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_sockets(port: int) -> list[str]:
+    """The listening TCP sockets on ``port``, as ``ss -ltn`` lists them (one line each)."""
+    out = subprocess.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True,
+                         text=True, check=True).stdout
+    return [line for line in out.splitlines() if "LISTEN" in line]
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = ""):
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
