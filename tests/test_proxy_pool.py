@@ -13,7 +13,7 @@ import pytest
 
 from support import proof
 from support.origin import fetch
-from support.service import listening_sockets, wait_for
+from support.service import free_port, listening_sockets, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -223,3 +223,29 @@ def test_a_restarted_kid_sizes_the_pool_as_its_master_did(make_labsquid, origin)
         assert one(ls.port, origin.url(f"/after/{i}")) == f"path /after/{i}\n".encode()
     assert ls.stop() == 0
 
+
+
+@pytest.mark.parametrize("dispatch", MODES)
+def test_activation_sockets_the_config_does_not_name_are_served(make_labsquid, origin,
+                                                                dispatch):
+    """Started by ``systemd-socket-activate`` with the configured port and one
+    more: both are served by every mode.  In reuseport mode the configured
+    port's activation socket cannot join a SO_REUSEPORT group (the children
+    share it), and the extra socket sits beside the groups; a child per
+    group member must not leave it without a reader."""
+    ls = make_labsquid(dispatch=dispatch, pool_size=2)
+    extra = free_port()
+    plain = ls.command
+    ls.command = lambda *args: ["systemd-socket-activate", "-l", f"127.0.0.1:{ls.port}",
+                                "-l", f"127.0.0.1:{extra}", *plain(*args)]
+    ls.start(wait=False)
+    wait_for(lambda: listening_sockets(extra), timeout=5, what="systemd-socket-activate")
+    # The first connection makes systemd-socket-activate exec labsquid; it
+    # waits in the backlog until a child serves it.
+    assert fetch(extra, "GET", origin.url("/first"), timeout=15)[1] == b"path /first\n"
+    ls.wait_ready(timeout=10)
+    assert len(listening_sockets(ls.port)) == 1  # the inherited one, shared
+    for i in range(20):  # fresh connections on both ports
+        for port in (extra, ls.port):
+            assert one(port, origin.url(f"/{port}/{i}")) == f"path /{port}/{i}\n".encode()
+    assert ls.stop() == 0

@@ -18,6 +18,7 @@ shared     each child waits on the inherited listening socket itself,
            registered with ``EPOLLEXCLUSIVE`` so one arrival wakes one child.
 reuseport  the master bound one ``SO_REUSEPORT`` socket per child and port;
            child *i* serves socket *i*, and the kernel spreads connections.
+           A socket in no such group (socket activation) is every child's.
 =========  ==================================================================
 
 Children are forked (not exec'd) from the single-threaded kid, each with its
@@ -48,6 +49,7 @@ from labsquid import process
 from labsquid.config import Config
 from labsquid.eventloop import READ, Timer
 from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, LogStream, channel_pair, log_stream_pair
+from labsquid.listeners import PortSpec, address_of
 from labsquid.settings import pool_size
 
 if TYPE_CHECKING:
@@ -73,12 +75,28 @@ def make_engine(kid: Kid) -> SerialEngine | PoolEngine:
 
 
 def listener_groups(config: Config, socks: list[socket.socket]) -> list[list[socket.socket]]:
-    """Sockets per child slot: in reuseport mode the master bound ``pool_size`` per port."""
-    size = pool_size(config)
-    if config.pool_dispatch != "reuseport" or len(socks) < size:
-        return [socks] * max(size, 1)
-    per_port = len(socks) // size
-    return [[socks[p * size + i] for p in range(per_port)] for i in range(size)]
+    """Sockets per child slot.
+
+    In reuseport mode the master bound ``pool_size`` sockets per address and
+    child *i* takes the *i*-th of each.  Sockets counted otherwise are given to
+    every child, so that none is left without a reader: one systemd passed
+    that the config does not name, or a group that came out a different size.
+    """
+    size = max(pool_size(config), 1)
+    if config.pool_dispatch != "reuseport":
+        return [socks] * size
+    by_address: dict[PortSpec, list[socket.socket]] = {}
+    for sock in socks:
+        by_address.setdefault(address_of(sock), []).append(sock)
+    groups: list[list[socket.socket]] = [[] for _ in range(size)]
+    for members in by_address.values():
+        if len(members) == size:
+            for group, sock in zip(groups, members, strict=True):
+                group.append(sock)
+        else:
+            for group in groups:
+                group.extend(members)
+    return groups
 
 
 class SerialEngine:
