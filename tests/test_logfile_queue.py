@@ -485,3 +485,52 @@ def test_a_crash_anywhere_loses_and_duplicates_nothing(texts, data):
 
 def _esc(t: str) -> bytes:
     return t.encode("utf-8", "backslashreplace").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+
+
+@given(st.lists(_ITEM, max_size=25), st.lists(st.integers(0, 70_000), min_size=1, max_size=40),
+       st.lists(st.one_of(st.none(), _ITEM), max_size=40))
+@settings(deadline=None)
+def test_write_to_delivers_every_record_once_whatever_the_socket_takes(items, sizes, arrivals):
+    """``write_to`` as the kid calls it with a non-blocking socket's ``send``:
+    each call takes some bytes, or none (EAGAIN); lines queue between calls."""
+    q = greeted()
+    wanted = b"".join(_queue_item(q, kind, value) for kind, value in items)
+    got = bytearray()
+    turn = 0
+
+    def send(view: memoryview) -> int:
+        assert 0 < len(view) <= 256 * 1024
+        take = min(len(view), sizes[turn % len(sizes)] if turn < 200 else len(view))
+        if take == 0:
+            raise BlockingIOError
+        got.extend(view[:take])
+        return take
+
+    while q.has_output():
+        before = len(got)
+        try:
+            assert q.write_to(send) == len(got) - before
+        except BlockingIOError:
+            pass
+        assert q.output_bytes == len(wanted) - len(got)
+        if turn < len(arrivals) and arrivals[turn] is not None:
+            wanted += _queue_item(q, *arrivals[turn])
+        turn += 1
+    assert bytes(got) == wanted
+
+
+def test_write_to_stops_at_a_short_send_and_sends_nothing_before_the_greeting():
+    q = LogQueue()
+    q.append("abc")
+    assert q.write_to(lambda view: pytest.fail("sent before the greeting")) == 0
+    q.feed(b"O0\n")
+    q.append("def")
+    offers: list[bytes] = []
+
+    def short(view: memoryview) -> int:
+        offers.append(bytes(view))
+        return 2
+
+    assert q.write_to(short) == 2  # short: the socket is full, no second offer
+    assert offers == [b"Labc\nLdef\n"]
+    assert drain(q) == b"bc\nLdef\n"

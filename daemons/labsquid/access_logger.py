@@ -226,19 +226,11 @@ class AccessLogger:
 
     def _send(self) -> None:
         assert self.sock is not None
-        # ``data`` outlives consumed(): safe because pending_output() hands
-        # out a view only of an entry's immutable bytes, never of a buffer
-        # that consumed() shortens.
-        data = self.queue.pending_output()
-        while data:
-            try:
-                sent = self.sock.send(data)
-            except OSError as exc:
-                if is_would_block(exc):
-                    break
+        try:
+            self.queue.write_to(self.sock.send)
+        except OSError as exc:
+            if not is_would_block(exc):
                 return  # the daemon is gone; its exit is handled by the reaper
-            self.queue.consumed(sent)
-            data = self.queue.pending_output()
         self._want_write()
 
     def _receive(self) -> None:

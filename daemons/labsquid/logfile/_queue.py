@@ -60,6 +60,7 @@ request from the log).  Lines are cut to fit one record.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ._protocol import (
@@ -114,9 +115,10 @@ def _lines_fit(chunk: bytes) -> bool:
 class LogQueue:
     """Everything the kid has for one daemon, meant to stay within ``max_bytes``.
 
-    Drive it with: ``append``/``command`` (producers), ``pending_output`` +
-    ``consumed`` (socket writable), ``feed`` (socket readable) and
-    ``daemon_restarted`` (after starting a replacement daemon).
+    Drive it with: ``append``/``command`` (producers), ``write_to`` (or
+    ``pending_output`` + ``consumed``) when the socket is writable, ``feed``
+    when it is readable, and ``daemon_restarted`` (after starting a
+    replacement daemon).
 
     It never refuses a line: a line refused is a line lost.  The bound is kept
     by the producers, who look at ``room`` and take no more lines from their
@@ -210,6 +212,24 @@ class LogQueue:
         if type(head) is bytearray:
             return bytes(memoryview(head)[:limit])
         return head[:limit]
+
+    def write_to(self, send: Callable[[memoryview], int]) -> int:
+        """Hand pending bytes to ``send`` (a socket's ``send``) until it takes
+        less than it was offered; returns how many it took.  Nothing is copied:
+        ``send`` gets a view that is released before ``consumed`` shortens the
+        buffer it looks into.  An exception from ``send`` (EAGAIN) propagates,
+        with whatever was taken before it accounted for."""
+        taken = 0
+        while self._greeted and self._out:
+            head = self._out[0]
+            with memoryview(head) as whole, whole[:_CHUNK] as offered:
+                n = send(offered)
+                short = n < len(offered)
+            self.consumed(n)
+            taken += n
+            if short:
+                break
+        return taken
 
     def has_output(self) -> bool:
         """``pending_output()`` would not be empty (without copying it)."""
