@@ -40,6 +40,11 @@ def test_headers_are_squids_set_in_squids_order() -> None:
     ]
 
 
+def test_a_reply_that_keeps_the_connection_says_so() -> None:
+    headers = render("ERR_ACCESS_DENIED", status=403, keep_alive=True)[1]
+    assert headers[-1] == (b"Connection", b"keep-alive")
+
+
 def test_x_cache_lookup_when_the_port_is_known() -> None:
     headers = dict(render(http_port=3128)[1])
     assert headers[b"X-Cache-Lookup"] == b"NONE from proxy.example:3128"

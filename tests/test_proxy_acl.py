@@ -186,3 +186,38 @@ def test_manager_path_on_another_origin_is_forwarded(labsquid, origin):
     resp = ask(labsquid.port, "GET", origin.url("/squid-internal-mgr/info"))
     assert resp.status == 200
     assert resp.body == b"path /squid-internal-mgr/info\n"
+
+
+def _failures(ls) -> list[str]:
+    text = ls.stderr_text() + (ls.cache_log.read_text() if ls.cache_log.exists() else "")
+    return [line for line in text.splitlines() if "callback_failed" in line or "Traceback" in line]
+
+
+def test_a_denial_and_manager_pages_keep_the_connection_as_squids_do(labsquid, origin):
+    """Answered before their request was read to its end, they leave the
+    requests pipelined behind them to be served, in order."""
+    mgr = f"http://127.0.0.1:{labsquid.port}/squid-internal-mgr/"
+    urls = ["http://www.denied.test/", mgr + "menu", mgr + "nonsense", origin.url("/id/after")]
+    with RawClient(labsquid.port) as c:
+        c.send(b"".join(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % u.encode() for u in urls))
+        replies = [c.read_response() for _ in urls]
+    assert [r.status for r in replies] == [403, 200, 404, 200]
+    assert [r.header("Connection") for r in replies[:3]] == ["keep-alive"] * 3
+    assert replies[3].body == b"path /id/after\n"
+    assert _failures(labsquid) == []
+
+
+def test_a_refused_request_with_a_body_or_a_bad_url_closes_the_connection(labsquid, origin):
+    follow = b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/id/never").encode()
+    before = len(origin.heads)
+    for request in (b"POST http://www.denied.test/ HTTP/1.1\r\nHost: h\r\n"
+                    b"Content-Length: 5\r\n\r\nhello",
+                    b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"):
+        with RawClient(labsquid.port) as c:
+            c.send(request + follow)
+            reply = c.read_response()
+            assert reply.status in (403, 400)
+            assert reply.header("Connection") == "close"
+            assert c.closed_by_peer()
+    assert origin.heads[before:] == []
+    assert _failures(labsquid) == []

@@ -127,6 +127,7 @@ def render_error(
     cache_admin: str = "webmaster",
     version_string: str | None = "labsquid/0.1.0",
     http_port: int | None = None,
+    keep_alive: bool = False,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Build squid's error reply for ``code`` (e.g. ``"ERR_INVALID_URL"``).
 
@@ -134,6 +135,7 @@ def render_error(
     the product name goes out without a version.  ``error_detail`` feeds the
     DNS message (``%z``) and the detail codes (``%x``, ``%D``).  With
     ``http_port`` an ``X-Cache-Lookup`` header is added like squid's.
+    ``keep_alive``: the connection stays open after it (else ``close``).
     """
     if not _CODE_RE.fullmatch(code):
         raise ValueError(f"not an error page name: {code!r}")
@@ -175,6 +177,6 @@ def render_error(
         headers.append((b"X-Cache-Lookup", f"NONE from {hostname}:{http_port}".encode()))
     headers += [
         (b"Via", f"1.1 {hostname} ({app})".encode()),
-        (b"Connection", b"close"),
+        (b"Connection", b"keep-alive" if keep_alive else b"close"),
     ]
     return status, headers, body

@@ -37,3 +37,4 @@ cdef class ClientConnection:
     cpdef _flush(self)
     cpdef pause_reading(self, paused)
     cpdef transaction_done(self, txn, keep_alive)
+    cpdef _next_cycle(self)

@@ -135,7 +135,7 @@ class ClientConnection:
     # -- requests -----------------------------------------------------------
     def process(self) -> None:
         """Turn buffered bytes into transaction events until we must wait."""
-        while not self.closed:
+        while not (self.closed or self.closing):
             if self.txn is not None and not self.txn.wants_body:
                 return
             try:
@@ -155,10 +155,14 @@ class ClientConnection:
                 self.txn = Transaction(self, event)
                 self.txn.start()
             elif type(event) is Data:
-                assert self.txn is not None
+                if self.txn is None:  # answered early, and kept: cannot happen
+                    self.close_when_flushed()  # (see transaction_done), but never forward it
+                    return
                 self.txn.request_data(event.data)
             elif type(event) is EndOfMessage:
-                assert self.txn is not None
+                if self.txn is None:  # the end of a request answered early
+                    self._next_cycle()
+                    return
                 self.txn.request_end()
             elif type(event) is ConnectionClosed:
                 self.close_when_flushed()
@@ -179,6 +183,14 @@ class ClientConnection:
         if not keep_alive or self._shutdown or self.eof:
             self.close_when_flushed()
             return
+        if not txn.body_done:
+            # Answered before its request was read to the end (denied, a
+            # manager page), and kept only when the request has no body: its
+            # EndOfMessage is next, and process() goes on from there.
+            return
+        self._next_cycle()
+
+    def _next_cycle(self) -> None:
         self.pause_reading(False)
         try:
             self.reader.start_next_cycle()

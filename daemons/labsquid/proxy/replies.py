@@ -5,7 +5,9 @@ class as a method (``Transaction.reply_error`` and so on): an extension type
 has at most one base class, so this half of it is not a mixin.  Each reply
 goes through the same path as a relayed response (``_to_client``), is logged
 once by ``finish``, and ends the transaction.  Error replies close the
-client connection afterwards, as squid does for most of them.
+client connection afterwards, as squid does for most of them; a denial and
+the proxy's own pages keep it, as squid's do, when the client asked to and
+the request has no body (nothing of it is left unread).
 """
 
 from __future__ import annotations
@@ -45,17 +47,28 @@ def max_forwards_reached(txn: Transaction) -> bool:
     return True
 
 
+def _reusable(txn: Transaction) -> bool:
+    """The connection may serve another request after this reply of ours.
+    Never after a CONNECT: what follows it may be tunnel bytes the client
+    sent ahead (a TLS hello), not a request."""
+    return (txn.client_keep_alive and (txn.body_done or txn.body_framing == 0)
+            and txn.method != "CONNECT")
+
+
 def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
-                errno: int = 0) -> None:
+                errno: int = 0, keep: bool = False) -> None:
+    """``keep``: the request was understood and is refused as a whole (a
+    denial, an unknown manager page), so the connection may be reused."""
     if txn.finished:
         return
+    keep = keep and _reusable(txn)
     txn.error_code = code
     txn._drop_upstream()
     status, headers, body = render_error(
         code, status=status, method=txn.method, url=txn.url,
         client_addr=txn.client.peer_ip, hostname=txn.ctx.hostname, now=time.time(),
         error_detail=detail, errno=errno, cache_admin=txn.ctx.config.cache_mgr,
-        version_string=txn.ctx.version)
+        version_string=txn.ctx.version, keep_alive=keep)
     txn.status = status
     txn.mime = "text/html"
     if txn.log_tag == "TCP_MISS" and txn.hierarchy == "HIER_NONE":
@@ -63,7 +76,7 @@ def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
     start = b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))
     txn._to_client(forward.serialize(start, Headers(headers)) + body)
     txn.wants_body = False
-    txn.finish(False)
+    txn.finish(keep)
 
 
 def reply_protocol_error(txn: Transaction, exc: ProtocolError) -> None:
@@ -83,12 +96,14 @@ def reply_local(txn: Transaction, status: int, reason: bytes, body: bytes, ctype
         headers.add(b"Content-Type", ctype)
     headers.add(b"Content-Length", str(len(body)).encode())
     headers.add(b"Date", _http_date())
-    headers.add(b"Connection", b"keep-alive" if txn.client_keep_alive else b"close")
+    keep = _reusable(txn)
+    headers.add(b"Connection", b"keep-alive" if keep else b"close")
     txn.status = status
     txn.mime = ctype.decode() if ctype else None
     txn.log_tag = "TCP_MISS"
     txn._to_client(forward.serialize(b"HTTP/1.1 %d %s" % (status, reason), headers) + body)
-    txn.finish(txn.client_keep_alive and txn.body_done)
+    txn.wants_body = False
+    txn.finish(keep)
 
 
 def reply_manager(txn: Transaction) -> None:
@@ -96,7 +111,7 @@ def reply_manager(txn: Transaction) -> None:
     page = mgr.render(action, txn.ctx)
     if page is None:
         reply_error(txn, "ERR_INVALID_URL", 404,
-                    detail=f"unknown cache manager action {action}")
+                    detail=f"unknown cache manager action {action}", keep=True)
         return
     reply_local(txn, 200, b"OK", page.encode(), b"text/plain")
 

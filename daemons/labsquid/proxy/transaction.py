@@ -168,7 +168,7 @@ class Transaction:
             return
         if not decision.allowed:
             self.log_tag = "TCP_DENIED"
-            self.reply_error("ERR_ACCESS_DENIED", 403)
+            self.reply_error("ERR_ACCESS_DENIED", 403, keep=True)
             return
         if self.is_manager():
             self.reply_manager()
