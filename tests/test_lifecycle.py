@@ -17,7 +17,7 @@ import pytest
 from labsquid.inspect import tcp_connections
 from labsquid.kid import LOGGER_CLOSE_LIMIT
 from support import proof
-from support.service import wait_for
+from support.service import free_port, listening_sockets, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +136,9 @@ def test_kid_killed_is_restarted(make_labsquid):
     assert master_alive
     assert served
     assert '"kid_died"' in ls.stderr_text() and "killed by signal 9" in ls.stderr_text()
+    # Its counters' segment went with it (a clean exit removes its own).
+    wait_for(lambda: not os.path.exists(f"/dev/shm/labsquid-{old.pid}"),
+             what="the dead kid's /dev/shm segment removed")
     assert ls.stop() == 0
 
 
@@ -233,6 +236,35 @@ def test_term_waits_for_in_flight_request(make_labsquid, origin):
     assert result.get("status") == 200
     assert ls.proc.wait(10) == 0
     assert any("/slow/1" in line for line in ls.access_lines())
+
+
+def test_hup_that_drops_a_port_closes_it_and_lets_the_old_kid_finish(make_labsquid, origin):
+    """A port change replaces the kid: the dropped port stops listening (squid
+    closes it too), the kept one never does, and a request in flight on the
+    old kid is answered within shutdown_lifetime, not cut."""
+    second = free_port()
+    ls = make_labsquid(dispatch="notify", extra=f"http_port 127.0.0.1:{second}\n").start()
+    old_kid = ls.kid()
+    assert proxied_get(second, origin.url("/id/on-second")) == 200
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        status=proxied_get(ls.port, origin.url("/slow/1"))))
+    t.start()
+    wait_for(lambda: any("/slow/1" in h for h in origin.heads), what="the slow request")
+    ls.write_config()  # without the second port
+    ls.signal(signal.SIGHUP)
+    wait_for(lambda: not listening_sockets(second), what="the dropped port closed")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", second), timeout=2)
+    assert proxied_get(ls.port, origin.url("/id/during")) == 200
+    t.join(10)
+    assert result.get("status") == 200, "the request in flight on the old kid was cut"
+    wait_for(lambda: '"retired_kid_exited"' in ls.stderr_text(), what="the old kid's exit")
+    assert old_kid.pid != ls.kid().pid
+    assert not os.path.exists(f"/dev/shm/labsquid-{old_kid.pid}")
+    for event in ("second_term_exiting_now", "master_gone_shutting_down", "callback_failed"):
+        assert event not in ls.stderr_text()
+    assert ls.stop() == 0
 
 
 def test_second_term_exits_at_once_still_flushing(make_labsquid, origin):

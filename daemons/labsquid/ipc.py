@@ -100,6 +100,14 @@ def log_stream_pair() -> tuple[int, int]:
     return read_end, write_end
 
 
+def _ignore_message(_kind: bytes, _payload: bytes, _fds: list[int]) -> None:
+    pass
+
+
+def _ignore_close() -> None:
+    pass
+
+
 class Channel:
     def __init__(self, loop: EventLoop, sock: socket.socket, on_message: OnMessage,
                  on_close: OnClose, max_queue: int = 4096,
@@ -125,6 +133,12 @@ class Channel:
         self.may_read: Callable[[], bool] | None = None
         self.reading = True
         loop.add(self.fd, READ, self._on_event)
+
+    def detach(self) -> None:
+        """Stay open, but hand nothing on: a retired peer keeps its end (its
+        EOF would tell it we are gone) until it exits, and is not heard."""
+        self._on_message = _ignore_message
+        self._on_close = _ignore_close
 
     def send(self, kind: bytes, payload: bytes = b"", fds: list[int] | None = None) -> bool:
         """Queue one message; False when the channel is closed or its queue is full."""

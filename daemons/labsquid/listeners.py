@@ -69,9 +69,13 @@ def systemd_sockets() -> list[socket.socket]:
     return socks
 
 
-def open_all(specs: list[PortSpec], inherited: list[socket.socket] | None = None
-             ) -> list[socket.socket]:
+def open_all(specs: list[PortSpec], inherited: list[socket.socket] | None = None, *,
+             serve_unnamed: list[socket.socket] | None = None) -> list[socket.socket]:
     """One socket per spec: an inherited one with the same address, else a new bind.
+
+    Inherited sockets no spec names are served too (systemd's), or with
+    ``serve_unnamed`` only those of them it lists (a reload keeps systemd's
+    but drops the ports the old config had).
 
     ``reuseport`` specs of one address are bound as a SO_REUSEPORT group, where
     the kernel spreads connections itself. An inherited socket of that address
@@ -93,7 +97,8 @@ def open_all(specs: list[PortSpec], inherited: list[socket.socket] | None = None
                 raise
             result.append(first.dup())  # the same socket, shared, for this child too
     for extra in pool:  # activation sockets the config does not name: still serve them
-        result.append(extra)
+        if serve_unnamed is None or extra in serve_unnamed:
+            result.append(extra)
     return result
 
 

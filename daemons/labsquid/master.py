@@ -26,7 +26,7 @@ import time
 
 import structlog
 
-from labsquid import listeners, process
+from labsquid import listeners, process, stats
 from labsquid.config import Config, ConfigError
 from labsquid.eventloop import EventLoop, Timer, bind_signal_handlers
 from labsquid.ipc import Channel, Kind, channel_pair
@@ -63,11 +63,13 @@ class Master:
         self.status: dict[str, object] = {}
         self._heartbeat: Timer | None = None
         self._reload_pending = False
+        self.activated: list[socket.socket] = []  # systemd's sockets, always served
+        self._retired: dict[int, Channel] = {}  # kids replaced on a port change, draining
 
     def run(self) -> int:
         bind_signal_handlers(self.loop, self, ("term", "int", "hup", "usr1", "chld"))
-        self.listeners = listeners.open_all(port_specs(self.config),
-                                            listeners.systemd_sockets())
+        self.activated = listeners.systemd_sockets()
+        self.listeners = listeners.open_all(port_specs(self.config), self.activated)
         log.info("master_started", listening=[str(listeners.address_of(s))
                                               for s in self.listeners])
         self.start_kid()
@@ -163,8 +165,13 @@ class Master:
     # -- signals ------------------------------------------------------------
     def handle_chld(self, _signum: int) -> None:
         for pid, status in process.reap():
+            stats.remove_segment(pid)  # left behind by a kid that was killed
             if pid == self.kid_pid:
                 self.kid_exited(status)
+            elif pid in self._retired:
+                self._retired.pop(pid).close()
+                log.info("retired_kid_exited", kid_pid=pid,
+                         status=process.describe_status(status)[0])
 
     def handle_term(self, signum: int) -> None:
         self._stop(signal.SIGTERM if self.stopping is None else signal.SIGINT)
@@ -181,6 +188,8 @@ class Master:
             # Tell systemd a long drain is expected, so it does not SIGKILL us early.
             self.notifier.extend_timeout(lifetime + 15)
             log.info("master_stopping", signal=signal.Signals(signum).name)
+        for pid in self._retired:  # still draining after a port change
+            os.kill(pid, signum)
         if self.kid_pid is None:
             self.loop.stop()
             return
@@ -210,7 +219,10 @@ class Master:
     def _rebind(self, new: Config) -> None:
         """http_port changed: open the new set, then replace the kid gracefully."""
         try:
-            fresh = listeners.open_all(port_specs(new), self.listeners)
+            # A port the new config drops is closed, unless systemd passed it:
+            # systemd keeps listening there, so it must still be served.
+            fresh = listeners.open_all(port_specs(new), self.listeners,
+                                       serve_unnamed=self.activated)
         except OSError as exc:
             log.error("reconfigure_bind_failed", error=str(exc))
             self.notifier.ready(self._status_line())
@@ -223,12 +235,18 @@ class Master:
         log.info("ports_changed_replacing_kid", listening=[str(listeners.address_of(s))
                                                            for s in fresh])
         self.kid_pid = None
-        if self.kid_channel is not None:
+        if old_pid is not None and self.kid_channel is not None:
+            # Kept open: its EOF would tell the old kid its master died, and
+            # a SIGTERM after that would be its second (exit at once).  One
+            # SIGTERM lets it finish its requests within shutdown_lifetime.
+            self.kid_channel.detach()
+            self._retired[old_pid] = self.kid_channel
+            os.kill(old_pid, signal.SIGTERM)
+        elif self.kid_channel is not None:
             self.kid_channel.close()
+        self.kid_channel = None
         self.ready = False
         self.start_kid()
-        if old_pid is not None:
-            os.kill(old_pid, signal.SIGTERM)  # reaped as an unknown child by handle_chld
 
     def handle_usr1(self, _signum: int) -> None:
         if self.kid_pid is not None:

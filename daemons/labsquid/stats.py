@@ -60,12 +60,26 @@ class Row:
         return {name: self._view[self._base + i] for i, name in enumerate(FIELDS)}
 
 
+def segment_path(pid: int) -> str:
+    """The segment of the kid with this pid."""
+    return os.path.join(SHM_DIR, f"labsquid-{pid}")
+
+
+def remove_segment(pid: int) -> None:
+    """Remove a dead kid's segment (its own ``close`` does on a clean exit;
+    one killed leaves it behind)."""
+    try:
+        os.unlink(segment_path(pid))
+    except FileNotFoundError:
+        pass
+
+
 class Stats:
     """The whole segment, created by the kid (or opened read-only by an inspector)."""
 
     def __init__(self, name: str, path: str | None = None, create: bool = True) -> None:
         self.name = name
-        self.path = path or os.path.join(SHM_DIR, f"labsquid-{os.getpid()}")
+        self.path = path or segment_path(os.getpid())
         size = ROWS * ROW_SIZE
         if create:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
