@@ -279,3 +279,21 @@ def test_reader_stays_failed() -> None:
     with pytest.raises(ProtocolError) as again:
         reader.next_event()
     assert again.value is first.value
+
+
+# Its body (Content-Length: 1; Transfer_Encoding is just another field) is
+# cut short, which only the close can tell.
+_NEEDS_EOF = {POST + b"Transfer_Encoding: chunked\r\nContent-Length: 1\r\n\r\n"}
+
+
+@pytest.mark.parametrize("data,status,code", BAD)
+def test_rejected_while_the_connection_stays_open(data: bytes, status: int, code: str) -> None:
+    """No other verdict waits for the client to close: a client that never
+    sends the CRLF it owes (a bare LF sender) would otherwise hold both sides."""
+    if data in _NEEDS_EOF:
+        events = pump([data], eof=False)
+        assert [type(e) for e in events] == [Request]  # the head; its body is awaited
+        return
+    with pytest.raises(ProtocolError) as info:
+        pump([data], eof=False)
+    assert (info.value.status, info.value.error_code) == (status, code), info.value.reason

@@ -276,15 +276,19 @@ class ChunkedDecoder:
                     self.state = self._CRLF
                 return Data(data)
             if state == self._SIZE:
-                end = buf.find(b"\r\n")
+                # Up to the first LF, which must end a CRLF: waiting for a CRLF
+                # that a bare-LF sender never writes would hold both sides.
+                end = buf.find(b"\n")
                 # The limit holds however the bytes arrived (with or without
                 # the CRLF in the same read).
-                if (end if end >= 0 else len(buf)) > _MAX_CHUNK_LINE:
+                if (end - 1 if end >= 0 else len(buf)) > _MAX_CHUNK_LINE:
                     raise ProtocolError("chunk-size line too long")
                 if end < 0:
                     break
-                self._chunk_size(bytes(buf[:end]))
-                del buf[: end + 2]
+                if end == 0 or buf[end - 1] != 13:
+                    raise ProtocolError("bare LF ending a chunk-size line")
+                self._chunk_size(bytes(buf[: end - 1]))
+                del buf[: end + 1]
             elif state == self._CRLF:
                 if buf[:2] == b"\r\n":
                     del buf[:2]
