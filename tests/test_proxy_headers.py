@@ -120,6 +120,15 @@ def test_max_forwards_decremented_on_options(labsquid, origin):
     assert values(origin.heads[-1], "max-forwards") == ["0"], "GET ignores Max-Forwards"
 
 
+@pytest.mark.parametrize("value", ["-1", "abc", "1x", ""])
+def test_max_forwards_that_is_not_a_number_is_dropped(labsquid, origin, value):
+    """squid drops it; sent on as 0 it would make the next proxy answer itself."""
+    resp, _ = fetch(labsquid.port, "OPTIONS", origin.url("/id/mf"),
+                    headers={"Max-Forwards": value})
+    assert resp.status == 200
+    assert values(origin.heads[-1], "max-forwards") == []
+
+
 @pytest.mark.parametrize("mode, sent, expected", [
     ("on", "10.1.1.1", ["10.1.1.1, 127.0.0.1"]),
     ("off", "10.1.1.1", ["10.1.1.1, unknown"]),

@@ -159,6 +159,17 @@ def test_status_codes_relayed(labsquid, origin):
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_a_204_loses_its_content_length(labsquid, origin):
+    """RFC 9110 §8.6 (the origin sends Content-Length: 0): a client that
+    honoured a length on a 204 would read the next response as its body."""
+    with RawClient(labsquid.port) as c:
+        c.send(b"".join(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url(p).encode()
+                        for p in ("/status/204", "/id/next")))
+        first = c.read_response()
+        assert first.status == 204 and first.header("Content-Length") is None
+        assert c.read_response().body == b"path /id/next\n"
+
+
 def test_curl_through_the_proxy(labsquid, origin):
     proxy = f"http://127.0.0.1:{labsquid.port}"
     out = subprocess.run(["curl", "-sS", "--noproxy", "", "-x", proxy, "-D", "-",

@@ -11,7 +11,7 @@ Rules, as squid applies them:
   address, ``off`` appends ``unknown``, ``transparent`` leaves it,
   ``delete`` removes it, ``truncate`` replaces it with the client address;
 * ``Max-Forwards`` is decremented on TRACE and OPTIONS; at 0 the proxy
-  answers itself;
+  answers itself, and a value that is not a number is dropped;
 * ``Connection`` to the origin says ``keep-alive`` unless
   ``server_persistent_connections off``; to the client it says what we will do.
 """
@@ -76,7 +76,9 @@ def request_head(req: Request, authority: bytes, path: bytes, client_ip: str,
         elif lower == b"x-forwarded-for" and xff != "transparent":
             old_xff.append(value)
         elif lower == b"max-forwards" and fix_max_forwards:
-            lines.append(b"Max-Forwards: %d" % max(parse_max_forwards(value) - 1, 0))
+            hops = parse_max_forwards(value)
+            if hops > 0:  # not a number: dropped (as squid does), never sent on as 0
+                lines.append(b"Max-Forwards: %d" % (hops - 1))
         else:
             lines.append(name + b": " + value)
     if not host_written:
@@ -112,14 +114,18 @@ def response_head(resp: Response, policy: ForwardPolicy, framing: str | int | No
 
     ``framing`` is how we will send the body: an int for Content-Length (kept
     from the origin), ``"chunked"``, ``"close"`` (read-until-close), or None
-    for a bodiless reply (HEAD, 1xx, 204, 304: the origin's length fields are kept).
+    for a bodiless reply (HEAD and 304 keep the origin's length fields, 1xx
+    and 204 lose them).
     """
     items = resp.headers.raw_items()
     drop = _dropped(resp)
     # We speak HTTP/1.1 whatever the origin spoke (RFC 9110 §2.5).
     lines = [b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b"")]
+    # No length on a 1xx or a 204 (RFC 9110 §8.6): a client that believed one
+    # would take the next response's head for this one's body.
+    no_length = framing is not None or resp.status < 200 or resp.status == 204
     for lower, name, value in items:
-        if lower in drop or (lower == b"content-length" and framing is not None):
+        if lower in drop or (lower == b"content-length" and no_length):
             continue
         lines.append(name + b": " + value)
     if isinstance(framing, int):
