@@ -222,6 +222,54 @@ def test_zero_size_reply(make_labsquid, origin):
     assert body == b"path /id/alive\n"
 
 
+def test_a_protocol_switch_nobody_asked_for_is_a_502(labsquid, origin):
+    """Upgrade is never sent on, so an origin's 101 is an invalid response:
+    the client gets squid's 502 at once (it got nothing and waited), and the
+    bytes after the 101 are not relayed."""
+    resp = raw_exchange(labsquid.port,
+                        f"GET {origin.url('/switch')} HTTP/1.1\r\nHost: h\r\n\r\n".encode(),
+                        timeout=5)
+    assert_error_page(resp, 502, "ERR_INVALID_RESP")
+    assert b"RAWDATA" not in resp.body
+    wait_for(lambda: any("TCP_MISS/502" in line and "/switch" in line
+                         for line in labsquid.access_lines()), what="its log line")
+
+
+@pytest.mark.parametrize("tail", [b"ZZ\r\nxx\r\n0\r\n\r\n", b""], ids=["bad-chunk", "closed"])
+def test_a_response_body_cut_early_reaches_the_client_as_far_as_it_went(labsquid, tail):
+    """A bad chunk (or the origin's close) in the same read as the head: the
+    head and the good chunk still reach the client, then the close, and the
+    log counts exactly what the client got (it got nothing, logged as 200)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n" + tail)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{port}/cut-{len(tail)}"
+    try:
+        with socket.create_connection(("127.0.0.1", labsquid.port), timeout=5) as c:
+            c.sendall(f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+            got = b""
+            while chunk := c.recv(65536):
+                got += chunk
+    finally:
+        srv.close()
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert got.endswith(b"\r\n\r\n5\r\nhello\r\n")  # no last chunk: visibly cut
+    line = wait_for(lambda: [x for x in labsquid.access_lines() if url in x], what="its line")
+    fields = parse_squid_line(line[0])
+    assert (fields["tag"], fields["status"], int(fields["size"])) == \
+        ("TCP_MISS_ABORTED", "200", len(got))
+
+
 def test_invalid_response(make_labsquid, origin):
     labsquid = make_labsquid().start()
     srv = socket.socket()

@@ -9,6 +9,7 @@ Paths:
     /status/N       an empty reply with that status
     /slow/S         waits S seconds, then a short reply
     /hop            a reply with hop-by-hop fields (Connection: X-Secret, Keep-Alive…)
+    /switch         a 101 Switching Protocols nobody asked for, then raw bytes
     /id/ANY         a short reply naming the path (chaos tests count these)
 Every received head is kept in ``heads`` for assertions, and the client port
 it came from in ``peers`` (one upstream connection = one port).
@@ -86,6 +87,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(b"z" * int(arg))
+            self.close_connection = True
+        elif kind == "switch":  # a 101 nobody asked for, then other bytes
+            self.send_response(101)
+            self.send_header("Upgrade", "foo")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.write(b"RAWDATA")
             self.close_connection = True
         elif kind == "echo":
             self._send(200, body, "application/octet-stream")

@@ -341,7 +341,7 @@ class Transaction:
                 self.reply_error("ERR_ZERO_SIZE_OBJECT", 502, detail="origin closed the connection")
             else:
                 self.abort("origin closed mid-body")
-                self.client.close()
+                self.client.close_when_flushed()
 
     def _closed_before_reply(self) -> None:
         """The origin closed without sending a byte of the response."""
@@ -375,8 +375,10 @@ class Transaction:
                 if not self.head_sent:
                     self.reply_error("ERR_INVALID_RESP", 502, detail=exc.reason)
                 else:
+                    # What was relayed still goes out (it is what the log
+                    # counts), then the close tells the client it was cut.
                     self.abort("invalid response body")
-                    self.client.close()
+                    self.client.close_when_flushed()
                 return
             if event is NeedData or event is Paused:
                 return
@@ -396,8 +398,12 @@ class Transaction:
         req = self.req
         assert req is not None
         policy = self.ctx.policy
+        if resp.status == 101:
+            # Upgrade is hop-by-hop and never sent on: nobody asked for a switch.
+            self.reply_error("ERR_INVALID_RESP", 502, detail="unexpected protocol switch")
+            return
         if resp.status < 200:
-            if resp.status != 101 and req.http_version == b"1.1":
+            if req.http_version == b"1.1":
                 self.client.write(forward.response_head(resp, policy, None, True))
             return
         framing = resp.framing
