@@ -67,6 +67,45 @@ def test_second_instance_is_refused(make_labsquid):
     assert ls.stop() == 0
 
 
+def test_second_instance_started_as_a_daemon_says_why_on_the_terminal(make_labsquid):
+    ls = make_labsquid().start()
+    second = ls.run("-sYC")
+    assert second.returncode == 1
+    assert "FATAL: labsquid is already running" in second.stderr
+    assert ls.proc.poll() is None and ls.stop() == 0
+
+
+@pytest.mark.parametrize("mode", [("--foreground",), ("-N",), ()],
+                         ids=["foreground", "no-daemon", "daemon"])
+def test_a_port_in_use_is_a_fatal_line_and_a_failed_start(make_labsquid, mode):
+    """squid's 'FATAL: Unable to open HTTP Socket', naming the address: no
+    traceback, a non-zero exit, in daemon mode too (the status comes after
+    the bind), and no PID file left behind."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        ls = make_labsquid(port=port)
+        (ls.folder / "logs").mkdir()
+        started = ls.run(*mode, "-sYC")
+    assert started.returncode == 1, started.stderr
+    expected = f"FATAL: Unable to open HTTP Socket: 127.0.0.1:{port}: Address already in use"
+    assert expected in started.stderr
+    assert "Traceback" not in started.stderr
+    assert not ls.pidfile.exists()
+
+
+def test_a_relative_config_path_still_reloads(make_labsquid):
+    """``-f labsquid.conf`` from its folder: the kid, which works from ``/``,
+    reads the same file on a reload (it used to refuse the reload)."""
+    ls = make_labsquid(dispatch="notify")
+    ls.command = lambda *args: [sys.executable, "-m", "labsquid", "-f", "labsquid.conf", *args]
+    ls.start()
+    ls.write_config(extra="visible_hostname reloaded.test\n")
+    assert ls.run("-k", "reconfigure").returncode == 0
+    wait_for(lambda: '"reconfigured"' in ls.stderr_text(), what="the reload")
+    assert "reconfigure_refused" not in ls.stderr_text()
+    assert ls.stop() == 0
+
+
 def test_stale_pid_file_is_taken_over(make_labsquid):
     ls = make_labsquid()
     ls.pidfile.write_text("999999\n")

@@ -91,10 +91,14 @@ def open_all(specs: list[PortSpec], inherited: list[socket.socket] | None = None
             continue
         try:
             result.append(bind(spec, reuseport=spec.reuseport))
-        except OSError:
+        except OSError as exc:
             first = next((s for s in result if _same(address_of(s), spec)), None)
             if not spec.reuseport or first is None:
-                raise
+                for sock in result:
+                    if sock not in (inherited or []):
+                        sock.close()
+                where = f"{spec.host or '*'}:{spec.port}"
+                raise OSError(exc.errno, f"{where}: {exc.strerror}") from exc
             result.append(first.dup())  # the same socket, shared, for this child too
     for extra in pool:  # activation sockets the config does not name: still serve them
         if serve_unnamed is None or extra in serve_unnamed:

@@ -66,10 +66,12 @@ class Master:
         self.activated: list[socket.socket] = []  # systemd's sockets, always served
         self._retired: dict[int, Channel] = {}  # kids replaced on a port change, draining
 
-    def run(self) -> int:
+    def run(self, socks: list[socket.socket], activated: list[socket.socket]) -> int:
+        """Serve ``socks`` (opened for this config; ``activated``: those of
+        them systemd passed) until stopped."""
         bind_signal_handlers(self.loop, self, ("term", "int", "hup", "usr1", "chld"))
-        self.activated = listeners.systemd_sockets()
-        self.listeners = listeners.open_all(port_specs(self.config), self.activated)
+        self.activated = activated
+        self.listeners = socks
         log.info("master_started", listening=[str(listeners.address_of(s))
                                               for s in self.listeners])
         self.start_kid()

@@ -3,7 +3,9 @@
 Without ``--foreground`` or ``-N`` labsquid daemonises like squid: fork,
 ``setsid``, fork again, stdio to ``/dev/null``, structured logs to
 ``cache_log``.  The first parent waits (bounded) until the daemon holds the
-PID file, so ``labsquid`` returns non-zero when the daemon could not start.
+PID file and its listening sockets, so ``labsquid`` returns non-zero when the
+daemon could not start, and prints why (squid's ``FATAL:`` line) on the
+terminal it was started from.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import socket
 import sys
 
 import structlog
@@ -44,22 +47,35 @@ def run_service(config: Config, path: str | None, argv: list[str],
         try:
             pidfile.acquire()
         except PidFileError as exc:
-            print(f"FATAL: {exc}", file=sys.stderr)
             log.critical("pid_file_refused", error=str(exc))
-            _report(status_w, 1)
+            _fatal(status_w, str(exc))
             return 1
-    _report(status_w, 0)
-    raise_open_file_limit(config.max_filedescriptors)
     try:
+        activated = listeners.systemd_sockets()
+        try:
+            socks = listeners.open_all(port_specs(config), activated)
+        except OSError as exc:
+            log.critical("http_port_failed", error=str(exc))
+            _fatal(status_w, f"Unable to open HTTP Socket: {exc.strerror or exc}")
+            return 1
+        _report(status_w, 0)
+        raise_open_file_limit(config.max_filedescriptors)
         if args.no_daemon:
-            return _run_single(config, path)
+            return _run_single(config, path, socks)
         from labsquid.master import Master
         from labsquid.notify import Notifier
 
-        return Master(config, path, list(argv), pidfile, Notifier()).run()
+        return Master(config, path, list(argv), pidfile, Notifier()).run(socks, activated)
     finally:
         if pidfile is not None:
             pidfile.release()
+
+
+def _fatal(status_fd: int | None, reason: str) -> None:
+    """squid's last word: on stderr, and to the terminal a daemon started from."""
+    message = f"FATAL: {reason}"
+    print(message, file=sys.stderr)
+    _report(status_fd, 1, message)
 
 
 def raise_open_file_limit(wanted: int) -> None:
@@ -109,12 +125,11 @@ def raise_open_file_limit(wanted: int) -> None:
                 hint="raise the hard limit (LimitNOFILE= in the systemd unit, ulimit -Hn)")
 
 
-def _run_single(config: Config, path: str | None) -> int:
+def _run_single(config: Config, path: str | None, socks: list[socket.socket]) -> int:
     """``-N``: this process is the kid too; nothing is restarted."""
     from labsquid.kid import Kid
     from labsquid.notify import Notifier
 
-    socks = listeners.open_all(port_specs(config), listeners.systemd_sockets())
     notifier = Notifier()
     kid = Kid(config, socks, None, "labsquid", path)
     kid.on_ready = lambda: notifier.ready("serving")
@@ -133,12 +148,14 @@ def _daemonise(config: Config) -> int | None:
         import select
 
         ready, _, _ = select.select([read_fd], [], [], DAEMON_START_WAIT)
-        data = os.read(read_fd, 1) if ready else b""
+        data = _read_all(read_fd) if ready else b""
         os.close(read_fd)
         code = data[0] if data else 1
         if not data:
             print("labsquid: the daemon did not report its start; see cache_log "
                   f"({config.cache_log})", file=sys.stderr)
+        elif len(data) > 1:  # why it could not start
+            print(data[1:].decode("utf-8", "replace"), file=sys.stderr)
         return -(code + 1)
     os.close(read_fd)
     os.setsid()
@@ -156,9 +173,17 @@ def _daemonise(config: Config) -> int | None:
     return write_fd
 
 
-def _report(status_fd: int | None, code: int) -> None:
+def _read_all(fd: int) -> bytes:
+    """The daemon's status: a code byte and maybe a message, then EOF."""
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+    return data
+
+
+def _report(status_fd: int | None, code: int, message: str = "") -> None:
     if isinstance(status_fd, int) and status_fd >= 0:
-        os.write(status_fd, bytes([code]))
+        os.write(status_fd, bytes([code]) + message.encode("utf-8", "replace")[:4000])
         os.close(status_fd)
 
 

@@ -17,9 +17,12 @@ DEFAULT_CONFIG = "/etc/labsquid/labsquid.conf"
 
 
 def config_path(explicit: str | None) -> str | None:
-    """The file to read, or None for the embedded default."""
+    """The file to read, or None for the embedded default.
+
+    Absolute: the kid reads it again on every reload from ``/`` (see
+    ``absolute_paths``), so ``-f labsquid.conf`` must mean the starting folder's."""
     if explicit:
-        return explicit
+        return os.path.abspath(explicit)
     return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
 
 
