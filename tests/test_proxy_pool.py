@@ -249,3 +249,37 @@ def test_activation_sockets_the_config_does_not_name_are_served(make_labsquid, o
         for port in (extra, ls.port):
             assert one(port, origin.url(f"/{port}/{i}")) == f"path /{port}/{i}\n".encode()
     assert ls.stop() == 0
+
+
+def _mgr(port: int, action: str) -> dict[str, str]:
+    _resp, body = fetch(port, "GET", f"http://127.0.0.1:{port}/squid-internal-mgr/{action}")
+    pairs = (line.strip().split(" = " if " = " in line else ":\t", 1)
+             for line in body.decode().splitlines())
+    return {p[0]: p[1] for p in pairs if len(p) == 2}
+
+
+def test_manager_figures_are_the_pools_and_survive_a_reload(make_labsquid, origin):
+    """Server requests are counted where they are sent, not copied from the
+    client count; the kid is not a serving process; a reload (a new
+    generation of children) takes nothing from the totals."""
+    ls = started(make_labsquid(dispatch="notify", pool_size=2))
+    for i in range(3):
+        assert one(ls.port, origin.url(f"/id/{i}")) == f"path /id/{i}\n".encode()
+    for _ in range(4):  # denied (port 9): client requests that never reach a server
+        resp, _ = fetch(ls.port, "GET", "http://127.0.0.1:9/")
+        assert resp.status == 403
+    counters = _mgr(ls.port, "counters")
+    assert counters["server.all.requests"] == counters["server.http.requests"] == "3"
+    assert int(counters["client_http.requests"]) == 7
+    info = _mgr(ls.port, "info")
+    assert info["Number of serving processes"] == "2"
+    assert "slot 0 is the kid" in fetch(ls.port, "GET", f"http://127.0.0.1:{ls.port}"
+                                        "/squid-internal-mgr/pool")[1].decode()
+    old = {w.pid for w in ls.workers()}
+    ls.signal(signal.SIGHUP)
+    wait_for(lambda: old.isdisjoint(w.pid for w in ls.workers()) and len(ls.workers()) == 2,
+             what="a new generation of children")
+    after = _mgr(ls.port, "counters")
+    assert after["server.all.requests"] == "3"
+    assert int(after["client_http.requests"]) >= 7 + 2  # and the two manager pages
+    assert float(after["cpu_time"]) > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from labsquid.stats import ROWS, Stats
+from labsquid.stats import ROWS, STATE_SERVING, Stats
 
 
 def test_rows_lists_only_rows_in_use_and_totals_sum_them(tmp_path):
@@ -26,3 +26,25 @@ def test_rows_lists_only_rows_in_use_and_totals_sum_them(tmp_path):
     finally:
         stats.close()
     assert not (tmp_path / "labsquid-test").exists()
+
+
+def test_a_retired_row_leaves_its_counts_with_the_kid(tmp_path):
+    """A child that exits (a reload, a crash) takes nothing from the totals:
+    the kid adds its cumulative counts to its own row, and frees the row."""
+    stats = Stats("kid", path=str(tmp_path / "labsquid-test"))
+    try:
+        child = stats.row(3)
+        child.set("pid", 12345)
+        child.set("state", STATE_SERVING)
+        child.count_request(service_us=70, error=True)
+        child.add("server_requests")
+        child.add("bytes_in", 100)
+        child.add("active", 2)
+        before = stats.totals()
+        stats.retire(3)
+        after = stats.totals()
+        assert after == {**before, "active": 0}
+        assert [r["pid"] for r in stats.rows()] == [os.getpid()]
+        assert child.as_dict()["state"] == 0 and child.get("requests") == 0
+    finally:
+        stats.close()

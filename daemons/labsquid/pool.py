@@ -51,6 +51,7 @@ from labsquid.eventloop import READ, Timer
 from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, LogStream, channel_pair, log_stream_pair
 from labsquid.listeners import PortSpec, address_of
 from labsquid.settings import pool_size
+from labsquid.stats import STATE_PARENT, STATE_SERVING
 
 if TYPE_CHECKING:
     from labsquid.kid import Kid
@@ -126,7 +127,7 @@ class SerialEngine:
     def start(self) -> None:
         for sock in self.kid.listeners:
             self.server.listen(sock)
-        self.kid.stats.own.set("state", 2)
+        self.kid.stats.own.set("state", STATE_SERVING)
         self.kid.engine_ready()
 
     def status(self) -> dict[str, object]:
@@ -193,6 +194,7 @@ class PoolEngine:
 
     # -- starting -----------------------------------------------------------
     def start(self) -> None:
+        self.kid.stats.own.set("state", STATE_PARENT)  # it serves through its children
         if self.mode in ("notify", "passfd"):
             for index, sock in enumerate(self.kid.listeners):
                 edge = select.EPOLLET if self.mode == "notify" else 0
@@ -409,8 +411,7 @@ class PoolEngine:
         # left to hold them).
         child.log_stream.drain()
         child.channel.drain()
-        self.kid.stats.row(child.row).set("state", 0)
-        self.kid.stats.row(child.row).set("pid", 0)
+        self.kid.stats.retire(child.row)
         text, code, _sig = process.describe_status(status)
         if child.stopping or self.stopping:
             log.debug("worker_exited", worker=child.slot, status=text)

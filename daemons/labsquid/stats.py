@@ -15,14 +15,17 @@ import os
 import time
 
 FIELDS = ("pid", "state", "requests", "errors", "bytes_in", "bytes_out", "active",
-          "service_us", "started", "generation")
+          "service_us", "started", "generation", "server_requests")
+# What a process has counted in total; the kid keeps those of its children
+# that exited (``retire``), so totals never go back (a reload, a restart).
+CUMULATIVE = ("requests", "errors", "bytes_in", "bytes_out", "service_us", "server_requests")
 ROWS = 257  # the kid and up to 256 pool children
 ROW_SIZE = len(FIELDS) * 8
 SHM_DIR = "/dev/shm"
 
-STATE_FREE, STATE_STARTING, STATE_SERVING, STATE_STOPPING = 0, 1, 2, 3
+STATE_FREE, STATE_STARTING, STATE_SERVING, STATE_STOPPING, STATE_PARENT = 0, 1, 2, 3, 4
 STATE_NAMES = {STATE_FREE: "free", STATE_STARTING: "starting", STATE_SERVING: "serving",
-               STATE_STOPPING: "stopping"}
+               STATE_STOPPING: "stopping", STATE_PARENT: "parent"}
 
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _REQUESTS, _ERRORS, _SERVICE_US = _INDEX["requests"], _INDEX["errors"], _INDEX["service_us"]
@@ -112,6 +115,17 @@ class Stats:
         self.own = row
         return row
 
+    def retire(self, index: int) -> None:
+        """Row ``index``'s process exited: add its counts to our own row (the
+        kid's), then free the row for the next child."""
+        row = self.row(index)
+        for field in CUMULATIVE:
+            self.own.add(field, row.get(field))
+            row.set(field, 0)
+        row.set("active", 0)
+        row.set("state", STATE_FREE)
+        row.set("pid", 0)
+
     def free_row(self) -> int:
         for i in range(1, ROWS):
             if self.row(i).get("state") == STATE_FREE:
@@ -125,8 +139,7 @@ class Stats:
         return [self.row(i).as_dict() for i in range(ROWS) if view[i * width + _PID]]
 
     def totals(self) -> dict[str, int]:
-        out = dict.fromkeys(("requests", "errors", "bytes_in", "bytes_out", "active",
-                             "service_us"), 0)
+        out = dict.fromkeys((*CUMULATIVE, "active"), 0)
         for r in self.rows():
             for key in out:
                 out[key] += r[key]

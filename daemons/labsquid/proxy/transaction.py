@@ -268,6 +268,7 @@ class Transaction:
         up.send(forward.request_head(req, self._authority(), self.path, self.client.peer_ip,
                                      policy, framing))
         up.requests += 1
+        self.ctx.stats.add("server_requests")
         # One reader per origin connection, like its socket: a reused one is
         # between messages (it was released only after a whole response).
         reader = up.reader
