@@ -211,6 +211,9 @@ class Kid:
             logger.kill_now()
 
     def handle_usr1(self, _signum: int) -> None:
+        # The master has renamed cache_log already: follow it, then the pool.
+        if logsetup.reopen_cache_log() and self.engine is not None:
+            self.engine.signal_children(signal.SIGUSR1)
         if self.logger is not None:
             log.info("access_log_rotate", path=self.logger.path)
             self.logger.rotate()

@@ -27,6 +27,28 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 _context: dict[str, Any] = {}
 
+#: Set by a daemonised master: the cache_log file its stdout and stderr (and
+#: those of every process it starts) append to.
+CACHE_LOG_ENV = "LABSQUID_CACHE_LOG"
+
+
+def reopen_cache_log() -> str | None:
+    """After a rotation: point stdout and stderr at the file now at the
+    cache_log path.  Each process does it for itself (a descriptor cannot be
+    swapped from outside).  Returns the path, or None when this process's
+    output does not go to cache_log (systemd's journal, a terminal)."""
+    path = os.environ.get(CACHE_LOG_ENV)
+    if not path:
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o640)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return path
+
 
 def _add_process(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     for key, value in _context.items():

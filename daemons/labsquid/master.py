@@ -27,6 +27,7 @@ import time
 import structlog
 
 from labsquid import listeners, process, stats
+from labsquid import log as logsetup
 from labsquid.config import Config, ConfigError
 from labsquid.eventloop import EventLoop, Timer, bind_signal_handlers
 from labsquid.ipc import Channel, Kind, channel_pair
@@ -251,5 +252,14 @@ class Master:
         self.start_kid()
 
     def handle_usr1(self, _signum: int) -> None:
+        """``-k rotate``: cache_log here (squid rotates it too, by
+        ``logfile_rotate``), access.log in the kid."""
+        path = os.environ.get(logsetup.CACHE_LOG_ENV)
+        if path:
+            from labsquid.logfile_daemon import rotate_files
+
+            rotate_files(path, self.config.logfile_rotate)
+            logsetup.reopen_cache_log()
+            log.info("cache_log_rotated", path=path, logfile_rotate=self.config.logfile_rotate)
         if self.kid_pid is not None:
             os.kill(self.kid_pid, signal.SIGUSR1)

@@ -147,6 +147,9 @@ class SerialEngine:
     def child_exited(self, pid: int, status: int) -> bool:
         return False
 
+    def signal_children(self, signum: int) -> None:
+        """No children: the kid serves."""
+
 
 @dataclass(eq=False)
 class Child:
@@ -400,6 +403,13 @@ class PoolEngine:
             budget -= child.log_stream.read_all(limit=budget)
         if budget <= 0:
             self.kid.want_log_room()
+
+    def signal_children(self, signum: int) -> None:
+        for pid in self.children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass  # exited; reaped in the loop
 
     def child_exited(self, pid: int, status: int) -> bool:
         child = self.children.pop(pid, None)

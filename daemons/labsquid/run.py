@@ -167,6 +167,8 @@ def _daemonise(config: Config) -> int | None:
     os.dup2(devnull, 0)
     os.close(devnull)
     out = _open_cache_log(config)
+    if config.cache_log:  # so that a rotation can reopen it (log.reopen_cache_log)
+        os.environ[logsetup.CACHE_LOG_ENV] = os.path.abspath(config.cache_log)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)

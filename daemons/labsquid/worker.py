@@ -70,9 +70,8 @@ class Worker:
         self.lifetime = kid.config.shutdown_lifetime
 
     def run(self) -> int:
-        bind_signal_handlers(self.loop, self, ("term", "int"))
-        for signum in (signal.SIGHUP, signal.SIGUSR1):  # the kid's business
-            signal.signal(signum, signal.SIG_IGN)
+        bind_signal_handlers(self.loop, self, ("term", "int", "usr1"))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the kid's business
         if self.mode == "shared":
             for sock in self.socks:
                 self.server.listen(sock, exclusive=True)
@@ -177,6 +176,10 @@ class Worker:
             self.handle_term(signal.SIGTERM)
 
     # -- stopping -----------------------------------------------------------
+    def handle_usr1(self, _signum: int) -> None:
+        """From the kid after a rotation: cache_log is a new file now."""
+        logsetup.reopen_cache_log()
+
     def handle_term(self, _signum: int) -> None:
         if self.stopping:
             return
