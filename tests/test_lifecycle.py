@@ -224,6 +224,34 @@ def test_term_exits_zero_with_every_line_flushed(make_labsquid):
                    for p in psutil.process_iter(["cmdline"]))
 
 
+_SQUID_HELPER = "/usr/lib/squid/log_file_daemon"
+_PLAIN_HELPER = os.path.join(os.path.dirname(__file__), "support", "plain_logfile_daemon.py")
+
+
+@pytest.mark.parametrize("program", [
+    _PLAIN_HELPER,
+    pytest.param(_SQUID_HELPER, marks=pytest.mark.skipif(
+        not os.access(_SQUID_HELPER, os.X_OK), reason="squid's helper is not installed")),
+], ids=["plain", "squid"])
+def test_a_logfile_daemon_without_acknowledgements_gets_every_line(make_labsquid, program):
+    """squid's log_file_daemon never greets nor acknowledges.  The kid stops
+    waiting for it (it held every line, then every client at the queue's
+    bound) and treats sent as done: every line is written, a warning says
+    what is given up, and the exit does not wait for acknowledgements."""
+    ls = make_labsquid(dispatch="notify", extra=f"logfile_daemon {program}\n")
+    ls.start(wait=False)  # (wait_ready looks for our daemon's title)
+    wait_for(lambda: ls.answers() and '"service_ready"' in ls.stderr_text(), what="ready")
+    for _ in range(30):
+        hello(ls.port)
+    wait_for(lambda: len(ls.access_lines()) == 30, timeout=10, what="30 lines on disk")
+    assert '"logfile_daemon_without_acknowledgements"' in ls.stderr_text()
+    started = time.monotonic()
+    assert ls.stop() == 0
+    assert time.monotonic() - started < LOGGER_CLOSE_LIMIT / 2, "the exit waited for acks"
+    assert len(ls.access_lines()) == 30
+    assert "access_log_flush_timeout" not in ls.stderr_text()
+
+
 def test_term_waits_for_in_flight_request(make_labsquid, origin):
     ls = make_labsquid().start()
     result = {}

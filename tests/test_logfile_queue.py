@@ -534,3 +534,37 @@ def test_write_to_stops_at_a_short_send_and_sends_nothing_before_the_greeting():
     assert q.write_to(short) == 2  # short: the socket is full, no second offer
     assert offers == [b"Labc\nLdef\n"]
     assert drain(q) == b"bc\nLdef\n"
+
+
+# --- a daemon without acknowledgements (squid's own) ----------------------------
+
+
+def test_a_daemon_that_never_greets_is_fed_once_the_kid_assumes_it_never_will():
+    q = LogQueue()
+    q.command("r", 3)
+    q.append("one")
+    assert q.pending_output() == b""
+    q.assume_unacknowledged()
+    assert q.unacknowledged and q.greeted
+    assert q.pending_output() == b"r3\nLone\n"
+    q.consumed(5)  # "r3\n" whole, "Lo" of the line
+    assert len(q) == 1 and not q.idle()
+    q.append("two")
+    q.consumed(q.output_bytes)
+    assert q.idle() and q.room == q.max_bytes
+    assert q.acked == 3
+    q.feed(b"anything at all\n")  # nothing it says counts, nothing is refused
+
+
+def test_without_acknowledgements_a_restart_resends_from_the_first_record_not_sent_whole():
+    q = LogQueue()
+    q.command("b", 1)
+    q.assume_unacknowledged()
+    q.consumed(q.output_bytes)  # the setting went out whole
+    q.append("abc")
+    q.append("def")
+    q.consumed(3)  # "Lab": the dying daemon took part of the first line
+    q.daemon_restarted()
+    # At once (no greeting to wait for): the setting again, then both lines whole.
+    assert drain(q) == b"b1\nLabc\nLdef\n"
+    assert q.idle()

@@ -57,6 +57,12 @@ SEND_BATCH = 64 * 1024
 # in two parts; wrk counts a stall by its length (bench/README, "What wrk
 # counts at c=2").
 HANDOVER_GAP = 0.001
+# How long a logfile_daemon program of the operator's choosing has to send
+# labsquid's greeting (O<size>) before it is taken for one that never will:
+# squid's own log_file_daemon speaks the protocol without acknowledgements.
+# Without this the kid held every line (and, at the bound, every client) for
+# a greeting that does not come.
+GREETING_WAIT = 2.0
 
 
 def daemon_argv(program: str, path: str) -> list[str]:
@@ -118,6 +124,19 @@ class AccessLogger:
         self._want_write()
         log.info("logfile_daemon_started", daemon_pid=self.pid, path=self.path,
                  restarts=self.restarts)
+        if self.program != "internal" and not self.queue.greeted:
+            self.loop.call_later(GREETING_WAIT, self._greeting_overdue)
+
+    def _greeting_overdue(self) -> None:
+        if self.sock is None or self.queue.greeted:
+            return
+        log.warning("logfile_daemon_without_acknowledgements", program=self.program,
+                    daemon_pid=self.pid, waited=GREETING_WAIT,
+                    consequence="lines are done once the daemon took them; those it "
+                                "took are lost if it dies (as with squid)")
+        self.queue.assume_unacknowledged()
+        self._want_write()
+        self._progress()
 
     def daemon_exited(self, status_text: str) -> None:
         """Called by the kid's reaper when ``self.pid`` exited."""
@@ -232,6 +251,8 @@ class AccessLogger:
             if not is_would_block(exc):
                 return  # the daemon is gone; its exit is handled by the reaper
         self._want_write()
+        if self.queue.unacknowledged:
+            self._progress()
 
     def _receive(self) -> None:
         assert self.sock is not None
@@ -266,6 +287,11 @@ class AccessLogger:
             # The daemon's greeting released what queued before it.  (Not
             # EPOLLOUT: acks would then send every few lines, unpaced.)
             self._queued()
+        self._progress()
+
+    def _progress(self) -> None:
+        """Records are done (acknowledged; without acknowledgements, sent):
+        room and the end of a shutdown may follow."""
         if self._room_wanted and self.queue.room >= self.queue.max_bytes // 4:
             self._room_wanted = False
             if self.on_room is not None:

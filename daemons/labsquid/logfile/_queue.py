@@ -52,6 +52,11 @@ Edge cases accepted, all needing a crash inside a tiny window:
 A new daemon starts with squid's defaults, so the last acknowledged ``r`` and
 ``b`` settings are sent again ahead of everything else.
 
+A daemon that never greets (squid's own ``log_file_daemon``, which speaks the
+protocol without the ``A``/``O`` extension) is run the way squid runs it once
+the kid gives up waiting (``assume_unacknowledged``): a record is done when
+the socket has taken all of it, and what a dying daemon had taken is lost.
+
 Lines never contain ``\\n`` or ``\\r``: they are escaped as ``\\\\n`` and
 ``\\\\r`` (squid's log formats escape them too; dropping the line would lose a
 request from the log).  Lines are cut to fit one record.
@@ -141,6 +146,8 @@ class LogQueue:
         self._out_bytes = 0
         self._decoder = MessageDecoder()
         self._greeted = False  # this daemon's O<size> has arrived
+        self.unacknowledged = False  # a daemon without A/O: sent means done
+        self._sent_of_head = 0  # unacknowledged: bytes of _entries[0] already sent
         self._acked_count = 0  # records this daemon has confirmed
         self._base_size: int | None = None  # file size where _entries[0] starts
         self._settings: dict[str, bytes] = {}  # last acknowledged r/b entries
@@ -244,6 +251,8 @@ class LogQueue:
         """``n`` bytes of ``pending_output()`` were written."""
         if n < 0 or n > self._out_bytes:
             raise ValueError(f"consumed {n} of {self._out_bytes} pending bytes")
+        if self.unacknowledged:
+            self._forget_sent(n)
         self._out_bytes -= n
         out = self._out
         while n:
@@ -259,6 +268,8 @@ class LogQueue:
 
     def feed(self, data: bytes) -> None:
         """Bytes read from the daemon.  ProtocolError means: replace that daemon."""
+        if self.unacknowledged:
+            return  # nothing is expected from it, and nothing it says counts
         for msg in self._decoder.feed(data):
             if isinstance(msg, Acked):
                 self._on_ack(msg)
@@ -270,12 +281,25 @@ class LogQueue:
 
     def daemon_restarted(self) -> None:
         """A new daemon replaces one that died: resend what was not confirmed,
-        once its greeting says how much of it is on disk already."""
+        once its greeting says how much of it is on disk already (without
+        acknowledgements: at once, from the first record not sent whole)."""
         self._decoder = MessageDecoder()  # a torn message from the dead one
         self._greeted = False
         self._acked_count = 0
         self._out.clear()
         self._out_bytes = 0
+        if self.unacknowledged:
+            self._sent_of_head = 0
+            self._greet(0)
+
+    def assume_unacknowledged(self) -> None:
+        """This daemon has not greeted: treat it as one that never will
+        (squid's own).  From now on, sent is done; see the top of the module."""
+        if self._greeted:
+            return
+        self.unacknowledged = True
+        self._sent_of_head = 0
+        self._greet(0)
 
     # --- state ---------------------------------------------------------------
 
@@ -339,6 +363,20 @@ class LogQueue:
             if entry.letter in _SETTINGS:
                 self._settings[entry.letter] = entry.wire
         self._head_acked = n
+
+    def _forget_sent(self, n: int) -> None:
+        """Unacknowledged: the records the socket has now taken whole are done."""
+        sent = self._sent_of_head + n
+        entries = self._entries
+        while entries and len(entries[0].wire) <= sent:
+            entry = entries.popleft()
+            sent -= len(entry.wire)
+            self._bytes -= len(entry.wire)
+            self._records -= entry.count
+            self.acked += entry.count
+            if entry.letter in _SETTINGS:
+                self._settings[entry.letter] = entry.wire
+        self._sent_of_head = sent
 
     def _unbatch(self) -> None:
         """One entry per record again, the acknowledged part of the head
