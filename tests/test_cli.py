@@ -175,6 +175,15 @@ def test_broken_config_lines(make_labsquid, line, message):
     assert message in result.stderr
 
 
+def test_parse_warns_about_squid_directives_it_ignores(make_labsquid):
+    ls = make_labsquid(extra="maximum_object_size 4 MB\ncoredump_dir /var/spool/squid\n")
+    done = ls.run("-k", "parse")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 2
+    assert f"{ls.conf} line" in warnings[0] and "'maximum_object_size'" in warnings[0]
+
+
 def test_z_creates_directories(make_labsquid):
     ls = make_labsquid()
     deep = ls.folder / "a" / "b"

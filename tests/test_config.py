@@ -211,9 +211,10 @@ def test_empty_config_gives_squid_defaults() -> None:
 
 def test_config_has_one_attribute_per_directive() -> None:
     fields = {field.name for field in dataclasses.fields(Config)}
-    expected = {"acls" if name == "acl" else name for name in DIRECTIVES} | {"source"}
+    expected = {"acls" if name == "acl" else name for name in DIRECTIVES} | {"source", "warnings"}
     assert fields == expected
-    assert set(EXPECTED_DEFAULTS) | {"http_port", "access_log", "acls", "source"} == fields
+    assert set(EXPECTED_DEFAULTS) | {"http_port", "access_log", "acls", "source",
+                                     "warnings"} == fields
 
 
 SETTINGS = {

@@ -272,3 +272,23 @@ def test_real_acl_module_is_consulted_when_present() -> None:
     from labsquid.config._build import PREDEFINED_ACLS
 
     assert {(name, kind) for name, kind, _ in acl.BUILTIN_ACLS} == set(PREDEFINED_ACLS.items())
+
+
+def test_a_squid_directive_labsquid_does_not_implement_is_a_warning_not_a_typo() -> None:
+    """A squid.conf loads: squid's caching directives are named, placed and
+    ignored; a name squid does not know either is still an error."""
+    text = ("http_port 3128\n"
+            "refresh_pattern ^ftp: 1440 20% 10080\n"
+            "coredump_dir /var/spool/squid\n")
+    config = parse_text(text, "squid.conf")
+    assert [str(w) for w in config.warnings] == [
+        "squid.conf line 2: squid directive 'refresh_pattern' is not implemented by "
+        "labsquid: ignored",
+        "squid.conf line 3: squid directive 'coredump_dir' is not implemented by "
+        "labsquid: ignored",
+    ]
+    assert [w.directive for w in config.warnings] == ["refresh_pattern", "coredump_dir"]
+    with pytest.raises(ConfigError) as info:
+        parse_text(text + "refresh_patern . 0 20% 4320\n", "squid.conf")
+    assert [str(p) for p in info.value.problems] == [
+        "squid.conf line 4: unknown directive 'refresh_patern'"]

@@ -179,7 +179,7 @@ def _load_or_report(path: str | None, all_problems: bool) -> Config | None:
     from labsquid.settings import load_config
 
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         problems = exc.problems if all_problems else exc.problems[:1]
         for problem in problems:
@@ -191,6 +191,9 @@ def _load_or_report(path: str | None, all_problems: bool) -> Config | None:
     except OSError as exc:
         print(f"FATAL: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return None
+    for warning in config.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    return config
 
 
 def _set_title(title: str) -> None:

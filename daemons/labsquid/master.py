@@ -209,6 +209,8 @@ class Master:
                 log.error("reconfigure_refused", problem=str(problem))
             self.notifier.ready(self._status_line())
             return
+        for warning in new.warnings:
+            log.warning("config_directive_ignored", problem=str(warning))
         old, self.config = self.config, new
         if port_specs(old) != port_specs(new):
             self._rebind(new)

@@ -21,8 +21,10 @@ has a problem of ours keeps only that one, so nothing is reported twice.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
+from importlib import resources
 from typing import Any
 
 from ._access import expand_value_files
@@ -48,6 +50,14 @@ DEFAULT_FILE = "<default>"
 _ATTRIBUTE = {"acl": "acls"}  # Config attributes that differ from the directive name
 
 
+@functools.cache
+def squid_directives() -> frozenset[str]:
+    """Every directive squid knows (``data/squid-directives``)."""
+    text = resources.files("labsquid").joinpath("data", "squid-directives").read_text()
+    lines = (line.strip() for line in text.splitlines())
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
 def attribute_name(directive: str) -> str:
     return _ATTRIBUTE.get(directive, directive)
 
@@ -65,6 +75,7 @@ class Builder:
         }
         self._formats: set[str] = set(BUILTIN_LOGFORMATS)
         self._problems: list[tuple[float, ConfigProblem]] = []
+        self._warnings: list[ConfigProblem] = []
         self._positions: dict[Where, int] = {}
 
     def feed_all(self, items: Iterable[Line | ConfigProblem]) -> None:
@@ -79,7 +90,13 @@ class Builder:
         self._positions.setdefault(item.where, position)
         directive = DIRECTIVES.get(item.directive)
         if directive is None:
-            self._problem(item.where, f"unknown directive '{item.directive}'")
+            if item.directive in squid_directives():
+                # squid.conf still loads: the directive is real, just not ours.
+                self._warnings.append(ConfigProblem.at(
+                    item.where, f"squid directive '{item.directive}' is not implemented "
+                                "by labsquid: ignored"))
+            else:
+                self._problem(item.where, f"unknown directive '{item.directive}'")
             return
         try:
             self._apply(directive, item)
@@ -152,7 +169,7 @@ class Builder:
 
     def finish(self, source: str) -> Config:
         """The finished Config; raises ConfigError if anything was wrong."""
-        values: dict[str, Any] = {"source": source}
+        values: dict[str, Any] = {"source": source, "warnings": tuple(self._warnings)}
         for directive in DIRECTIVES.values():
             values[attribute_name(directive.name)] = self._final_value(directive)
         flagged = {Where(p.file, p.line, p.directive) for _, p in self._problems}

@@ -119,6 +119,7 @@ class Config:
     """
 
     source: str  # the main config file (or the name given to parse_text)
+    warnings: tuple[ConfigProblem, ...]  # squid directives we do not implement, ignored
     # network
     http_port: tuple[HttpPort, ...]
     # files and identity
