@@ -7,8 +7,10 @@ server in /etc/resolv.conf does not answer at all.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -197,26 +199,32 @@ def test_error_page_connection_reusable_for_http_errors(labsquid, origin):
             assert c.read_response().body == b"path /id/after\n"
 
 
+@contextlib.contextmanager
+def one_shot_origin(reply: bytes) -> Iterator[int]:
+    """An origin on a free port (yielded) that takes one request, answers
+    ``reply`` (raw bytes, maybe none at all) and closes."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        srv.close()
+
+
 def test_zero_size_reply(make_labsquid, origin):
     """An origin that accepts and closes without a byte: 502 ERR_ZERO_SIZE_OBJECT."""
     labsquid = make_labsquid(dispatch="notify").start()
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    port = srv.getsockname()[1]
-    def serve():
-        conn, _ = srv.accept()
-        conn.recv(65536)
-        conn.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
+    with one_shot_origin(b"") as port:
         resp = raw_exchange(labsquid.port,
                             f"GET http://127.0.0.1:{port}/z HTTP/1.1\r\nHost: h\r\n\r\n".encode(),
                             timeout=2)
-    finally:
-        srv.close()
     assert_error_page(resp, 502, "ERR_ZERO_SIZE_OBJECT")
     resp, body = fetch(labsquid.port, "GET", origin.url("/id/alive"))
     assert body == b"path /id/alive\n"
@@ -240,28 +248,14 @@ def test_a_response_body_cut_early_reaches_the_client_as_far_as_it_went(labsquid
     """A bad chunk (or the origin's close) in the same read as the head: the
     head and the good chunk still reach the client, then the close, and the
     log counts exactly what the client got (it got nothing, logged as 200)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    port = srv.getsockname()[1]
-
-    def serve():
-        conn, _ = srv.accept()
-        conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n" + tail)
-        conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    url = f"http://127.0.0.1:{port}/cut-{len(tail)}"
-    try:
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n" + tail
+    with one_shot_origin(reply) as port:
+        url = f"http://127.0.0.1:{port}/cut-{len(tail)}"
         with socket.create_connection(("127.0.0.1", labsquid.port), timeout=5) as c:
             c.sendall(f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
             got = b""
             while chunk := c.recv(65536):
                 got += chunk
-    finally:
-        srv.close()
     assert got.startswith(b"HTTP/1.1 200 OK\r\n")
     assert got.endswith(b"\r\n\r\n5\r\nhello\r\n")  # no last chunk: visibly cut
     line = wait_for(lambda: [x for x in labsquid.access_lines() if url in x], what="its line")
@@ -272,20 +266,8 @@ def test_a_response_body_cut_early_reaches_the_client_as_far_as_it_went(labsquid
 
 def test_invalid_response(make_labsquid, origin):
     labsquid = make_labsquid().start()
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    port = srv.getsockname()[1]
-    def serve():
-        conn, _ = srv.accept()
-        conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
-        conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello"
+    with one_shot_origin(reply) as port:
         resp = raw_exchange(labsquid.port,
                             f"GET http://127.0.0.1:{port}/r HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-    finally:
-        srv.close()
     assert_error_page(resp, 502, "ERR_INVALID_RESP")
