@@ -49,6 +49,16 @@ def test_via_both_ways(labsquid, origin):
     assert values(origin.heads[-1], "via") == [VIA]
 
 
+def test_via_names_the_version_received(labsquid, origin):
+    """RFC 9110 §7.6.3, as squid does: an HTTP/1.0 request goes on (as 1.1)
+    with "Via: 1.0 ..."; the origin answers in 1.1, and that Via says 1.1."""
+    with RawClient(labsquid.port) as c:
+        c.send(f"GET {origin.url('/bytes/1')} HTTP/1.0\r\n\r\n".encode())
+        resp = c.read_response()
+    assert values(origin.heads[-1], "via") == ["1.0" + VIA[3:]]
+    assert resp.header("Via") == VIA
+
+
 def test_via_appended_to_existing(labsquid, origin):
     fetch(labsquid.port, "GET", origin.url("/bytes/1"), headers={"Via": "1.0 other"})
     got = ", ".join(values(origin.heads[-1], "via"))

@@ -39,6 +39,13 @@ class ForwardPolicy:
         product = f" ({self.version})" if self.version else ""
         return f"1.1 {self.hostname}{product}".encode()
 
+    def via_for(self, received_version: bytes) -> bytes:
+        """Via names the version of the message we received (RFC 9110
+        §7.6.3), as squid's does: "1.0 host" for an HTTP/1.0 one."""
+        if received_version == b"1.1":
+            return self.via_value
+        return received_version + self.via_value[3:]
+
 
 def _dropped(msg: Request | Response) -> frozenset[bytes]:
     """Hop-by-hop fields plus every field named in ``Connection`` (lowercased)."""
@@ -84,7 +91,7 @@ def request_head(req: Request, authority: bytes, path: bytes, client_ip: str,
     if not host_written:
         lines.append(b"Host: " + authority)
     if policy.via:
-        lines.append(b"Via: " + policy.via_value)
+        lines.append(b"Via: " + policy.via_for(req.http_version))
     if xff == "on":
         lines.append(b"X-Forwarded-For: " + b", ".join([*old_xff, client_ip.encode()]))
     elif xff == "off":
@@ -133,7 +140,7 @@ def response_head(resp: Response, policy: ForwardPolicy, framing: str | int | No
     elif framing == "chunked":
         lines.append(b"Transfer-Encoding: chunked")
     if policy.via:
-        lines.append(b"Via: " + policy.via_value)
+        lines.append(b"Via: " + policy.via_for(resp.http_version))
     if resp.status >= 200:
         lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
     lines.append(b"\r\n")
