@@ -228,17 +228,19 @@ def test_rotate_moves_cache_log_and_every_process_follows(make_labsquid):
         procs = [master, *master.children(recursive=True)]
         return [p for p in procs if os.readlink(f"/proc/{p.pid}/fd/2") != "/dev/null"]
 
-    wait_for(lambda: len(writers()) == 4, what="master, kid and two children")
-    assert {os.readlink(f"/proc/{p.pid}/fd/2") for p in writers()} == {str(ls.cache_log)}
-    assert ls.run("-k", "rotate").returncode == 0
-    rotated = ls.cache_log.with_name("cache.log.0")
-    wait_for(rotated.exists, what="cache.log.0")
-    wait_for(lambda: {os.readlink(f"/proc/{p.pid}/fd/2") for p in writers()}
-             == {str(ls.cache_log)}, what="every process writing to the new cache.log")
-    assert '"cache_log_rotated"' in ls.cache_log.read_text()
-    assert ls.run("-k", "shutdown").returncode == 0
-    wait_for(lambda: not master.is_running() or master.status() == psutil.STATUS_ZOMBIE,
-             what="the daemon to exit")
+    try:
+        wait_for(lambda: len(writers()) == 4, what="master, kid and two children")
+        assert {os.readlink(f"/proc/{p.pid}/fd/2") for p in writers()} == {str(ls.cache_log)}
+        assert ls.run("-k", "rotate").returncode == 0
+        rotated = ls.cache_log.with_name("cache.log.0")
+        wait_for(rotated.exists, what="cache.log.0")
+        wait_for(lambda: {os.readlink(f"/proc/{p.pid}/fd/2") for p in writers()}
+                 == {str(ls.cache_log)}, what="every process writing to the new cache.log")
+        assert '"cache_log_rotated"' in ls.cache_log.read_text()
+    finally:  # a daemon is not stopped by the fixture
+        assert ls.run("-k", "shutdown").returncode == 0
+        wait_for(lambda: not master.is_running() or master.status() == psutil.STATUS_ZOMBIE,
+                 what="the daemon to exit")
 
 
 def test_no_daemon_mode_is_one_process(make_labsquid):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import psutil
 import pytest
 
 from support import proof
@@ -221,3 +222,50 @@ def test_a_refused_request_with_a_body_or_a_bad_url_closes_the_connection(labsqu
             assert c.closed_by_peer()
     assert origin.heads[before:] == []
     assert _failures(labsquid) == []
+
+
+def test_a_head_answered_by_the_proxy_has_no_body(labsquid, origin):
+    """Its Content-Length, but not its bytes: on a kept connection they would
+    be read as the next response."""
+    mgr = f"http://127.0.0.1:{labsquid.port}/squid-internal-mgr/"
+    urls = ["http://www.denied.test/", mgr + "info", mgr + "nonsense"]
+    with RawClient(labsquid.port) as c:
+        c.send(b"".join(b"HEAD %s HTTP/1.1\r\nHost: h\r\n\r\n" % u.encode() for u in urls)
+               + b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/id/after-head").encode())
+        heads = [c.read_response("HEAD") for _ in urls]
+        after = c.read_response()
+    assert [r.status for r in heads] == [403, 200, 404]
+    assert all(r.body == b"" and int(r.header("Content-Length")) > 0 for r in heads)
+    assert (after.status, after.body) == (200, b"path /id/after-head\n")
+
+
+def test_pipelined_denials_to_a_client_that_does_not_read_stay_bounded(labsquid):
+    """Each denial is a 1.7 KB page for a 60-byte request, with nothing
+    upstream to hold back: the proxy stops parsing while 256 KB of them
+    wait, so a client that never reads cannot grow its memory (it grew by
+    hundreds of MB); everything is answered, in order, once it reads."""
+    server = psutil.Process(labsquid.proc.pid).children()[0]  # serial: the kid serves
+    before = server.memory_info().rss
+    request = b"GET http://www.denied.test/ HTTP/1.1\r\nHost: h\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", labsquid.port)) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        c.settimeout(1.0)
+        payload = memoryview(request * 40_000)  # 2 MB; 68 MB of pages if all were answered
+        total = 0
+        try:
+            while total < len(payload):
+                total += c.send(payload[total:total + 65536])
+        except TimeoutError:
+            pass  # the proxy stopped reading: what it holds is bounded
+        grown = server.memory_info().rss - before
+        complete = total // len(request)
+        c.settimeout(2)
+        data = bytearray()
+        try:
+            while chunk := c.recv(1 << 20):
+                data += chunk
+        except TimeoutError:
+            pass  # all there is
+    assert data.count(b"HTTP/1.1 403 ") == complete
+    assert grown < 16 << 20, f"the server grew by {grown >> 20} MB"
+    assert total < len(payload), "the proxy read every request: nothing held it back"

@@ -191,12 +191,27 @@ class ClientConnection:
         self._next_cycle()
 
     def _next_cycle(self) -> None:
-        self.pause_reading(False)
         try:
             self.reader.start_next_cycle()
         except Exception:  # the request body was not read whole: cannot reuse
             self.close_when_flushed()
             return
+        if len(self.out) > HIGH_WATER:
+            # Replies still unsent (our own pages for pipelined requests, with
+            # nothing upstream to hold back): parse no more until the client
+            # reads them, or a client that never reads grows them without end.
+            self.pause_reading(True)
+            self.on_drain = self._drained_for_next
+            self._arm(self.ctx.config.request_timeout, self._request_timeout)
+            return
+        self._await_next()
+
+    def _drained_for_next(self) -> None:
+        self.on_drain = None
+        self._await_next()
+
+    def _await_next(self) -> None:
+        self.pause_reading(False)
         if self.reader.has_trailing_data():  # a pipelined request is waiting
             self._arm(self.ctx.config.request_timeout, self._request_timeout)
             self.loop.call_soon(self.process)

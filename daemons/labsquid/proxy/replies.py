@@ -47,6 +47,12 @@ def max_forwards_reached(txn: Transaction) -> bool:
     return True
 
 
+def _body_for(txn: Transaction, body: bytes) -> bytes:
+    """A reply to HEAD has its Content-Length but no body: bytes after it
+    would be read as the next response on a kept connection."""
+    return b"" if txn.method == "HEAD" else body
+
+
 def _reusable(txn: Transaction) -> bool:
     """The connection may serve another request after this reply of ours.
     Never after a CONNECT: what follows it may be tunnel bytes the client
@@ -74,7 +80,7 @@ def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
     if txn.log_tag == "TCP_MISS" and txn.hierarchy == "HIER_NONE":
         txn.log_tag = "TCP_MISS" if txn.req is not None and txn.host else "NONE_NONE"
     start = b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))
-    txn._to_client(forward.serialize(start, Headers(headers)) + body)
+    txn._to_client(forward.serialize(start, Headers(headers)) + _body_for(txn, body))
     txn.wants_body = False
     txn.finish(keep)
 
@@ -101,7 +107,8 @@ def reply_local(txn: Transaction, status: int, reason: bytes, body: bytes, ctype
     txn.status = status
     txn.mime = ctype.decode() if ctype else None
     txn.log_tag = "TCP_MISS"
-    txn._to_client(forward.serialize(b"HTTP/1.1 %d %s" % (status, reason), headers) + body)
+    txn._to_client(forward.serialize(b"HTTP/1.1 %d %s" % (status, reason), headers)
+                   + _body_for(txn, body))
     txn.wants_body = False
     txn.finish(keep)
 
