@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import pwd
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -214,13 +217,23 @@ def test_daemonised_start_and_shutdown(make_labsquid):
     assert '"master_exiting"' in ls.cache_log.read_text()
 
 
-def test_rotate_moves_cache_log_and_every_process_follows(make_labsquid):
+@pytest.mark.parametrize("user", [None, "nobody"])
+def test_rotate_moves_cache_log_and_every_process_follows(make_labsquid, user):
     """Daemonised, cache_log is every process's stderr.  ``-k rotate``
     renames it by logfile_rotate (as squid does) and the master, the kid and
     each pool child reopen it: none keeps writing into cache.log.0 (or, after
-    logrotate, into a deleted file)."""
-    ls = make_labsquid(dispatch="notify", pool_size=2, extra="logfile_rotate 2\n")
-    (ls.folder / "logs").mkdir()
+    logrotate, into a deleted file).  With cache_effective_user the new file
+    is that user's, or the kid could not reopen it (and access.log did not
+    rotate either)."""
+    extra = "logfile_rotate 2\n" + (f"cache_effective_user {user}\n" if user else "")
+    ls = make_labsquid(dispatch="notify", pool_size=2, extra=extra)
+    if user:  # an unprivileged kid must reach its logs
+        base = Path(tempfile.mkdtemp(prefix="labsquid-rotate-"))
+        base.chmod(0o755)
+        ls.cache_log, ls.access_log = base / "logs" / "cache.log", base / "logs" / "access.log"
+        ls.write_config(extra=extra)
+    ls.cache_log.parent.mkdir(exist_ok=True)
+    ls.cache_log.parent.chmod(0o777)
     assert ls.run("-sYC").returncode == 0
     master = psutil.Process(_pid(ls))
 
@@ -237,6 +250,10 @@ def test_rotate_moves_cache_log_and_every_process_follows(make_labsquid):
         wait_for(lambda: {os.readlink(f"/proc/{p.pid}/fd/2") for p in writers()}
                  == {str(ls.cache_log)}, what="every process writing to the new cache.log")
         assert '"cache_log_rotated"' in ls.cache_log.read_text()
+        wait_for(ls.access_log.with_name("access.log.0").exists, what="access.log rotated too")
+        if user:
+            assert ls.cache_log.stat().st_uid == pwd.getpwnam(user).pw_uid
+        assert "cache_log_reopen_failed" not in ls.cache_log.read_text()
     finally:  # a daemon is not stopped by the fixture
         assert ls.run("-k", "shutdown").returncode == 0
         wait_for(lambda: not master.is_running() or master.status() == psutil.STATUS_ZOMBIE,

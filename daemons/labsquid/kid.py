@@ -212,7 +212,8 @@ class Kid:
 
     def handle_usr1(self, _signum: int) -> None:
         # The master has renamed cache_log already: follow it, then the pool.
-        if logsetup.reopen_cache_log() and self.engine is not None:
+        if os.environ.get(logsetup.CACHE_LOG_ENV) and self.engine is not None:
+            logsetup.reopen_cache_log()
             self.engine.signal_children(signal.SIGUSR1)
         if self.logger is not None:
             log.info("access_log_rotate", path=self.logger.path)

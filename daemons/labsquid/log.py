@@ -42,8 +42,13 @@ def reopen_cache_log() -> str | None:
         return None
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o640)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        # Keep writing where we were: a log line in the old file beats none.
+        structlog.get_logger().warning("cache_log_reopen_failed", path=path, error=str(exc))
+        return None
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -260,8 +261,23 @@ class Master:
         if path:
             from labsquid.logfile_daemon import rotate_files
 
-            rotate_files(path, self.config.logfile_rotate)
-            logsetup.reopen_cache_log()
-            log.info("cache_log_rotated", path=path, logfile_rotate=self.config.logfile_rotate)
+            rotate_files(path, self.config.logfile_rotate)  # quiet about what is missing
+            if logsetup.reopen_cache_log():
+                self._give_to_effective_user(path)
+                log.info("cache_log_rotated", path=path,
+                         logfile_rotate=self.config.logfile_rotate)
+        # access.log rotates whatever became of cache_log.
         if self.kid_pid is not None:
             os.kill(self.kid_pid, signal.SIGUSR1)
+
+    def _give_to_effective_user(self, path: str) -> None:
+        """A file we create as root for the kid and its children to reopen
+        belongs to cache_effective_user, as the first one did (-z, start)."""
+        user = self.config.cache_effective_user
+        if os.geteuid() != 0 or not user:
+            return
+        try:
+            pw = pwd.getpwnam(user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        except (KeyError, OSError) as exc:
+            log.warning("cache_log_chown_failed", path=path, user=user, error=str(exc))
