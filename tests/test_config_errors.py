@@ -292,3 +292,18 @@ def test_a_squid_directive_labsquid_does_not_implement_is_a_warning_not_a_typo()
         parse_text(text + "refresh_patern . 0 20% 4320\n", "squid.conf")
     assert [str(p) for p in info.value.problems] == [
         "squid.conf line 4: unknown directive 'refresh_patern'"]
+
+
+@pytest.mark.parametrize("line", [
+    "http_reply_access deny all", "miss_access deny all", "adapted_http_access deny all",
+    "cache_peer 10.9.9.9 parent 3128 0 default", "never_direct allow all",
+    "request_header_access Cookie deny all", "cachemgr_passwd secret all",
+])
+def test_a_squid_directive_that_could_restrict_the_proxy_is_an_error(line: str) -> None:
+    """Ignored, any of these would leave the proxy serving what the
+    configuration forbids (a review found them passing with a warning)."""
+    name = line.split()[0]
+    with pytest.raises(ConfigError) as info:
+        parse_text(f"http_port 3128\n{line}\n", "squid.conf")
+    assert [str(p) for p in info.value.problems] == [
+        f"squid.conf line 2: squid directive '{name}' is not implemented by labsquid"]

@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         _set_title(f"({args.kid}) " + " ".join(argv))
         return kid_main(path, args.kid, level)
 
-    config = _load_or_report(path, all_problems=args.command == "parse")
+    config = _load_or_report(path, all_problems=args.command == "parse",
+                             warn=args.command in (None, "parse", "check"))
     if config is None:
         return 2
     if args.command == "parse":
@@ -175,7 +176,7 @@ def _report(command: Callable[[], int]) -> int:
         return 1
 
 
-def _load_or_report(path: str | None, all_problems: bool) -> Config | None:
+def _load_or_report(path: str | None, all_problems: bool, warn: bool) -> Config | None:
     from labsquid.settings import load_config
 
     try:
@@ -191,7 +192,7 @@ def _load_or_report(path: str | None, all_problems: bool) -> Config | None:
     except OSError as exc:
         print(f"FATAL: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return None
-    for warning in config.warnings:
+    for warning in config.warnings if warn else ():  # not on every -k rotate
         print(f"WARNING: {warning}", file=sys.stderr)
     return config
 

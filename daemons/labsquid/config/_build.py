@@ -50,6 +50,27 @@ DEFAULT_FILE = "<default>"
 _ATTRIBUTE = {"acl": "acls"}  # Config attributes that differ from the directive name
 
 
+# squid directives that only tune its cache, its memory or its own logging:
+# without a cache they change nothing about who may use the proxy, where a
+# request goes or what is sent on, so ignoring them (with a warning) cannot
+# weaken a policy.  Any other squid directive labsquid lacks (http_reply_access,
+# cache_peer, request_header_access...) stays an error: ignored, the proxy
+# would serve what the configuration forbids.
+IGNORABLE_SQUID_DIRECTIVES = frozenset({
+    "cache", "cache_dir", "cache_mem", "cache_replacement_policy", "cache_store_log",
+    "cache_swap_high", "cache_swap_low", "cache_swap_state", "client_db",
+    "collapsed_forwarding", "coredump_dir", "cpu_affinity_map", "debug_options",
+    "fqdncache_size", "high_memory_warning", "ipcache_high", "ipcache_low", "ipcache_size",
+    "max_stale", "maximum_object_size", "maximum_object_size_in_memory",
+    "memory_cache_mode", "memory_cache_shared", "memory_pools", "memory_pools_limit",
+    "memory_replacement_policy", "minimum_expiry_time", "minimum_object_size",
+    "netdb_filename", "offline_mode", "pinger_enable", "quick_abort_max", "quick_abort_min",
+    "quick_abort_pct", "range_offset_limit", "read_ahead_gap", "refresh_pattern",
+    "shared_transient_entries_limit", "store_avg_object_size", "store_dir_select_algorithm",
+    "store_objects_per_bucket",
+})
+
+
 @functools.cache
 def squid_directives() -> frozenset[str]:
     """Every directive squid knows (``data/squid-directives``)."""
@@ -90,11 +111,14 @@ class Builder:
         self._positions.setdefault(item.where, position)
         directive = DIRECTIVES.get(item.directive)
         if directive is None:
-            if item.directive in squid_directives():
+            if item.directive in IGNORABLE_SQUID_DIRECTIVES:
                 # squid.conf still loads: the directive is real, just not ours.
                 self._warnings.append(ConfigProblem.at(
                     item.where, f"squid directive '{item.directive}' is not implemented "
                                 "by labsquid: ignored"))
+            elif item.directive in squid_directives():
+                self._problem(item.where, f"squid directive '{item.directive}' is not "
+                                          "implemented by labsquid")
             else:
                 self._problem(item.where, f"unknown directive '{item.directive}'")
             return
