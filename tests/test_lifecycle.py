@@ -271,17 +271,20 @@ def test_hup_that_drops_a_port_closes_it_and_lets_the_old_kid_finish(make_labsqu
     closes it too), the kept one never does, and a request in flight on the
     old kid is answered within shutdown_lifetime, not cut."""
     second = free_port()
-    ls = make_labsquid(dispatch="notify", extra=f"http_port 127.0.0.1:{second}\n").start()
+    ls = make_labsquid(dispatch="notify", extra=f"http_port 127.0.0.1:{second}\n"
+                       "shutdown_lifetime 10 seconds\n").start()
     old_kid = ls.kid()
     assert proxied_get(second, origin.url("/id/on-second")) == 200
     result = {}
     t = threading.Thread(target=lambda: result.update(
-        status=proxied_get(ls.port, origin.url("/slow/1"))))
+        status=proxied_get(ls.port, origin.url("/slow/3"))))
     t.start()
-    wait_for(lambda: any("/slow/1" in h for h in origin.heads), what="the slow request")
-    ls.write_config()  # without the second port
+    wait_for(lambda: any("/slow/3" in h for h in origin.heads), what="the slow request")
+    ls.write_config(extra="shutdown_lifetime 10 seconds\n")  # without the second port
     ls.signal(signal.SIGHUP)
-    wait_for(lambda: not listening_sockets(second), what="the dropped port closed")
+    # Closed while the old kid still drains, not when its last request ends.
+    wait_for(lambda: not listening_sockets(second), timeout=2, what="the dropped port closed")
+    assert t.is_alive(), "the old kid's request ended before the port closed"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", second), timeout=2)
     assert proxied_get(ls.port, origin.url("/id/during")) == 200

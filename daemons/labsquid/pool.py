@@ -69,6 +69,15 @@ YOUNG_DEATH = 5.0
 LOG_COLLECT_GAP = 0.025
 
 
+def close_listeners(kid: Kid) -> None:
+    """The kid's copies of the listening sockets, at the start of a drain:
+    the master keeps a configured port open, and a port a reload dropped
+    then closes at once, not when the last request of the old kid ends."""
+    for sock in kid.listeners:
+        kid.loop.remove(sock.fileno())
+        sock.close()
+
+
 def make_engine(kid: Kid) -> SerialEngine | PoolEngine:
     if kid.config.pool_dispatch == "serial":
         return SerialEngine(kid)
@@ -135,6 +144,7 @@ class SerialEngine:
 
     def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:
         self.server.drain(lifetime, on_drained)
+        close_listeners(self.kid)
 
     def abort(self, on_done: Callable[[], None]) -> None:
         self.server.stop_accepting()
@@ -457,8 +467,7 @@ class PoolEngine:
     def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:
         self.stopping = True
         self._on_drained = on_drained
-        for sock in self.kid.listeners:
-            self.loop.remove(sock.fileno())
+        close_listeners(self.kid)
         for timer in self._respawns.values():
             timer.cancel()
         self._respawns.clear()
