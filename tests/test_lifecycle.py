@@ -298,6 +298,31 @@ def test_hup_that_drops_a_port_closes_it_and_lets_the_old_kid_finish(make_labsqu
     assert ls.stop() == 0
 
 
+def test_a_port_change_that_could_not_bind_is_tried_again_on_the_next_reload(make_labsquid,
+                                                                             origin):
+    """The master kept the new config after a failed bind, so the next reload
+    saw no change and the port was never opened; reordered lines, on the
+    other hand, are no change at all (the kid stays)."""
+    first, second = free_port(), free_port()
+    ls = make_labsquid(dispatch="notify", extra=f"http_port 127.0.0.1:{first}\n").start()
+    kid = ls.kid()
+    swapped = ls.config_text(extra="").replace(f"http_port 127.0.0.1:{ls.port}\n", "")
+    ls.write_config(text=f"http_port 127.0.0.1:{first}\nhttp_port 127.0.0.1:{ls.port}\n"
+                    + swapped)
+    ls.signal(signal.SIGHUP)
+    wait_for(lambda: '"reconfigured"' in ls.stderr_text(), what="the reload")
+    assert ls.kid().pid == kid.pid and "ports_changed_replacing_kid" not in ls.stderr_text()
+    with socket.create_server(("127.0.0.1", second)) as taken:
+        ls.write_config(extra=f"http_port 127.0.0.1:{second}\n")
+        ls.signal(signal.SIGHUP)
+        wait_for(lambda: "reconfigure_bind_failed" in ls.stderr_text(), what="the failed bind")
+        assert taken.fileno() >= 0
+    ls.signal(signal.SIGHUP)  # the same file again, the port free now
+    wait_for(lambda: listening_sockets(second), what="the port bound on the second try")
+    assert proxied_get(second, origin.url("/id/retried")) == 200
+    assert ls.stop() == 0
+
+
 def test_second_term_exits_at_once_still_flushing(make_labsquid, origin):
     ls = make_labsquid(extra="shutdown_lifetime 30 seconds\n").start()
     hello(ls.port)

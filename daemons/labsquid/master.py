@@ -43,6 +43,12 @@ MAX_FAST_FAILURES = 5
 HEARTBEAT_INTERVAL = 1.0
 
 
+def _ports(config: Config) -> list[tuple[str, int, bool]]:
+    """The listening sockets a config asks for, in no particular order:
+    reordering http_port lines is no reason to replace the kid."""
+    return sorted((p.host, p.port, p.reuseport) for p in port_specs(config))
+
+
 class Master:
     def __init__(self, config: Config, config_path: str | None, kid_args: list[str],
                  pidfile: PidFile | None, notifier: Notifier) -> None:
@@ -212,10 +218,10 @@ class Master:
             return
         for warning in new.warnings:
             log.warning("config_directive_ignored", problem=str(warning))
-        old, self.config = self.config, new
-        if port_specs(old) != port_specs(new):
-            self._rebind(new)
+        if _ports(self.config) != _ports(new):
+            self._rebind(new)  # takes the new config only if it could bind
             return
+        self.config = new
         if self.kid_pid is not None:
             self._reload_pending = True
             os.kill(self.kid_pid, signal.SIGHUP)
@@ -230,9 +236,11 @@ class Master:
             fresh = listeners.open_all(port_specs(new), self.listeners,
                                        serve_unnamed=self.activated)
         except OSError as exc:
+            # The old config stays, so the next reload tries these ports again.
             log.error("reconfigure_bind_failed", error=str(exc))
             self.notifier.ready(self._status_line())
             return
+        self.config = new
         for sock in self.listeners:
             if sock not in fresh:
                 sock.close()
