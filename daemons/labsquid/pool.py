@@ -51,7 +51,7 @@ from labsquid.eventloop import READ, Timer
 from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, LogStream, channel_pair, log_stream_pair
 from labsquid.listeners import PortSpec, address_of
 from labsquid.settings import pool_size
-from labsquid.stats import STATE_PARENT, STATE_SERVING
+from labsquid.stats import STATE_PARENT, STATE_SERVING, STATE_STARTING
 
 if TYPE_CHECKING:
     from labsquid.kid import Kid
@@ -224,6 +224,9 @@ class PoolEngine:
         groups = listener_groups(config, self.kid.listeners)
         socks = groups[(slot - 1) % len(groups)]
         row = self.kid.stats.free_row()
+        # Taken before the fork: the child, once serving, writes its own
+        # state, and a write of ours after the fork could land after it.
+        self.kid.stats.row(row).set("state", STATE_STARTING)
         ours, theirs = channel_pair()
         log_ours, log_theirs = log_stream_pair()  # (read end, write end)
         if self.mode == "passfd":
@@ -242,8 +245,7 @@ class PoolEngine:
                 os._exit(code)
         theirs.close()
         os.close(log_theirs)
-        self.kid.stats.row(row).set("pid", pid)
-        self.kid.stats.row(row).set("state", 1)
+        self.kid.stats.row(row).set("pid", pid)  # the child's claim writes the same
         child = Child(slot, self.generation, pid, None, row)  # type: ignore[arg-type]
         child.channel = Channel(self.loop, ours,
                                 lambda k, p, f, c=child: self._on_child_message(c, k, p, f),

@@ -107,7 +107,8 @@ class Stats:
         """Reset row ``index`` for the calling process and make it its own."""
         row = Row(self._view, index)
         for field in FIELDS:
-            row.set(field, 0)
+            if field not in ("pid", "state"):  # never 0 (free) in between: the
+                row.set(field, 0)               # kid may be looking for a free row
         row.set("pid", os.getpid())
         row.set("state", STATE_STARTING)
         row.set("started", int(time.time()))
