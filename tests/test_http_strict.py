@@ -151,6 +151,8 @@ BAD = [
     (POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\n y\r\n\r\n", 400, ERR_INVALID_REQ),
     (POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX: a\rb\r\n\r\n", 400, ERR_INVALID_REQ),
     (POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX: y\n\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\n", 400, ERR_INVALID_REQ),
+    (POST + b"Transfer-Encoding: chunked\r\n\r\n0\r\nX: y\n\r\n", 400, ERR_INVALID_REQ),
 ]
 
 
@@ -297,3 +299,19 @@ def test_rejected_while_the_connection_stays_open(data: bytes, status: int, code
     with pytest.raises(ProtocolError) as info:
         pump([data], eof=False)
     assert (info.value.status, info.value.error_code) == (status, code), info.value.reason
+
+
+def test_the_chunk_line_limit_does_not_depend_on_where_the_crlf_was_cut() -> None:
+    """4096 bytes of chunk-size line are allowed, whether its CRLF comes in
+    the same read or is cut between the CR and the LF (the CR counted as
+    the line's made it 4097); one byte more is refused either way."""
+    head = POST + b"Transfer-Encoding: chunked\r\n\r\n"
+    for length, allowed in ((4096, True), (4097, False)):
+        line = b"1;a=" + b"b" * (length - 4)
+        for pieces in ([head + line + b"\r\nx\r\n0\r\n\r\n"],
+                       [head + line + b"\r", b"\nx\r\n0\r\n\r\n"]):
+            if allowed:
+                assert pump(pieces)[1].data == b"x"
+            else:
+                with pytest.raises(ProtocolError):
+                    pump(pieces)

@@ -281,7 +281,8 @@ class ChunkedDecoder:
                 end = buf.find(b"\n")
                 # The limit holds however the bytes arrived (with or without
                 # the CRLF in the same read).
-                if (end - 1 if end >= 0 else len(buf)) > _MAX_CHUNK_LINE:
+                # (a CR that ends the bytes so far is the CRLF's, not the line's)
+                if (end - 1 if end >= 0 else len(buf) - buf.endswith(b"\r")) > _MAX_CHUNK_LINE:
                     raise ProtocolError("chunk-size line too long")
                 if end < 0:
                     break
@@ -328,8 +329,14 @@ class ChunkedDecoder:
         # The order of verdicts does not depend on how the section arrived: a
         # bare LF within the size limit, then the limit, then the rest.
         limit = self.max_trailer_size
-        if buf.find(b"\n\n", scan, limit if end < 0 else min(end, limit)) >= 0:
-            raise ProtocolError("bare LF line ending in trailer section")
+        # Every LF must end a CRLF: one that does not would leave us waiting
+        # for a CRLFCRLF that never comes (an empty line as a bare LF, too).
+        stop = limit if end < 0 else min(end + 4, limit)
+        lf = buf.find(b"\n", scan, stop)
+        while lf >= 0:
+            if lf == 0 or buf[lf - 1] != 13:
+                raise ProtocolError("bare LF line ending in trailer section")
+            lf = buf.find(b"\n", lf + 1, stop)
         if end < 0:
             self.scan = max(0, len(buf) - 3)
             if len(buf) > limit:
