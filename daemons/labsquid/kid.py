@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import pwd
+import resource
 import signal
 import socket
 import time
@@ -229,6 +230,9 @@ class Kid:
                 pass
             else:
                 log.debug("reaped_unknown_child", child_pid=pid, status=text)
+        # What the reaped ones used stays in the pool's CPU time (cache manager).
+        spent = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.stats.own.set("reaped_cpu_us", int((spent.ru_utime + spent.ru_stime) * 1e6))
 
     # -- control channel ----------------------------------------------------
     def _on_control(self, kind: bytes, payload: bytes, _fds: list[int]) -> None:

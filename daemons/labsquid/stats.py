@@ -15,7 +15,8 @@ import os
 import time
 
 FIELDS = ("pid", "state", "requests", "errors", "bytes_in", "bytes_out", "active",
-          "service_us", "started", "generation", "server_requests")
+          "service_us", "started", "generation", "server_requests",
+          "reaped_cpu_us")  # the kid's row: CPU of its children that exited
 # What a process has counted in total; the kid keeps those of its children
 # that exited (``retire``), so totals never go back (a reload, a restart).
 CUMULATIVE = ("requests", "errors", "bytes_in", "bytes_out", "service_us", "server_requests")

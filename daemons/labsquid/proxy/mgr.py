@@ -47,15 +47,23 @@ def page_menu(ctx: ServeContext) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kid_row(ctx: ServeContext, rows: list[dict[str, int]]) -> dict[str, int] | None:
+    """The kid's row (row 0, the first in use), whichever process answers."""
+    if ctx.all_stats is None:
+        return None
+    return next((r for r in rows if r["state"] in (STATE_PARENT, STATE_SERVING)), None)
+
+
 def _started(ctx: ServeContext, rows: list[dict[str, int]]) -> float:
-    """When the kid started (row 0), whichever process answers."""
-    kid = next((r for r in rows if r["state"] in (STATE_PARENT, STATE_SERVING)), None)
-    return kid["started"] if ctx.all_stats is not None and kid else ctx.started
+    kid = _kid_row(ctx, rows)
+    return kid["started"] if kid else ctx.started
 
 
-def _cpu_seconds(rows: list[dict[str, int]]) -> float:
-    """User and system time of the kid and its serving processes."""
-    total = 0.0
+def _cpu_seconds(ctx: ServeContext, rows: list[dict[str, int]]) -> float:
+    """User and system time of the kid, its serving processes, and the
+    children it has reaped (so the figure never goes back)."""
+    kid = _kid_row(ctx, rows)
+    total = kid["reaped_cpu_us"] / 1e6 if kid else 0.0
     for r in rows:
         try:
             times = psutil.Process(r["pid"]).cpu_times()
@@ -72,7 +80,7 @@ def page_info(ctx: ServeContext) -> str:
     started = _started(ctx, rows)
     uptime = now - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = _cpu_seconds(rows)
+    cpu = _cpu_seconds(ctx, rows)
     serving = sum(r["state"] == STATE_SERVING for r in rows)
     return "".join([
         f"labsquid Object Cache: Version {__version__}\n",
@@ -120,7 +128,7 @@ def page_counters(ctx: ServeContext) -> str:
         f"client_http.all_mean_svc_time = {_mean_service(t):.6f} seconds\n",
         f"server.all.requests = {t['server_requests']}\n",
         f"server.http.requests = {t['server_requests']}\n",
-        f"cpu_time = {_cpu_seconds(rows):.6f}\n",
+        f"cpu_time = {_cpu_seconds(ctx, rows):.6f}\n",
         f"wall_time = {time.time() - _started(ctx, rows):.6f}\n",
     ])
 
