@@ -159,6 +159,18 @@ def test_status_codes_relayed(labsquid, origin):
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_an_http10_client_keeps_its_connection_with_proxy_connection(labsquid, origin):
+    """Old HTTP/1.0 clients ask a proxy for keep-alive with Proxy-Connection;
+    squid honours it, so the second request goes on the same connection."""
+    with RawClient(labsquid.port) as c:
+        for i in range(2):
+            c.send(b"GET %s HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n"
+                   % origin.url(f"/bytes/{i + 3}").encode())
+            resp = c.read_response()
+            assert (resp.status, resp.body) == (200, b"x" * (i + 3))
+            assert resp.header("Connection") == "keep-alive"
+
+
 def test_a_204_loses_its_content_length(labsquid, origin):
     """RFC 9110 §8.6 (the origin sends Content-Length: 0): a client that
     honoured a length on a 204 would read the next response as its body."""

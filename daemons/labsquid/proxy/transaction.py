@@ -63,6 +63,15 @@ log = structlog.get_logger()
 HIGH_WATER = 256 * 1024
 
 
+def _proxy_keep_alive(req: Request) -> bool:
+    """An HTTP/1.0 client's 'Proxy-Connection: keep-alive' (old browsers send
+    it to proxies instead of Connection), which squid honours too."""
+    if req.http_version != b"1.0":
+        return False
+    value = req.headers.first(b"proxy-connection")
+    return value is not None and value.strip().lower() == b"keep-alive"
+
+
 class Transaction:
     # An extension type when compiled (transaction.pxd): every attribute is
     # a declared field, set in __init__, and the replies labsquid makes
@@ -114,7 +123,8 @@ class Transaction:
         req = self.req
         assert req is not None
         cfg = self.ctx.config
-        self.client_keep_alive = keep_alive(req) and cfg.client_persistent_connections
+        self.client_keep_alive = ((keep_alive(req) or _proxy_keep_alive(req))
+                                  and cfg.client_persistent_connections)
         framing, target = req.framing, req.parsed_target
         if framing is None or target is None:  # not from a RequestReader
             try:
