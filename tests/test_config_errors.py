@@ -307,3 +307,16 @@ def test_a_squid_directive_that_could_restrict_the_proxy_is_an_error(line: str) 
         parse_text(f"http_port 3128\n{line}\n", "squid.conf")
     assert [str(p) for p in info.value.problems] == [
         f"squid.conf line 2: squid directive '{name}' is not implemented by labsquid"]
+
+
+def test_access_log_forms_labsquid_does_not_apply_are_warnings() -> None:
+    """One file is written, unfiltered: a second access_log and trailing
+    acls say so instead of being dropped without a word."""
+    config = parse_text("access_log daemon:/var/log/a.log squid localhost\n"
+                        "access_log stdio:/var/log/b.log\n", "t.conf")
+    assert [str(w) for w in config.warnings] == [
+        "t.conf line 1: access_log: filtering by acl is not implemented by labsquid: "
+        "the acls are ignored, every request is logged",
+        "t.conf line 2: access_log: labsquid writes one access log (/var/log/a.log); "
+        "/var/log/b.log is not written",
+    ]

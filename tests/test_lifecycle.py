@@ -252,6 +252,19 @@ def test_a_logfile_daemon_without_acknowledgements_gets_every_line(make_labsquid
     assert "access_log_flush_timeout" not in ls.stderr_text()
 
 
+def test_a_stdio_access_log_is_written(make_labsquid):
+    """squid writes ``stdio:`` logs from the process itself; labsquid's
+    logfile daemon writes them like ``daemon:`` ones (they used to be
+    accepted and never written)."""
+    ls = make_labsquid(dispatch="notify")
+    ls.write_config(text=ls.config_text().replace("access_log daemon:", "access_log stdio:"))
+    ls.start()
+    for _ in range(3):
+        hello(ls.port)
+    wait_for(lambda: len(ls.access_lines()) == 3, what="three lines")
+    assert ls.stop() == 0
+
+
 def test_term_waits_for_in_flight_request(make_labsquid, origin):
     ls = make_labsquid().start()
     result = {}

@@ -284,9 +284,10 @@ class Kid:
 
 
 def daemon_log_entry(config: Config) -> str | None:
-    """The path of the first ``access_log daemon:`` entry (the kid's logfile daemon)."""
+    """The path of the first ``access_log`` file (the kid's logfile daemon
+    writes it; a ``stdio:`` one too, which squid would write directly)."""
     for entry in config.access_log:
-        if entry.module == "daemon":
+        if entry.module in ("daemon", "stdio"):
             return entry.path
     return None
 

@@ -187,15 +187,25 @@ class Builder:
         elif logformat not in self._formats and log.module != "none":
             raise BadValue(f"unknown logformat '{logformat}'")
         self._require_acls(acls)
+        if acls:
+            self._warnings.append(ConfigProblem.at(
+                log.where, "access_log: filtering by acl is not implemented by labsquid: "
+                           "the acls are ignored, every request is logged"))
         return AccessLog(log.module, log.path, logformat, log.options, acls, log.where)
 
     # -- the end -------------------------------------------------------------
 
     def finish(self, source: str) -> Config:
         """The finished Config; raises ConfigError if anything was wrong."""
-        values: dict[str, Any] = {"source": source, "warnings": tuple(self._warnings)}
+        values: dict[str, Any] = {"source": source}
         for directive in DIRECTIVES.values():
             values[attribute_name(directive.name)] = self._final_value(directive)
+        files = [log for log in values["access_log"] if log.module != "none"]
+        for extra in files[1:]:
+            self._warnings.append(ConfigProblem.at(
+                extra.where, f"access_log: labsquid writes one access log ({files[0].path}); "
+                             f"{extra.path} is not written"))
+        values["warnings"] = tuple(self._warnings)
         flagged = {Where(p.file, p.line, p.directive) for _, p in self._problems}
         for where, message in _acl_module_problems(values["acls"]):
             if where not in flagged:

@@ -54,9 +54,9 @@ class ServeContext:
         self.policy = ForwardPolicy(self.hostname, self.version, config.via,
                                     config.forwarded_for, config.server_persistent_connections)
         formats = {**builtin_formats(), **config.logformat}
-        # The kid's logfile daemon writes the first ``daemon:`` entry; other
-        # modules (stdio) are accepted by the config but not written yet.
-        daemon = next((e for e in config.access_log if e.module == "daemon"), None)
+        # The kid's logfile daemon writes the first access_log file, stdio:
+        # ones included (kid.daemon_log_entry); the config warns of the rest.
+        daemon = next((e for e in config.access_log if e.module in ("daemon", "stdio")), None)
         self.log_format: LogFormat | None = (
             compile_logformat(formats[daemon.logformat]) if daemon else None)
         self.log_headers = self.log_format is not None and self.log_format.uses_request_headers
