@@ -288,6 +288,7 @@ def test_hup_that_drops_a_port_closes_it_and_lets_the_old_kid_finish(make_labsqu
                        "shutdown_lifetime 10 seconds\n").start()
     old_kid = ls.kid()
     assert proxied_get(second, origin.url("/id/on-second")) == 200
+    before = _requests_counted(ls.port)
     result = {}
     t = threading.Thread(target=lambda: result.update(
         status=proxied_get(ls.port, origin.url("/slow/3"))))
@@ -305,6 +306,9 @@ def test_hup_that_drops_a_port_closes_it_and_lets_the_old_kid_finish(make_labsqu
     assert result.get("status") == 200, "the request in flight on the old kid was cut"
     wait_for(lambda: '"retired_kid_exited"' in ls.stderr_text(), what="the old kid's exit")
     assert old_kid.pid != ls.kid().pid
+    # The new kid's cache manager goes on from the old one's figures.
+    assert _requests_counted(ls.port) >= before + 1  # + the request during the reload
+    assert "stats_carry_over_failed" not in ls.stderr_text()
     assert not os.path.exists(f"/dev/shm/labsquid-{old_kid.pid}")
     for event in ("second_term_exiting_now", "master_gone_shutting_down", "callback_failed"):
         assert event not in ls.stderr_text()
@@ -334,6 +338,14 @@ def test_a_port_change_that_could_not_bind_is_tried_again_on_the_next_reload(mak
     wait_for(lambda: listening_sockets(second), what="the port bound on the second try")
     assert proxied_get(second, origin.url("/id/retried")) == 200
     assert ls.stop() == 0
+
+
+def _requests_counted(port: int) -> int:
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
+    with opener.open(f"http://127.0.0.1:{port}/squid-internal-mgr/counters", timeout=10) as r:
+        text = r.read().decode()
+    return int(text.split("client_http.requests = ")[1].split()[0])
 
 
 def test_second_term_exits_at_once_still_flushing(make_labsquid, origin):

@@ -39,7 +39,7 @@ from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import Channel, Kind
 from labsquid.pool import make_engine
 from labsquid.settings import CPUS_ENV, adopt_usable_cpus, load_config
-from labsquid.stats import Stats
+from labsquid.stats import CARRY_ENV, Stats, carry_over
 
 log = structlog.get_logger()
 
@@ -74,6 +74,9 @@ class Kid:
         os.chdir("/")  # paths are absolute; the start folder may be closed to us now
         # Created as the user that will unlink it at exit (/dev/shm is sticky).
         self.stats = Stats(self.name)
+        previous = os.environ.pop(CARRY_ENV, None)
+        if previous and previous.isdecimal() and not carry_over(self.stats, int(previous)):
+            log.warning("stats_carry_over_failed")
         bind_signal_handlers(self.loop, self, ("term", "int", "hup", "usr1", "chld"))
         if self._control_sock is not None:
             self.control = Channel(self.loop, self._control_sock, self._on_control,

@@ -92,15 +92,26 @@ class Master:
         return self.exit_code
 
     # -- the kid ------------------------------------------------------------
-    def start_kid(self) -> None:
+    def start_kid(self, stats_from: int | None = None) -> None:
+        """``stats_from``: the pid of a draining kid whose counters it continues."""
         ours, theirs = channel_pair()
         env = dict(os.environ)
+        carried: list[int] = []
+        if stats_from is not None:
+            try:
+                carried.append(os.open(stats.segment_path(stats_from),
+                                       os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+                env[stats.CARRY_ENV] = str(carried[0])
+            except OSError:
+                pass  # the figures start from 0, as after a crash
         env.update(listeners.export(self.listeners))
         env["LABSQUID_CONTROL_FD"] = str(theirs.fileno())
         env[CPUS_ENV] = str(usable_cpus())
         argv = [sys.executable, "-m", "labsquid", "--kid", self.kid_name, *self.kid_args]
-        pass_fds = [theirs.fileno(), *(s.fileno() for s in self.listeners)]
+        pass_fds = [theirs.fileno(), *(s.fileno() for s in self.listeners), *carried]
         self.kid_pid = process.spawn(argv, pass_fds=pass_fds, env=env)
+        for fd in carried:
+            os.close(fd)
         theirs.close()
         self.kid_started = time.monotonic()
         self.last_pong = self.kid_started
@@ -249,18 +260,18 @@ class Master:
         log.info("ports_changed_replacing_kid", listening=[str(listeners.address_of(s))
                                                            for s in fresh])
         self.kid_pid = None
-        if old_pid is not None and self.kid_channel is not None:
+        old_channel, self.kid_channel = self.kid_channel, None
+        self.ready = False
+        self.start_kid(stats_from=old_pid)  # before the old kid's exit unlinks its figures
+        if old_pid is not None and old_channel is not None:
             # Kept open: its EOF would tell the old kid its master died, and
             # a SIGTERM after that would be its second (exit at once).  One
             # SIGTERM lets it finish its requests within shutdown_lifetime.
-            self.kid_channel.detach()
-            self._retired[old_pid] = self.kid_channel
+            old_channel.detach()
+            self._retired[old_pid] = old_channel
             os.kill(old_pid, signal.SIGTERM)
-        elif self.kid_channel is not None:
-            self.kid_channel.close()
-        self.kid_channel = None
-        self.ready = False
-        self.start_kid()
+        elif old_channel is not None:
+            old_channel.close()
 
     def handle_usr1(self, _signum: int) -> None:
         """``-k rotate``: cache_log here (squid rotates it too, by

@@ -69,6 +69,37 @@ def segment_path(pid: int) -> str:
     return os.path.join(SHM_DIR, f"labsquid-{pid}")
 
 
+#: Set by the master for a kid that replaces a draining one (a port change):
+#: the descriptor of the old kid's segment, open, so that the old kid's exit
+#: (which unlinks it) cannot take it away before the new kid has read it.
+CARRY_ENV = "LABSQUID_STATS_FD"
+
+
+def carry_over(stats: Stats, fd: int) -> bool:
+    """Start ``stats`` (a new kid's) from the totals and the start time in
+    the segment open on ``fd`` (the kid it replaces, still draining), so a
+    reload that changes ports does not take the cache manager's figures back
+    to 0.  Requests the old kid finishes after this are not counted here.
+    Closes ``fd``."""
+    try:
+        with mmap.mmap(fd, ROWS * ROW_SIZE, prot=mmap.PROT_READ) as mm:
+            view = memoryview(mm).cast("q")
+            try:
+                rows = [Row(view, i).as_dict() for i in range(ROWS) if view[i * len(FIELDS)]]
+            finally:
+                view.release()
+    except (OSError, ValueError):
+        return False
+    finally:
+        os.close(fd)
+    for field in CUMULATIVE:
+        stats.own.add(field, sum(r[field] for r in rows))
+    if rows:  # row 0, the old kid's
+        stats.own.add("reaped_cpu_us", rows[0]["reaped_cpu_us"])
+        stats.own.set("started", rows[0]["started"])
+    return True
+
+
 def remove_segment(pid: int) -> None:
     """Remove a dead kid's segment (its own ``close`` does on a clean exit;
     one killed leaves it behind)."""
