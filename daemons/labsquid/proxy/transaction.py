@@ -409,17 +409,17 @@ class Transaction:
         req = self.req
         assert req is not None
         policy = self.ctx.policy
-        if resp.status == 101:
-            # Upgrade is hop-by-hop and never sent on: nobody asked for a switch.
-            self.reply_error("ERR_INVALID_RESP", 502, detail="unexpected protocol switch")
-            return
-        if resp.status < 200:
+        if resp.status < 200 and resp.status != 101:
             if req.http_version == b"1.1":
                 self.client.write(forward.response_head(resp, policy, None, True))
             return
         framing = resp.framing
         if framing is None:  # not from a ResponseReader
             framing = response_framing(resp, req.method)
+        if framing == "tunnel":  # a 101 (a CONNECT never gets here)
+            # Upgrade is hop-by-hop and never sent on: nobody asked for a switch.
+            self.reply_error("ERR_INVALID_RESP", 502, detail="unexpected protocol switch")
+            return
         if framing == 0 and (req.method == b"HEAD" or resp.status in (204, 304)):
             client_framing: int | str | None = None
         elif isinstance(framing, int):
@@ -432,9 +432,6 @@ class Transaction:
         self.client_framing = client_framing
         self.upstream_reusable = (keep_alive(resp) and isinstance(framing, int)
                                   and self.ctx.config.server_persistent_connections)
-        if framing == "tunnel":
-            self.reply_error("ERR_INVALID_RESP", 502, detail="unexpected protocol switch")
-            return
         self.status = resp.status
         ctype = resp.headers.first(b"content-type")
         self.mime = ctype.split(b";")[0].strip().decode("latin-1") if ctype else None
