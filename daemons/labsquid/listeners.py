@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labsquid.eventloop import EventLoop
 
 LISTEN_ENV = "LABSQUID_LISTEN_FDS"
 BACKLOG = 1024
@@ -126,3 +130,13 @@ def inherit() -> list[socket.socket]:
         sock.setblocking(False)
         socks.append(sock)
     return socks
+
+
+def stop_listening(loop: EventLoop, socks: list[socket.socket]) -> None:
+    """A draining process lets go of its copies of the listening sockets at
+    once: the master's (and the next kid's) keep a configured port open,
+    and a port a reload dropped closes now, not when the last request of
+    the old kid ends."""
+    for sock in socks:
+        loop.remove(sock.fileno())
+        sock.close()

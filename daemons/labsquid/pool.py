@@ -49,7 +49,7 @@ from labsquid import process
 from labsquid.config import Config
 from labsquid.eventloop import READ, Timer
 from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, LogStream, channel_pair, log_stream_pair
-from labsquid.listeners import PortSpec, address_of
+from labsquid.listeners import PortSpec, address_of, stop_listening
 from labsquid.settings import pool_size
 from labsquid.stats import STATE_PARENT, STATE_SERVING, STATE_STARTING
 
@@ -67,15 +67,6 @@ YOUNG_DEATH = 5.0
 # costs the kid one wake-up per batch, while several children's wake-ups
 # still share collections.
 LOG_COLLECT_GAP = 0.025
-
-
-def close_listeners(kid: Kid) -> None:
-    """The kid's copies of the listening sockets, at the start of a drain:
-    the master keeps a configured port open, and a port a reload dropped
-    then closes at once, not when the last request of the old kid ends."""
-    for sock in kid.listeners:
-        kid.loop.remove(sock.fileno())
-        sock.close()
 
 
 def make_engine(kid: Kid) -> SerialEngine | PoolEngine:
@@ -144,7 +135,7 @@ class SerialEngine:
 
     def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:
         self.server.drain(lifetime, on_drained)
-        close_listeners(self.kid)
+        stop_listening(self.kid.loop, self.kid.listeners)
 
     def abort(self, on_done: Callable[[], None]) -> None:
         self.server.stop_accepting()
@@ -469,7 +460,7 @@ class PoolEngine:
     def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:
         self.stopping = True
         self._on_drained = on_drained
-        close_listeners(self.kid)
+        stop_listening(self.kid.loop, self.kid.listeners)
         for timer in self._respawns.values():
             timer.cancel()
         self._respawns.clear()

@@ -25,6 +25,7 @@ import structlog
 from labsquid import log as logsetup
 from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import PASSFD_IN_FLIGHT, Channel, Kind, LogStream
+from labsquid.listeners import stop_listening
 from labsquid.pacing import Pacer
 from labsquid.process import set_title
 from labsquid.proxy.context import ServeContext
@@ -186,22 +187,14 @@ class Worker:
         self.stopping = True
         self.stats_row.set("state", STATE_STOPPING)
         self.server.drain(self.lifetime, self.loop.stop)
-        self._close_listeners()
+        stop_listening(self.loop, self.socks)
 
     def handle_int(self, _signum: int) -> None:
         self.stopping = True
         self.server.stop_accepting()
         self.server.close_all()
-        self._close_listeners()
+        stop_listening(self.loop, self.socks)
         self.loop.stop()
-
-    def _close_listeners(self) -> None:
-        # Our copies only: the kid's and the master's keep a port open while
-        # it is configured.  A port a reload dropped closes once the last
-        # draining process lets go, not when its requests end.
-        for sock in self.socks:
-            self.loop.remove(sock.fileno())
-            sock.close()
 
 
 def child_main(kid: Kid, slot: int, generation: int, channel_sock: socket.socket,
