@@ -82,18 +82,15 @@ def carry_over(stats: Stats, fd: int) -> bool:
     to 0.  Requests the old kid finishes after this are not counted here.
     Closes ``fd``."""
     try:
-        with mmap.mmap(fd, ROWS * ROW_SIZE, prot=mmap.PROT_READ) as mm:
-            view = memoryview(mm).cast("q")
-            try:
-                rows = [Row(view, i).as_dict() for i in range(ROWS) if view[i * len(FIELDS)]]
-            finally:
-                view.release()
-    except (OSError, ValueError):
+        old = Stats("previous", fd=fd)
+    except (OSError, ValueError):  # ValueError: a segment of another size
         return False
+    try:
+        totals, rows = old.totals(), old.rows()
     finally:
-        os.close(fd)
+        old.close()
     for field in CUMULATIVE:
-        stats.own.add(field, sum(r[field] for r in rows))
+        stats.own.add(field, totals[field])
     if rows:  # row 0, the old kid's
         stats.own.add("reaped_cpu_us", rows[0]["reaped_cpu_us"])
         stats.own.set("started", rows[0]["started"])
@@ -112,19 +109,25 @@ def remove_segment(pid: int) -> None:
 class Stats:
     """The whole segment, created by the kid (or opened read-only by an inspector)."""
 
-    def __init__(self, name: str, path: str | None = None, create: bool = True) -> None:
+    def __init__(self, name: str, path: str | None = None, create: bool = True, *,
+                 fd: int | None = None) -> None:
+        """``fd``: read a segment already open (read-only; the fd is closed)."""
         self.name = name
         self.path = path or segment_path(os.getpid())
         size = ROWS * ROW_SIZE
-        if create:
+        if fd is not None:
+            create = False
+        elif create:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o640)
             os.ftruncate(fd, size)
-            self._mm = mmap.mmap(fd, size)
         else:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            self._mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-        os.close(fd)
+        try:
+            self._mm = mmap.mmap(fd, size) if create else mmap.mmap(fd, size,
+                                                                    prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
         self.owner = create
         self._view = memoryview(self._mm).cast("q")
         self.own = Row(self._view, 0)
