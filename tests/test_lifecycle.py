@@ -17,6 +17,7 @@ import pytest
 from labsquid.inspect import tcp_connections
 from labsquid.kid import LOGGER_CLOSE_LIMIT
 from support import proof
+from support.origin import manager_page
 from support.service import free_port, listening_sockets, wait_for
 
 pytestmark = pytest.mark.slow
@@ -288,7 +289,7 @@ def test_hup_that_drops_a_port_closes_it_and_lets_the_old_kid_finish(make_labsqu
                        "shutdown_lifetime 10 seconds\n").start()
     old_kid = ls.kid()
     assert proxied_get(second, origin.url("/id/on-second")) == 200
-    before = _requests_counted(ls.port)
+    before = int(manager_page(ls.port, "counters")["client_http.requests"])
     result = {}
     t = threading.Thread(target=lambda: result.update(
         status=proxied_get(ls.port, origin.url("/slow/3"))))
@@ -307,7 +308,8 @@ def test_hup_that_drops_a_port_closes_it_and_lets_the_old_kid_finish(make_labsqu
     wait_for(lambda: '"retired_kid_exited"' in ls.stderr_text(), what="the old kid's exit")
     assert old_kid.pid != ls.kid().pid
     # The new kid's cache manager goes on from the old one's figures.
-    assert _requests_counted(ls.port) >= before + 1  # + the request during the reload
+    after = int(manager_page(ls.port, "counters")["client_http.requests"])
+    assert after >= before + 1  # + the request during the reload
     assert "stats_carry_over_failed" not in ls.stderr_text()
     assert not os.path.exists(f"/dev/shm/labsquid-{old_kid.pid}")
     for event in ("second_term_exiting_now", "master_gone_shutting_down", "callback_failed"):
@@ -338,14 +340,6 @@ def test_a_port_change_that_could_not_bind_is_tried_again_on_the_next_reload(mak
     wait_for(lambda: listening_sockets(second), what="the port bound on the second try")
     assert proxied_get(second, origin.url("/id/retried")) == 200
     assert ls.stop() == 0
-
-
-def _requests_counted(port: int) -> int:
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
-    with opener.open(f"http://127.0.0.1:{port}/squid-internal-mgr/counters", timeout=10) as r:
-        text = r.read().decode()
-    return int(text.split("client_http.requests = ")[1].split()[0])
 
 
 def test_second_term_exits_at_once_still_flushing(make_labsquid, origin):

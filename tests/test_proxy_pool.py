@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from support import proof
-from support.origin import fetch
+from support.origin import fetch, manager_page
 from support.service import free_port, listening_sockets, wait_for
 
 pytestmark = pytest.mark.slow
@@ -251,13 +251,6 @@ def test_activation_sockets_the_config_does_not_name_are_served(make_labsquid, o
     assert ls.stop() == 0
 
 
-def _mgr(port: int, action: str) -> dict[str, str]:
-    _resp, body = fetch(port, "GET", f"http://127.0.0.1:{port}/squid-internal-mgr/{action}")
-    pairs = (line.strip().split(" = " if " = " in line else ":\t", 1)
-             for line in body.decode().splitlines())
-    return {p[0]: p[1] for p in pairs if len(p) == 2}
-
-
 def test_manager_figures_are_the_pools_and_survive_a_reload(make_labsquid, origin):
     """Server requests are counted where they are sent, not copied from the
     client count; the kid is not a serving process; a reload (a new
@@ -270,10 +263,10 @@ def test_manager_figures_are_the_pools_and_survive_a_reload(make_labsquid, origi
         assert resp.status == 403
     for i in range(200):  # CPU the old generation takes with it when it exits
         one(ls.port, origin.url(f"/id/cpu-{i}"))
-    counters = _mgr(ls.port, "counters")
+    counters = manager_page(ls.port, "counters")
     assert counters["server.all.requests"] == counters["server.http.requests"] == "203"
     assert int(counters["client_http.requests"]) == 207
-    info = _mgr(ls.port, "info")
+    info = manager_page(ls.port, "info")
     assert info["Number of serving processes"] == "2"
     assert "slot 0 is the kid" in fetch(ls.port, "GET", f"http://127.0.0.1:{ls.port}"
                                         "/squid-internal-mgr/pool")[1].decode()
@@ -281,7 +274,7 @@ def test_manager_figures_are_the_pools_and_survive_a_reload(make_labsquid, origi
     ls.signal(signal.SIGHUP)
     wait_for(lambda: old.isdisjoint(w.pid for w in ls.workers()) and len(ls.workers()) == 2,
              what="a new generation of children")
-    after = _mgr(ls.port, "counters")
+    after = manager_page(ls.port, "counters")
     assert after["server.all.requests"] == "203"
     assert int(after["client_http.requests"]) >= 207 + 2  # and the two manager pages
     assert float(after["cpu_time"]) >= float(counters["cpu_time"]), "CPU time went back"

@@ -169,6 +169,15 @@ def fetch(port: int, method: str, url: str, body: bytes | None = None,
         conn.close()
 
 
+def manager_page(port: int, action: str) -> dict[str, str]:
+    """A cache manager page of the proxy on ``port``, as {label: value}
+    (``name = value`` and ``Label:<tab>value`` lines)."""
+    _resp, body = fetch(port, "GET", f"http://127.0.0.1:{port}/squid-internal-mgr/{action}")
+    pairs = (line.strip().split(" = " if " = " in line else ":\t", 1)
+             for line in body.decode().splitlines())
+    return {p[0]: p[1] for p in pairs if len(p) == 2}
+
+
 @dataclass
 class RawResponse:
     status: int
