@@ -500,3 +500,52 @@ def test_check_never_raises(src, local_port, method, proto, host, port, url, pat
     assert isinstance(decision, Decision)
     if dst is not None:
         assert decision.needs_dst is False
+
+
+# -- access_log acls: which files take a line (squid's accessLogLogTo) ------------
+def log_targets(lines: str):
+    from labsquid.acl import compile_log_targets
+    from labsquid.config import parse_text
+
+    config = parse_text("acl post method POST\nacl health urlpath_regex ^/health\n"
+                        "acl inside dst 10.0.0.0/8\n" + lines, "t.conf")
+    return compile_log_targets(list(config.access_log), compile_acls(list(config.acls)))
+
+
+def test_one_plain_file_needs_no_check() -> None:
+    assert log_targets("access_log daemon:/l/a squid\n") is None
+    assert log_targets("") is None  # the default: one file
+
+
+LOG_LINES = ("access_log none health\n"
+             "access_log daemon:/l/a squid\n"
+             "access_log daemon:/l/b squid post\n"
+             "access_log daemon:/l/c common !post\n")
+
+
+@pytest.mark.parametrize("method, path, files", [
+    ("GET", "/x", [0, 2]),
+    ("POST", "/x", [0, 1]),
+    ("GET", "/health", []),   # `none` matched first: no file at all
+    ("POST", "/health", []),
+])
+def test_files_whose_acls_match_until_a_matching_none(method, path, files) -> None:
+    targets = log_targets(LOG_LINES)
+    assert targets.choose(ctx(method=method, path=path, url=f"http://h{path}")) == files
+
+
+def test_none_after_a_file_stops_only_the_files_after_it() -> None:
+    targets = log_targets("access_log daemon:/l/a squid\naccess_log none health\n"
+                          "access_log daemon:/l/b squid\n")
+    assert targets.choose(ctx(path="/health", url="http://h/health")) == [0]
+    assert targets.choose(ctx(path="/x", url="http://h/x")) == [0, 1]
+
+
+def test_a_bare_none_logs_nothing_and_a_dst_acl_without_addresses_does_not_match() -> None:
+    assert log_targets("access_log none\naccess_log daemon:/l/a squid\n").choose(ctx()) == []
+    targets = log_targets("access_log daemon:/l/a squid inside\n"
+                          "access_log daemon:/l/b squid !inside\n")
+    unresolved = ctx(host="name.test", dst=None)
+    assert targets.choose(unresolved) == []  # cannot tell: neither line's acls hold
+    inside = ctx(host="name.test", dst=(ipaddress.ip_address("10.1.2.3"),))
+    assert targets.choose(inside) == [0]

@@ -309,14 +309,15 @@ def test_a_squid_directive_that_could_restrict_the_proxy_is_an_error(line: str) 
         f"squid.conf line 2: squid directive '{name}' is not implemented by labsquid"]
 
 
-def test_access_log_forms_labsquid_does_not_apply_are_warnings() -> None:
-    """One file is written, unfiltered: a second access_log and trailing
-    acls say so instead of being dropped without a word."""
+def test_access_log_acls_and_further_files_are_taken_without_warnings() -> None:
+    """Both are written now (labsquid.access_logs); an undefined acl on an
+    access_log line is still an error that names it."""
     config = parse_text("access_log daemon:/var/log/a.log squid localhost\n"
                         "access_log stdio:/var/log/b.log\n", "t.conf")
-    assert [str(w) for w in config.warnings] == [
-        "t.conf line 1: access_log: filtering by acl is not implemented by labsquid: "
-        "the acls are ignored, every request is logged",
-        "t.conf line 2: access_log: labsquid writes one access log (/var/log/a.log); "
-        "/var/log/b.log is not written",
-    ]
+    assert config.warnings == ()
+    assert [(e.path, e.acls) for e in config.access_log] == [
+        ("/var/log/a.log", ((False, "localhost"),)), ("/var/log/b.log", ())]
+    with pytest.raises(ConfigError) as info:
+        parse_text("access_log daemon:/var/log/a.log squid nosuch\n", "t.conf")
+    assert "t.conf line 1" in str(info.value.problems[0])
+    assert "undefined acl 'nosuch'" in str(info.value.problems[0])

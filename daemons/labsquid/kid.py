@@ -33,7 +33,8 @@ import structlog
 
 from labsquid import log as logsetup
 from labsquid import process
-from labsquid.access_logger import AccessLogger
+from labsquid.access_logs import CLOSE_LIMIT as LOGGER_CLOSE_LIMIT
+from labsquid.access_logs import AccessLogs
 from labsquid.config import Config, ConfigError
 from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import Channel, Kind
@@ -42,8 +43,6 @@ from labsquid.settings import CPUS_ENV, adopt_usable_cpus, load_config
 from labsquid.stats import CARRY_ENV, Stats, carry_over
 
 log = structlog.get_logger()
-
-LOGGER_CLOSE_LIMIT = 10.0  # seconds a flush may take at exit before we give up on it
 
 
 class Kid:
@@ -57,8 +56,8 @@ class Kid:
         self.loop = EventLoop()
         self.control: Channel | None = None
         self._control_sock = control
-        self.logger: AccessLogger | None = None
-        self._retired_loggers: list[AccessLogger] = []  # draining after a reload
+        self.logs = AccessLogs(self.loop, self._log_room)
+        self.logs.on_retired_gone = self._logs_closed
         self.stats: Stats = None  # type: ignore[assignment]  # made in run(), as the final user
         self.engine = None
         self.stopping = False
@@ -81,7 +80,7 @@ class Kid:
         if self._control_sock is not None:
             self.control = Channel(self.loop, self._control_sock, self._on_control,
                                    self._on_master_gone)
-        self.logger = self._start_logger(self.config)
+        self.logs.configure(self.config)
         self.engine = make_engine(self)
         self.engine.start()
         log.info("kid_started", kid=self.name, dispatch=self.config.pool_dispatch,
@@ -95,18 +94,6 @@ class Kid:
         self.stats.close()
         log.info("kid_exiting", code=self.exit_code)
         return self.exit_code
-
-    def _start_logger(self, config: Config) -> AccessLogger | None:
-        entry = daemon_log_entry(config)
-        if entry is None:
-            return None
-        logger = AccessLogger(self.loop, entry, config.logfile_daemon,
-                              rotate_count=config.logfile_rotate,
-                              buffered=config.buffered_logs,
-                              max_bytes=config.logfile_queue_size)
-        logger.on_room = self._log_room
-        logger.start()
-        return logger
 
     def engine_ready(self) -> None:
         """Called by the engine when every part serves: tell the master."""
@@ -122,23 +109,20 @@ class Kid:
             figures.update(self.engine.status())
         self.control.send(Kind.STATUS, json.dumps(figures).encode())
 
-    def write_access_line(self, line: str) -> None:
-        if self.logger is not None:
-            self.logger.write_line(line)
+    def write_access_line(self, line: str, index: int = 0) -> None:
+        self.logs.write_line(line, index)
 
     def write_access_lines(self, chunk: bytes) -> None:
         """A pool child's lines, each ending in a newline, in one go."""
-        if self.logger is not None:
-            self.logger.write_lines(chunk)
+        self.logs.write_lines(chunk)
 
     def log_budget(self) -> int | None:
         """Bytes of access-log lines the kid may take in now; None: no bound.
         At 0 the caller leaves lines where they are and calls ``want_log_room``."""
-        return None if self.logger is None else self.logger.line_budget()
+        return self.logs.budget()
 
     def want_log_room(self) -> None:
-        if self.logger is not None:
-            self.logger.want_room()
+        self.logs.want_room()
 
     def _log_room(self) -> None:
         # The logfile daemon caught up (or a new logger started): lines left
@@ -172,61 +156,26 @@ class Kid:
             log.error("reconfigure_refused", problems=[str(p) for p in exc.problems])
             self.send_status(reconfigured=False)
             return
-        old, self.config = self.config, new
+        self.config = new
         self.reconfigures += 1
-        if daemon_log_entry(old) != daemon_log_entry(new) or (
-                old.logfile_daemon != new.logfile_daemon):
-            if self.logger is not None:
-                self._retire_logger(self.logger)  # replaced right away
-            self.logger = self._start_logger(new)
-            self._log_room()
-        elif self.logger is not None:
-            self.logger.set_rotate_count(new.logfile_rotate)
+        self.logs.configure(new)
+        self._log_room()  # a new file's logger has room for lines held back
         assert self.engine is not None
         self.engine.reconfigure(new)
         log.info("reconfigured", generation=self.reconfigures)
         self.send_status(reconfigured=True)
-
-    def _retire_logger(self, logger: AccessLogger) -> None:
-        """The logger of the access_log a reload left: it drains and its daemon
-        exits; it stays known until then, so that exit is reaped as its own
-        (closing its socket), not as an unknown child's."""
-        logger.on_room = None
-        logger.on_idle = lambda: self._forget_retired(logger)
-        self._retired_loggers.append(logger)
-        logger.close()
-        # A daemon that cannot write the old file (its disk gone, say) is
-        # replaced while lines wait; give up on them after the exit's limit.
-        self.loop.call_later(LOGGER_CLOSE_LIMIT, lambda: self._retired_timeout(logger))
-
-    def _loggers(self) -> list[AccessLogger]:
-        """The current logger (if any) and those a reload retired."""
-        current = [] if self.logger is None else [self.logger]
-        return current + self._retired_loggers
-
-    def _forget_retired(self, logger: AccessLogger) -> None:
-        if logger in self._retired_loggers:
-            self._retired_loggers.remove(logger)
-        self._logs_closed()
-
-    def _retired_timeout(self, logger: AccessLogger) -> None:
-        if logger in self._retired_loggers:
-            log.error("access_log_flush_timeout", path=logger.path, limit=LOGGER_CLOSE_LIMIT)
-            logger.kill_now()
 
     def handle_usr1(self, _signum: int) -> None:
         # The master has renamed cache_log already: follow it, then the pool.
         if os.environ.get(logsetup.CACHE_LOG_ENV) and self.engine is not None:
             logsetup.reopen_cache_log()
             self.engine.signal_children(signal.SIGUSR1)
-        if self.logger is not None:
-            log.info("access_log_rotate", path=self.logger.path)
-            self.logger.rotate()
+        self.logs.rotate()
 
     def handle_chld(self, _signum: int) -> None:
         for pid, status in process.reap():
             text, _code, _sig = process.describe_status(status)
-            owner = next((lg for lg in self._loggers() if lg.pid == pid), None)
+            owner = self.logs.owner(pid)
             if owner is not None:
                 owner.daemon_exited(text)
             elif self.engine is not None and self.engine.child_exited(pid, status):
@@ -264,35 +213,22 @@ class Kid:
         self.engine.abort(self._drained)
 
     def _close_logger(self) -> None:
-        if self.logger is not None and not self.logger.closed:
-            self.logger.on_idle = self._logs_closed
-            self.logger.close()
+        self.logs.close(on_idle=self._logs_closed)
         if not self._logs_closed():
             self.loop.call_later(LOGGER_CLOSE_LIMIT, self._logger_timeout)
 
     def _logs_closed(self) -> bool:
-        """At exit: stop once every logger is done, the current one and any a
+        """At exit: stop once every logger is done, the current ones and any a
         reload retired (their lines are as much owed as the current ones)."""
-        done = (self._drained_once and (self.logger is None or self.logger.closed)
-                and not self._retired_loggers)
+        done = self._drained_once and self.logs.closed
         if done:
             self.loop.stop()
         return done
 
     def _logger_timeout(self) -> None:
         log.error("access_log_flush_timeout", limit=LOGGER_CLOSE_LIMIT)
-        for logger in self._loggers():
-            logger.kill_now()
+        self.logs.kill_now()
         self.loop.stop()
-
-
-def daemon_log_entry(config: Config) -> str | None:
-    """The path of the first ``access_log`` file (the kid's logfile daemon
-    writes it; a ``stdio:`` one too, which squid would write directly)."""
-    for entry in config.access_log:
-        if entry.module in ("daemon", "stdio"):
-            return entry.path
-    return None
 
 
 def drop_privileges(config: Config) -> None:

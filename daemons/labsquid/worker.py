@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from labsquid import log as logsetup
+from labsquid.access_logs import tagged
 from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import PASSFD_IN_FLIGHT, Channel, Kind, LogStream
 from labsquid.listeners import stop_listening
@@ -93,8 +94,10 @@ class Worker:
 
     # -- access-log lines go to the kid in batches, once per loop turn --------
     # ...and before that turn's client writes (ServeContext.write_at_turn_end).
-    def log_line(self, line: str | bytes) -> None:
+    def log_line(self, line: str | bytes, index: int = 0) -> None:
         data = line.encode("utf-8", "replace") if isinstance(line, str) else line
+        if index:
+            data = tagged(data, index)  # for another access_log file (access_logs)
         self._pending_lines.append(data)
         self._pending_size += len(data) + 1
         if self._pending_size >= LOG_BATCH:

@@ -10,7 +10,9 @@ Two pure steps, both run once per (re)configuration:
 2. ``compile_access(http_access_lines, acl_set)`` binds each rule to its
    matchers and returns an ``AccessList``.
 
-Then, per request, ``AccessList.check(AccessContext)`` returns a ``Decision``.
+Then, per request, ``AccessList.check(AccessContext)`` returns a ``Decision``,
+and ``LogTargets.choose`` (from ``compile_log_targets``) names the
+``access_log`` files that take the request's line.
 Nothing here does I/O: when a ``dst`` acl needs the destination's addresses the
 decision says ``needs_dst`` and the caller resolves and asks again.
 
@@ -19,7 +21,13 @@ The modules: ``_base`` (context, errors), ``_addresses`` (src/dst),
 ``acl`` directive), ``_access`` (the ``http_access`` evaluation).
 """
 
-from labsquid.acl._access import AccessList, Decision, compile_access
+from labsquid.acl._access import (
+    AccessList,
+    Decision,
+    LogTargets,
+    compile_access,
+    compile_log_targets,
+)
 from labsquid.acl._acls import BUILTIN_ACLS, Acl, AclSet, compile_acls
 from labsquid.acl._base import AccessContext, AclError, AclWarning
 
@@ -32,6 +40,8 @@ __all__ = [
     "AclSet",
     "AclWarning",
     "Decision",
+    "LogTargets",
     "compile_access",
+    "compile_log_targets",
     "compile_acls",
 ]

@@ -17,6 +17,12 @@ earlier acl never asks for a lookup.
 
 Acl names in rules are resolved once, at compile time, so ``check`` only
 calls precompiled matchers.
+
+``access_log`` lines use the same acl lists differently (squid's
+``accessLogLogTo``): every line whose acls match (or that has none) takes
+the request's line, in order, until a matching ``access_log none`` ends the
+walk.  That check cannot pause, so a ``dst`` acl with no addresses known
+yet counts as not matching, as squid's fast checks do.
 """
 
 from __future__ import annotations
@@ -28,7 +34,19 @@ from labsquid.acl._acls import Acl, AclSet
 from labsquid.acl._base import AccessContext, AclWarning, Problems, Verdict
 
 if TYPE_CHECKING:
-    from labsquid.config import AccessLine
+    from labsquid.config import AccessLine, AccessLog, Where
+
+_Terms = tuple[tuple[bool, Acl], ...]  # (negated, acl), all must hold
+
+
+def _all_hold(terms: _Terms, ctx: AccessContext) -> Verdict:
+    for negated, acl in terms:
+        verdict = acl.match(ctx)
+        if verdict is None:
+            return None
+        if verdict == negated:  # a mismatch (or a negated match) ends the rule
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,18 +68,11 @@ _NEEDS_DST = Decision(allowed=False, rule=None, needs_dst=True)
 @dataclass(frozen=True, slots=True)
 class _Rule:
     line: AccessLine
-    terms: tuple[tuple[bool, Acl], ...]  # (negated, acl)
+    terms: _Terms
     decision: Decision  # what the rule decides when it matches; made once
 
-
     def matches(self, ctx: AccessContext) -> Verdict:
-        for negated, acl in self.terms:
-            verdict = acl.match(ctx)
-            if verdict is None:
-                return None
-            if verdict == negated:  # a mismatch (or a negated match) ends the rule
-                return False
-        return True
+        return _all_hold(self.terms, ctx)
 
 
 class AccessList:
@@ -86,6 +97,18 @@ class AccessList:
         return self._default
 
 
+def _terms(names: tuple[tuple[bool, str], ...], acls: AclSet, where: Where | None,
+           problems: Problems) -> _Terms:
+    terms: list[tuple[bool, Acl]] = []
+    for negated, name in names:
+        acl = acls.get(name)
+        if acl is None:
+            problems.error(where, f"ACL not found: {name}")
+        else:
+            terms.append((bool(negated), acl))
+    return tuple(terms)
+
+
 def compile_access(lines: list[AccessLine], acls: AclSet) -> AccessList:
     """Resolve the acl names of every rule; raises ``AclError`` for unknown ones."""
     problems = Problems()
@@ -94,13 +117,44 @@ def compile_access(lines: list[AccessLine], acls: AclSet) -> AccessList:
         if not line.acls:  # squid skips such a line, it does not make it match all
             problems.warn(line.where, "access line contains no ACLs, skipping")
             continue
-        terms: list[tuple[bool, Acl]] = []
-        for negated, name in line.acls:
-            acl = acls.get(name)
-            if acl is None:
-                problems.error(line.where, f"ACL not found: {name}")
-            else:
-                terms.append((bool(negated), acl))
-        rules.append(_Rule(line, tuple(terms), Decision(allowed=line.allow, rule=line)))
+        terms = _terms(line.acls, acls, line.where, problems)
+        rules.append(_Rule(line, terms, Decision(allowed=line.allow, rule=line)))
     problems.raise_if_any()
     return AccessList(rules, problems.warnings)
+
+
+class LogTargets:
+    """Which ``access_log`` files take a request's line; ``choose(ctx)``
+    returns their indices (their order among the lines that name a file)."""
+
+    def __init__(self, rules: list[tuple[int | None, _Terms]]) -> None:
+        self._rules = tuple(rules)  # (file index, or None for `none`; terms)
+
+    def choose(self, ctx: AccessContext) -> list[int]:
+        chosen: list[int] = []
+        for index, terms in self._rules:
+            if terms and _all_hold(terms, ctx) is not True:
+                continue
+            if index is None:
+                break
+            chosen.append(index)
+        return chosen
+
+
+def compile_log_targets(entries: list[AccessLog], acls: AclSet) -> LogTargets | None:
+    """The ``access_log`` lines as a ``LogTargets``; None when no line has
+    acls or is ``none`` and at most one names a file: then every request's
+    line goes to that file, if any, and nothing needs checking."""
+    if (not any(e.acls or e.module == "none" for e in entries)
+            and sum(e.module != "none" for e in entries) <= 1):
+        return None
+    problems = Problems()
+    rules: list[tuple[int | None, _Terms]] = []
+    files = 0
+    for entry in entries:
+        index = None
+        if entry.module != "none":
+            index, files = files, files + 1
+        rules.append((index, _terms(entry.acls, acls, entry.where, problems)))
+    problems.raise_if_any()
+    return LogTargets(rules)

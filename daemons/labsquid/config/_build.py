@@ -187,10 +187,6 @@ class Builder:
         elif logformat not in self._formats and log.module != "none":
             raise BadValue(f"unknown logformat '{logformat}'")
         self._require_acls(acls)
-        if acls:
-            self._warnings.append(ConfigProblem.at(
-                log.where, "access_log: filtering by acl is not implemented by labsquid: "
-                           "the acls are ignored, every request is logged"))
         return AccessLog(log.module, log.path, logformat, log.options, acls, log.where)
 
     # -- the end -------------------------------------------------------------
@@ -201,10 +197,10 @@ class Builder:
         for directive in DIRECTIVES.values():
             values[attribute_name(directive.name)] = self._final_value(directive)
         files = [log for log in values["access_log"] if log.module != "none"]
-        for extra in files[1:]:
-            self._warnings.append(ConfigProblem.at(
-                extra.where, f"access_log: labsquid writes one access log ({files[0].path}); "
-                             f"{extra.path} is not written"))
+        if len(files) > MAX_ACCESS_LOG_FILES:  # a byte names each on a child's pipe
+            extra = files[MAX_ACCESS_LOG_FILES]
+            self._problem(extra.where, f"labsquid writes at most {MAX_ACCESS_LOG_FILES} "
+                                       "access_log files")
         values["warnings"] = tuple(self._warnings)
         flagged = {Where(p.file, p.line, p.directive) for _, p in self._problems}
         for where, message in _acl_module_problems(values["acls"]):
@@ -226,6 +222,9 @@ class Builder:
                 items = [self._link(directive.parse(_default_line(directive)))]
             return tuple(items or ())
         return dict(self._maps.get(directive.name, {}))
+
+
+MAX_ACCESS_LOG_FILES = 256  # labsquid.access_logs.MAX_FILES
 
 
 def _default_line(directive: Directive) -> Line:

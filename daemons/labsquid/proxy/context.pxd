@@ -21,6 +21,8 @@ cdef class ServeContext:
     cdef public object version
     cdef public object policy
     cdef public object log_format
+    cdef public list log_formats
+    cdef public object log_targets
     cdef public bint log_headers
     cpdef write_at_turn_end(self, client)
     cpdef end_turn_soon(self)

@@ -24,7 +24,7 @@ from labsquid.stats import Row, Stats
 if TYPE_CHECKING:
     from labsquid.proxy.client import ClientConnection
 
-LogSink = Callable[[str], None]
+LogSink = Callable[..., None]  # (line) for the first access_log file, (line, index)
 
 
 class ServeContext:
@@ -54,12 +54,15 @@ class ServeContext:
         self.policy = ForwardPolicy(self.hostname, self.version, config.via,
                                     config.forwarded_for, config.server_persistent_connections)
         formats = {**builtin_formats(), **config.logformat}
-        # The kid's logfile daemon writes the first access_log file, stdio:
-        # ones included (kid.daemon_log_entry); the config warns of the rest.
-        daemon = next((e for e in config.access_log if e.module in ("daemon", "stdio")), None)
-        self.log_format: LogFormat | None = (
-            compile_logformat(formats[daemon.logformat]) if daemon else None)
-        self.log_headers = self.log_format is not None and self.log_format.uses_request_headers
+        # Each access_log file has its own logfile daemon in the kid and its
+        # own format; ``log_targets`` (None: all lines to the first file, the
+        # usual case) chooses the files for each request (access_log acls).
+        files = [e for e in config.access_log if e.module != "none"]
+        self.log_formats: list[LogFormat] = [compile_logformat(formats[e.logformat])
+                                             for e in files]
+        self.log_format: LogFormat | None = self.log_formats[0] if files else None
+        self.log_targets = acl.compile_log_targets(list(config.access_log), acls)
+        self.log_headers = any(f.uses_request_headers for f in self.log_formats)
         if self.resolver is not None:
             self.resolver.close()
         self.resolver = Resolver(self.loop, hosts_file=config.hosts_file or "/dev/null",

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from labsquid.accesslog import AccessRecord, native_line
+from labsquid.accesslog import AccessRecord, LogFormat, native_line
 from labsquid.acl import AccessContext
 from labsquid.http import (
     ConnectionClosed,
@@ -506,18 +506,29 @@ class Transaction:
 
     def _log(self) -> None:
         duration_ms = int((time.time() - self.started) * 1000)
-        fmt = self.ctx.log_format
-        if fmt is None:
-            line = None
-        elif fmt.native:  # the usual format, straight from our fields
+        ctx = self.ctx
+        if ctx.log_targets is not None:  # access_log acls, or several files
+            self._log_to_chosen(duration_ms)
+            return
+        fmt = ctx.log_format
+        ctx.log(None if fmt is None else self._line(fmt, duration_ms), duration_ms, self.status)
+
+    def _log_to_chosen(self, duration_ms: int) -> None:
+        ctx = self.ctx
+        ctx.log(None, duration_ms, self.status)
+        # Known addresses serve a dst acl; unknown ones make it not match.
+        dst = tuple(ipaddress.ip_address(a) for a in self.addresses) if self.addresses else None
+        for index in ctx.log_targets.choose(self.access_context(dst)):
+            ctx.log_sink(self._line(ctx.log_formats[index], duration_ms), index)
+
+    def _line(self, fmt: LogFormat, duration_ms: int) -> str:
+        if fmt.native:  # the usual format, straight from our fields
             client = self.client
-            line = native_line(
+            return native_line(
                 self.started + duration_ms / 1000.0, duration_ms, client.peer_ip, self.log_tag,
                 self.status, self.reply_size, self.method, self.url, None, self.hierarchy,
                 self.peer if self.hierarchy != "HIER_NONE" else None, self.mime)
-        else:
-            line = fmt.render(self.record(duration_ms))
-        self.ctx.log(line, duration_ms, self.status)
+        return fmt.render(self.record(duration_ms))
 
     def record(self, duration_ms: int) -> AccessRecord:
         return AccessRecord(

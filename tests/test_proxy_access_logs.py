@@ -1,0 +1,134 @@
+"""Several access_log files and their acls, through real transactions.
+
+squid's rules (``accessLogLogTo``): each ``access_log`` line whose acls all
+match takes the request's line, in order, until a matching ``access_log
+none``.  Each file has its own logfile daemon, rotated once per file.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from support.origin import RawClient, module_origin
+from support.service import Labsquid, wait_for
+
+pytestmark = pytest.mark.slow
+
+FILES = ("a.log", "b.log", "c.log")
+
+
+@pytest.fixture(scope="module")
+def origin():
+    yield from module_origin()
+
+
+def filtered_config(ls: Labsquid) -> str:
+    logs = ls.access_log.parent
+    text = ls.config_text(extra=(
+        "acl health urlpath_regex ^/id/health\n"
+        "acl post method POST\n"
+        "access_log none health\n"
+        f"access_log daemon:{logs / 'a.log'} squid\n"
+        f"access_log daemon:{logs / 'b.log'} squid post\n"
+        f"access_log stdio:{logs / 'c.log'} common !post\n"))
+    return text.replace(f"access_log daemon:{ls.access_log} squid\n", "")
+
+
+def request(ls: Labsquid, method: str, url: str) -> None:
+    body = b"hello" if method == "POST" else b""
+    with RawClient(ls.port) as c:
+        c.send(f"{method} {url} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert c.read_until_close().startswith(b"HTTP/1.1 200")
+
+
+def lines_of(ls: Labsquid, name: str) -> list[str]:
+    path = ls.access_log.parent / name
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def logfile_daemons(ls: Labsquid) -> dict[int, str]:
+    """pid -> the file each of the kid's logfile daemons writes (from its title)."""
+    titles = {p.pid: " ".join(p.cmdline()).split() for p in ls.kid().children()}
+    return {pid: words[1] for pid, words in titles.items() if words[0] == "(logfile-daemon)"}
+
+
+def wait_lines(ls: Labsquid, name: str, needle: str, count: int = 1) -> list[str]:
+    return wait_for(lambda: (found := [x for x in lines_of(ls, name) if needle in x])
+                    and len(found) >= count and found, timeout=10,
+                    what=f"{count} line(s) with {needle} in {name}")
+
+
+@pytest.mark.parametrize("dispatch", ["serial", "notify"])
+def test_each_file_gets_the_lines_its_acls_choose(tmp_path, origin, dispatch):
+    ls = Labsquid(tmp_path, dispatch=dispatch)
+    ls.write_config(text=filtered_config(ls))
+    ls.start()
+    try:
+        want = [str(ls.access_log.parent / name) for name in FILES]
+        wait_for(lambda: sorted(logfile_daemons(ls).values()) == want, timeout=10,
+                 what=f"a logfile daemon for each of {FILES}")
+        get, post, health = (origin.url("/id/get"), origin.url("/id/post"),
+                             origin.url("/id/health"))
+        request(ls, "GET", health)
+        request(ls, "GET", get)
+        request(ls, "POST", post)
+        # The last request's lines are in their files: then the others are too
+        # (one child, one pipe, one order).
+        wait_lines(ls, "b.log", post)
+        wait_lines(ls, "a.log", post)
+        wait_lines(ls, "c.log", get)
+        a, b, c = (lines_of(ls, name) for name in FILES)
+        assert [x.split()[6] for x in a] == [get, post]  # squid format: %ru is field 7
+        assert [x.split()[6] for x in b] == [post]
+        assert len(c) == 1 and f'"GET {get} HTTP/1.1" 200' in c[0]  # common format
+        assert not any(health in x for x in a + b + c), "access_log none health"
+        assert not ls.access_log.exists()  # the default file is not named any more
+    finally:
+        assert ls.stop() == 0
+
+
+def test_rotation_renames_each_file_once_and_a_reload_adds_a_file(tmp_path, origin):
+    ls = Labsquid(tmp_path, dispatch="notify")
+    logs = ls.access_log.parent
+    first = ls.config_text().replace(
+        f"access_log daemon:{ls.access_log} squid\n",
+        f"access_log daemon:{logs / 'a.log'} squid\naccess_log daemon:{logs / 'b.log'} squid\n")
+    ls.write_config(text=first)
+    ls.start()
+    try:
+        before = origin.url("/id/before-rotate")
+        request(ls, "GET", before)
+        wait_lines(ls, "a.log", before)
+        wait_lines(ls, "b.log", before)
+        assert ls.run("-k", "rotate").returncode == 0
+        wait_for(lambda: (logs / "a.log.0").exists() and (logs / "b.log.0").exists(),
+                 timeout=10, what="both files rotated")
+        after = origin.url("/id/after-rotate")
+        request(ls, "GET", after)
+        wait_lines(ls, "a.log", after)
+        wait_lines(ls, "b.log", after)
+        for name in ("a.log", "b.log"):
+            assert [x.split()[6] for x in (logs / f"{name}.0").read_text().splitlines()] == \
+                [before]
+            assert [x.split()[6] for x in lines_of(ls, name)] == [after]
+        assert not (logs / "a.log.1").exists() and not (logs / "b.log.1").exists(), \
+            "one rename per file, not one per child"
+
+        daemons = logfile_daemons(ls)
+        ls.write_config(text=first + f"access_log daemon:{logs / 'c.log'} squid\n")
+        assert ls.run("-k", "reconfigure").returncode == 0
+        third = origin.url("/id/after-reload")
+
+        def logged_everywhere() -> bool:
+            request(ls, "GET", third)  # children of the new config serve it in time
+            return bool(lines_of(ls, "c.log"))
+        wait_for(logged_everywhere, timeout=15, what="a line in the file the reload added")
+        wait_lines(ls, "a.log", third)
+        wait_lines(ls, "b.log", third)
+        want = [str(logs / name) for name in FILES]
+        now = wait_for(lambda: sorted((found := logfile_daemons(ls)).values()) == want
+                       and found, timeout=10, what="a logfile daemon for c.log too")
+        assert daemons.items() < now.items(), "the kept files' daemons go on"
+    finally:
+        assert ls.stop() == 0
