@@ -185,20 +185,6 @@ def test_smuggling_never_forwarded(labsquid, origin, case):
     assert origin.heads[before:] == []
 
 
-def test_error_page_connection_reusable_for_http_errors(labsquid, origin):
-    """A 503 from a refused connect closes the connection (squid's way) cleanly."""
-    port = free_port()
-    with RawClient(labsquid.port) as c:
-        c.send(f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-        resp = c.read_response()
-        assert resp.status == 503
-        if (resp.header("Connection") or "").lower() == "close":
-            assert c.closed_by_peer()
-        else:
-            c.send(f"GET {origin.url('/id/after')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-            assert c.read_response().body == b"path /id/after\n"
-
-
 @contextlib.contextmanager
 def one_shot_origin(reply: bytes) -> Iterator[int]:
     """An origin on a free port (yielded) that takes one request, answers
@@ -271,3 +257,57 @@ def test_invalid_response(make_labsquid, origin):
         resp = raw_exchange(labsquid.port,
                             f"GET http://127.0.0.1:{port}/r HTTP/1.1\r\nHost: h\r\n\r\n".encode())
     assert_error_page(resp, 502, "ERR_INVALID_RESP")
+
+
+def next_request_answered(c: RawClient, origin, name: str) -> None:
+    c.send(f"GET {origin.url('/id/' + name)} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    assert c.read_response().body == f"path /id/{name}\n".encode()
+
+
+@pytest.mark.parametrize("case", ["refused", "dns", "timeout", "empty reply"])
+def test_an_error_on_the_origin_side_keeps_the_client_connection(labsquid, origin, case):
+    """As squid 5.7 does (checked here): the request was understood and
+    read whole, so the connection serves the next one."""
+    with contextlib.ExitStack() as stack:
+        url = {"refused": lambda: f"http://127.0.0.1:{free_port()}/{case}",
+               "dns": lambda: "http://no-such-host.invalid/keep",
+               "timeout": lambda: origin.url("/slow/3"),
+               "empty reply": lambda: f"http://127.0.0.1:{stack.enter_context(one_shot_origin(b''))}/"
+               }[case]()
+        with RawClient(labsquid.port) as c:
+            c.send(f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+            resp = c.read_response()
+            assert resp.status in (502, 503, 504), resp.raw_head
+            assert resp.header("Connection") == "keep-alive"
+            next_request_answered(c, origin, f"after-{case.replace(' ', '-')}")
+
+
+def test_an_origin_side_error_closes_when_the_request_is_not_read_whole(labsquid, origin):
+    refused = f"http://127.0.0.1:{free_port()}/"
+    with RawClient(labsquid.port) as c:  # the body came with the head: kept
+        c.send(f"POST {refused} HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+               .encode())
+        resp = c.read_response()
+        assert (resp.status, resp.header("Connection")) == (503, "keep-alive")
+        next_request_answered(c, origin, "after-post")
+    with RawClient(labsquid.port) as c:  # the body is still to come: it cannot be told apart
+        c.send(f"POST {refused} HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"
+               .encode())
+        resp = c.read_response()
+        assert (resp.status, resp.header("Connection")) == (503, "close")
+        assert c.closed_by_peer()
+    with RawClient(labsquid.port) as c:  # HTTP/1.0 without keep-alive
+        c.send(f"GET {refused} HTTP/1.0\r\n\r\n".encode())
+        resp = c.read_response()
+        assert (resp.status, resp.header("Connection")) == (503, "close")
+        assert c.closed_by_peer()
+
+
+def test_a_request_error_closes_the_client_connection(labsquid):
+    """An invalid URL (squid 5.7 closes too): what follows on the connection
+    cannot be trusted to start a request."""
+    with RawClient(labsquid.port) as c:
+        c.send(b"GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n")
+        resp = c.read_response()
+        assert (resp.status, resp.header("Connection")) == (400, "close")
+        assert c.closed_by_peer()

@@ -4,10 +4,12 @@ Each function takes the ``Transaction`` it answers and is bound into that
 class as a method (``Transaction.reply_error`` and so on): an extension type
 has at most one base class, so this half of it is not a mixin.  Each reply
 goes through the same path as a relayed response (``_to_client``), is logged
-once by ``finish``, and ends the transaction.  Error replies close the
-client connection afterwards, as squid does for most of them; a denial and
-the proxy's own pages keep it, as squid's do, when the client asked to and
-the request has no body (nothing of it is left unread).
+once by ``finish``, and ends the transaction.  Like squid (5.7, checked
+here), a reply to a request that was understood keeps the client connection
+when the client asked to and nothing of the request is left unread: a
+denial, the proxy's own pages, and the errors that are the origin's side of
+the exchange (it could not be resolved, reached, or read).  A request the
+proxy could not make sense of closes it.
 """
 
 from __future__ import annotations
@@ -61,13 +63,20 @@ def _reusable(txn: Transaction) -> bool:
             and txn.method != "CONNECT")
 
 
+# Errors about the way to the origin, not about the request: the client's
+# connection is as good as before.
+UPSTREAM_ERRORS = frozenset({"ERR_DNS_FAIL", "ERR_CONNECT_FAIL", "ERR_READ_TIMEOUT",
+                             "ERR_READ_ERROR", "ERR_ZERO_SIZE_OBJECT", "ERR_INVALID_RESP"})
+
+
 def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
                 errno: int = 0, keep: bool = False) -> None:
     """``keep``: the request was understood and is refused as a whole (a
-    denial, an unknown manager page), so the connection may be reused."""
+    denial, an unknown manager page), so the connection may be reused; so
+    it may after any of ``UPSTREAM_ERRORS``."""
     if txn.finished:
         return
-    keep = keep and _reusable(txn)
+    keep = (keep or code in UPSTREAM_ERRORS) and _reusable(txn)
     txn.error_code = code
     txn._drop_upstream()
     status, headers, body = render_error(
