@@ -19,7 +19,7 @@ from labsquid.http import (
     Request,
     RequestReader,
 )
-from support.http_feed import pump
+from support.http_feed import bytewise, pump
 
 H = b"Host: example.com\r\n"
 POST = b"POST / HTTP/1.1\r\n" + H
@@ -315,3 +315,20 @@ def test_the_chunk_line_limit_does_not_depend_on_where_the_crlf_was_cut() -> Non
             else:
                 with pytest.raises(ProtocolError):
                     pump(pieces)
+
+
+@pytest.mark.parametrize("head, request_line", [
+    (b"GET http://h/x HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n", (b"GET", b"http://h/x")),
+    (b"POST http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n", (b"POST", b"http://h/")),
+    (b"GET http://h/ HTTP/1.1\r\n\r\n", (b"GET", b"http://h/")),  # no Host
+    (b"GET http://h/ HTTP/1.1\r\nHost: h\r\nX: " + b"y" * 2000 + b"\r\n\r\n", (b"GET", b"http://h/")),
+    (b"hello\r\n\r\n", None),
+    (b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\nBad Header: x\r\n\r\n",
+     (b"GET", b"/second")),  # the refused head's own line, not the one before
+])
+def test_a_refused_head_names_its_request_line_once_that_parsed(head, request_line) -> None:
+    """What squid's access.log line shows for it (checked against squid 5.7)."""
+    for chunks in ([head], bytewise(head)):
+        with pytest.raises(ProtocolError) as info:
+            pump(chunks, max_header_size=1024)
+        assert info.value.request_line == request_line

@@ -130,6 +130,20 @@ def test_request_header_too_big(labsquid, origin):
     assert len(origin.heads) == before
     line = last_line(labsquid, f"NONE_NONE/{resp.status} ")
     assert int(line["size"]) == len(resp.raw_head) + len(resp.body)
+    # squid 5.7's line for it: NONE_NONE/431 3630 GET error:request-too-large ...
+    assert (line["method"], line["url"]) == ("GET", "error:request-too-large")
+
+
+def test_a_head_refused_after_its_request_line_logs_method_and_url(labsquid, origin):
+    """squid 5.7 (checked here) logs ``NONE_NONE/400 … GET http://…/ -
+    HIER_NONE/- text/html``: the request line parsed, the fields did not."""
+    url = origin.url("/id/bad-field")
+    resp = raw_exchange(labsquid.port,
+                        f"GET {url} HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n".encode())
+    assert_error_page(resp, 400, "ERR_INVALID_REQ")
+    line = last_line(labsquid, f" {url} ")
+    assert (line["tag"], line["status"], line["method"], line["hier"]) == \
+        ("NONE_NONE", "400", "GET", "HIER_NONE")
 
 
 def test_request_body_too_big_content_length(labsquid, origin):

@@ -10,6 +10,7 @@ cdef class _Reader:
     cdef public object _decoder
     cdef public Py_ssize_t _scan
     cdef public object _start
+    cdef public object _head_line
     cdef public object _error
     cpdef feed(self, data)
     cpdef bint has_trailing_data(self)

@@ -81,6 +81,7 @@ class _Reader:
         self._decoder: ContentLengthDecoder | ChunkedDecoder | UntilCloseDecoder | None = None
         self._scan = 0  # where the next CRLFCRLF search starts
         self._start: tuple | None = None  # the pending head's start line, once parsed
+        self._head_line: tuple | None = None  # the same, until its head is an event
         self._error: ProtocolError | None = None
 
     # -- input ---------------------------------------------------------------------
@@ -208,7 +209,7 @@ class _Reader:
             if buf.find(b"\n", 0, min(eol, limit)) >= 0:
                 raise ProtocolError("bare LF line ending in message head")
             self._head_too_big(eol)
-        self._start = self._parse_start_line(bytes(buf[:eol]))
+        self._start = self._head_line = self._parse_start_line(bytes(buf[:eol]))
 
     def _head_too_big(self, eol: int) -> None:
         raise NotImplementedError
@@ -252,6 +253,11 @@ class RequestReader(_Reader):
             raise ProtocolError("request line too long", 414, ERR_TOO_BIG)
         raise ProtocolError("request header section too large", 431, ERR_TOO_BIG)
 
+    def _wrap(self, exc: ProtocolError) -> ProtocolError:
+        if self._state == _HEAD and self._head_line is not None:
+            exc.request_line = self._head_line[:2]
+        return exc
+
     def _next_head(self) -> Event | type[NeedData]:
         buf = self._buf
         # RFC 9112 §2.2: ignore empty lines before a request-line (old clients
@@ -287,6 +293,7 @@ class RequestReader(_Reader):
         if self.max_body_size and type(framing) is int and framing > self.max_body_size:
             raise ProtocolError("request body too large", 413, ERR_TOO_BIG)
         self._start_body(framing)
+        self._head_line = None
         return request
 
 
