@@ -21,7 +21,9 @@ head and walks these steps, each driven by a callback from the loop:
 
 A failure before the response head reaches the client becomes one of
 squid's error pages; after that, the client connection is cut, because
-HTTP/1.1 has no other way to say a body went wrong.
+HTTP/1.1 has no other way to say a body went wrong.  The failures live in
+``failures``, the proxy's own replies in ``replies``, and the access-log
+lines other than the usual one in ``logline``; each is bound in as methods.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from labsquid.accesslog import AccessRecord, LogFormat, native_line
+from labsquid.accesslog import LogFormat, native_line
 from labsquid.acl import AccessContext
 from labsquid.http import (
     ConnectionClosed,
@@ -50,9 +52,9 @@ from labsquid.http import (
     response_framing,
 )
 from labsquid.http._readers import ResponseReader
-from labsquid.proxy import forward, mgr, replies
+from labsquid.proxy import failures, forward, logline, mgr, replies
 from labsquid.proxy.replies import MGR_PREFIX_BYTES
-from labsquid.proxy.upstream import Upstream, connect_error_text
+from labsquid.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
     from labsquid.proxy.client import ClientConnection
@@ -82,6 +84,15 @@ class Transaction:
     reply_timeout = replies.reply_timeout
     reply_local = replies.reply_local
     reply_manager = replies.reply_manager
+    _connect_timeout = failures.connect_timeout
+    upstream_failed = failures.upstream_failed
+    _closed_before_reply = failures.closed_before_reply
+    _read_timeout = failures.read_timeout
+    client_aborted = failures.client_aborted
+    client_protocol_error = failures.client_protocol_error
+    abort = failures.abort
+    _log_to_chosen = logline.log_to_chosen
+    record = logline.record
 
     def __init__(self, client: ClientConnection, request: Request | None) -> None:
         self.client = client
@@ -247,24 +258,6 @@ class Transaction:
         up.handler = self
         self.peer = up.address
 
-    def _connect_timeout(self) -> None:
-        if self.upstream is not None:
-            self.upstream.close()
-            self.upstream = None
-        if self.addresses:
-            self._connect_fresh()
-        else:
-            self.reply_error("ERR_CONNECT_FAIL", 503, errno=110,
-                             detail="(110) Connection timed out")
-
-    def upstream_failed(self, up: Upstream, err: int) -> None:
-        self._disarm()
-        self.upstream = None
-        if self.addresses:
-            self._connect_fresh()
-            return
-        self.reply_error("ERR_CONNECT_FAIL", 503, errno=err, detail=connect_error_text(err))
-
     def upstream_connected(self, up: Upstream) -> None:
         self._disarm()
         self.hierarchy = "HIER_DIRECT"
@@ -353,28 +346,6 @@ class Transaction:
             else:
                 self.abort("origin closed mid-body")
                 self.client.close_when_flushed()
-
-    def _closed_before_reply(self) -> None:
-        """The origin closed without sending a byte of the response."""
-        up = self.upstream
-        if up is not None and self._can_retry(up):
-            self.retried = True
-            up.close()
-            self.upstream = None
-            self.resp_reader = None
-            self._connect_fresh_after_retry()
-            return
-        self.reply_error("ERR_ZERO_SIZE_OBJECT", 502, detail="origin closed the connection")
-
-    def _can_retry(self, up: Upstream) -> bool:
-        # A reused connection the origin had closed while idle: safe to replay
-        # when the request had no body (squid retries such requests too).
-        return up.requests > 1 and not self.retried and self.body_framing == 0
-
-    def _connect_fresh_after_retry(self) -> None:
-        if not self.addresses and self.peer:
-            self.addresses = [self.peer]
-        self._connect_fresh()
 
     def _pump_response(self) -> None:
         reader = self.resp_reader
@@ -467,15 +438,6 @@ class Transaction:
                 up.close()
         self.finish(self.client_keep_alive and self.body_done)
 
-    def _read_timeout(self) -> None:
-        if self.finished:
-            return
-        if not self.head_sent:
-            self.reply_error("ERR_READ_TIMEOUT", 504, detail="read timeout")
-        else:
-            self.abort("read_timeout")
-            self.client.close()
-
     # -- CONNECT ------------------------------------------------------------
     def _start_tunnel(self, up: Upstream) -> None:
         from labsquid.proxy.tunnel import Tunnel
@@ -513,14 +475,6 @@ class Transaction:
         fmt = ctx.log_format
         ctx.log(None if fmt is None else self._line(fmt, duration_ms), duration_ms, self.status)
 
-    def _log_to_chosen(self, duration_ms: int) -> None:
-        ctx = self.ctx
-        ctx.log(None, duration_ms, self.status)
-        # Known addresses serve a dst acl; unknown ones make it not match.
-        dst = tuple(ipaddress.ip_address(a) for a in self.addresses) if self.addresses else None
-        for index in ctx.log_targets.choose(self.access_context(dst)):
-            ctx.log_sink(self._line(ctx.log_formats[index], duration_ms), index)
-
     def _line(self, fmt: LogFormat, duration_ms: int) -> str:
         if fmt.native:  # the usual format, straight from our fields
             client = self.client
@@ -529,48 +483,6 @@ class Transaction:
                 self.status, self.reply_size, self.method, self.url, None, self.hierarchy,
                 self.peer if self.hierarchy != "HIER_NONE" else None, self.mime)
         return fmt.render(self.record(duration_ms))
-
-    def record(self, duration_ms: int) -> AccessRecord:
-        return AccessRecord(
-            start_time=self.started, duration_ms=duration_ms,
-            client_addr=self.client.peer_ip, client_port=self.client.peer_port,
-            local_addr=self.client.local_ip, local_port=self.client.local_port,
-            log_tag=self.log_tag, http_status=self.status, reply_size=self.reply_size,
-            request_size=0, method=self.method, url=self.url, user=None,
-            hierarchy=self.hierarchy, peer_addr=self.peer if self.hierarchy != "HIER_NONE"
-            else None, mime_type=self.mime, error_code=self.error_code,
-            referer=_header(self.req, b"referer") if self.ctx.log_headers else None,
-            user_agent=_header(self.req, b"user-agent") if self.ctx.log_headers else None,
-            http_version=self.req.http_version.decode() if self.req else "0.0")
-
-    def client_aborted(self) -> None:
-        self.abort("client closed")
-        self.client.close()
-
-    def client_protocol_error(self, exc: ProtocolError) -> None:
-        """The request body turned out malformed (bad chunking, too big...)."""
-        if self.head_sent:
-            self.abort(exc.reason)
-            self.client.close()
-        else:
-            # The origin may have the head already; reply_error drops that
-            # connection (it saw half a request), the client gets its 400.
-            self.reply_error(exc.error_code, exc.status, detail=exc.reason)
-
-    def abort(self, reason: str) -> None:
-        if self.finished:
-            return
-        if self.tunnel is not None:
-            self.tunnel.close()
-            return
-        if self.status == 0:
-            self.log_tag = self.log_tag if self.log_tag != "TCP_MISS" else "TCP_MISS_ABORTED"
-        else:
-            self.log_tag += "_ABORTED"
-        self.finished = True
-        self._disarm()
-        self._drop_upstream()
-        self._log()
 
     def _drop_upstream(self) -> None:
         if self.upstream is not None:
@@ -587,9 +499,3 @@ class Transaction:
         if self.client.txn is self:
             self.client.timeout.clear()
 
-
-def _header(req: Request | None, name: bytes) -> str | None:
-    if req is None:
-        return None
-    value = req.headers.get(name)
-    return value.decode("latin-1") if value is not None else None

@@ -1,0 +1,50 @@
+"""A transaction's access-log lines, where they are more than the usual one.
+
+``Transaction._log`` writes the usual line itself: one file, squid's native
+format from the transaction's fields.  Here: the record a custom
+``logformat`` renders from, and the lines of a configuration whose
+``access_log`` acls choose the files (``acl.LogTargets``).  Both are bound
+into ``Transaction`` as methods.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+from labsquid.accesslog import AccessRecord
+
+if TYPE_CHECKING:
+    from labsquid.http import Request
+    from labsquid.proxy.transaction import Transaction
+
+
+def log_to_chosen(txn: Transaction, duration_ms: int) -> None:
+    """Count the transaction once, and log it to each file its acls choose."""
+    ctx = txn.ctx
+    ctx.log(None, duration_ms, txn.status)
+    # Known addresses serve a dst acl; unknown ones make it not match.
+    dst = tuple(ipaddress.ip_address(a) for a in txn.addresses) if txn.addresses else None
+    for index in ctx.log_targets.choose(txn.access_context(dst)):
+        ctx.log_sink(txn._line(ctx.log_formats[index], duration_ms), index)
+
+
+def record(txn: Transaction, duration_ms: int) -> AccessRecord:
+    return AccessRecord(
+        start_time=txn.started, duration_ms=duration_ms,
+        client_addr=txn.client.peer_ip, client_port=txn.client.peer_port,
+        local_addr=txn.client.local_ip, local_port=txn.client.local_port,
+        log_tag=txn.log_tag, http_status=txn.status, reply_size=txn.reply_size,
+        request_size=0, method=txn.method, url=txn.url, user=None,
+        hierarchy=txn.hierarchy, peer_addr=txn.peer if txn.hierarchy != "HIER_NONE"
+        else None, mime_type=txn.mime, error_code=txn.error_code,
+        referer=_header(txn.req, b"referer") if txn.ctx.log_headers else None,
+        user_agent=_header(txn.req, b"user-agent") if txn.ctx.log_headers else None,
+        http_version=txn.req.http_version.decode() if txn.req else "0.0")
+
+
+def _header(req: Request | None, name: bytes) -> str | None:
+    if req is None:
+        return None
+    value = req.headers.get(name)
+    return value.decode("latin-1") if value is not None else None
