@@ -46,6 +46,7 @@ HOT_MODULES = [
     "labsquid.proxy.forward",
     "labsquid.proxy.transaction",
     "labsquid.proxy.upstream",
+    "labsquid.accesslog._codes",
     "labsquid.accesslog._escape",
     "labsquid.accesslog._logformat",
     "labsquid.accesslog._record",
