@@ -547,5 +547,7 @@ def test_a_bare_none_logs_nothing_and_a_dst_acl_without_addresses_does_not_match
                           "access_log daemon:/l/b squid !inside\n")
     unresolved = ctx(host="name.test", dst=None)
     assert targets.choose(unresolved) == []  # cannot tell: neither line's acls hold
+    nowhere = ctx(host="name.test", dst=())  # known to have no address (what logging passes)
+    assert targets.choose(nowhere) == [1]
     inside = ctx(host="name.test", dst=(ipaddress.ip_address("10.1.2.3"),))
     assert targets.choose(inside) == [0]

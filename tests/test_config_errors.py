@@ -321,3 +321,21 @@ def test_access_log_acls_and_further_files_are_taken_without_warnings() -> None:
         parse_text("access_log daemon:/var/log/a.log squid nosuch\n", "t.conf")
     assert "t.conf line 1" in str(info.value.problems[0])
     assert "undefined acl 'nosuch'" in str(info.value.problems[0])
+
+
+def test_access_log_options_are_checked_and_the_unapplied_ones_said() -> None:
+    config = parse_text("access_log daemon:/var/log/a.log squid rotate=3 on-error=drop "
+                        "buffer-size=64KB localhost\n", "t.conf")
+    (entry,) = config.access_log
+    assert (entry.logformat, entry.options["rotate"], entry.acls) == (
+        "squid", "3", ((False, "localhost"),))
+    assert [str(w) for w in config.warnings] == [
+        "t.conf line 1: access_log: on-error=drop is not applied: labsquid neither exits "
+        "nor drops lines when a file cannot be written; it keeps them and retries every second",
+        "t.conf line 1: access_log: buffer-size=64KB is not applied: lines wait in the "
+        "kid's queue, whose bound is logfile_queue_size"]
+    for bad, message in [("rotate=-1", "bad rotate=-1"), ("rotate=x", "bad rotate=x"),
+                         ("on-error=retry", "on-error=retry: expected 'die' or 'drop'")]:
+        with pytest.raises(ConfigError) as info:
+            parse_text(f"access_log daemon:/var/log/a.log {bad}\n", "t.conf")
+        assert str(info.value.problems[0]).startswith(f"t.conf line 1: access_log: {message}")

@@ -132,3 +132,118 @@ def test_rotation_renames_each_file_once_and_a_reload_adds_a_file(tmp_path, orig
         assert daemons.items() < now.items(), "the kept files' daemons go on"
     finally:
         assert ls.stop() == 0
+
+
+def test_twelve_files_each_get_their_line(tmp_path, origin):
+    """A pool child names each file by its index on the pipe to the kid; no
+    index may read as a line break (the eleventh file's once did)."""
+    ls = Labsquid(tmp_path, dispatch="notify")
+    logs = ls.access_log.parent
+    names = [f"f{i}.log" for i in range(12)]
+    ls.write_config(text=ls.config_text().replace(
+        f"access_log daemon:{ls.access_log} squid\n",
+        "".join(f"access_log daemon:{logs / name} squid\n" for name in names)))
+    ls.start()
+    try:
+        urls = [origin.url(f"/id/twelve-{n}") for n in range(3)]
+        for url in urls:
+            request(ls, "GET", url)
+        for name in names:
+            wait_lines(ls, name, urls[-1])
+        for name in names:
+            assert [x.split()[6] for x in lines_of(ls, name)] == urls, name
+    finally:
+        assert ls.stop() == 0
+
+
+def test_a_request_in_flight_over_a_reload_is_logged_by_the_files_it_started_with(
+        tmp_path, origin):
+    """The first configuration writes a.log (squid) and b.log (common); the
+    second swaps them and drops b.log.  A request an old child answers after
+    the reload still goes to both of its files in their formats, once each;
+    b.log's daemon exits when that child is gone."""
+    ls = Labsquid(tmp_path, dispatch="notify")
+    logs = ls.access_log.parent
+    base = ls.config_text().replace(f"access_log daemon:{ls.access_log} squid\n", "")
+    ls.write_config(text=base + f"access_log daemon:{logs / 'a.log'} squid\n"
+                                f"access_log daemon:{logs / 'b.log'} common\n")
+    ls.start()
+    try:
+        slow = origin.url("/slow/2")
+        with RawClient(ls.port) as c:
+            c.send(f"GET {slow} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+            wait_for(lambda: any("/slow/2" in h for h in origin.heads), timeout=5,
+                     what="the slow request at the origin")
+            ls.write_config(text=base + f"access_log daemon:{logs / 'c.log'} common\n"
+                                        f"access_log daemon:{logs / 'a.log'} squid\n")
+            assert ls.run("-k", "reconfigure").returncode == 0
+            wait_for(lambda: str(logs / "c.log") in logfile_daemons(ls).values(), timeout=10,
+                     what="c.log's daemon")
+            assert c.read_until_close().startswith(b"HTTP/1.1 200")
+        wait_lines(ls, "a.log", slow)
+        wait_lines(ls, "b.log", slow)
+        after = origin.url("/id/after-the-reload")
+        request(ls, "GET", after)
+        wait_lines(ls, "c.log", after)
+        wait_lines(ls, "a.log", after)
+        a, b, c = (lines_of(ls, name) for name in ("a.log", "b.log", "c.log"))
+        assert [x.split()[6] for x in a] == [slow, after]  # squid's format, both
+        assert len(b) == 1 and f'"GET {slow} HTTP/1.1" 200' in b[0]  # common, in b.log
+        assert len(c) == 1 and f'"GET {after} HTTP/1.1" 200' in c[0]
+        wait_for(lambda: str(logs / "b.log") not in logfile_daemons(ls).values(),
+                 timeout=15, what="b.log's daemon to exit after the old children")
+    finally:
+        assert ls.stop() == 0
+
+
+def test_a_dst_acl_on_access_log_sees_the_addresses_a_name_had(tmp_path, origin):
+    """squid's rule: the addresses known for the host, and none at all when
+    it did not resolve (then dst does not match and !dst does)."""
+    ls = Labsquid(tmp_path, dispatch="notify")
+    logs = ls.access_log.parent
+    ls.write_config(text=ls.config_text(extra=(
+        "acl inside dst 127.0.0.0/8\n"
+        f"access_log daemon:{logs / 'in.log'} squid inside\n"
+        f"access_log daemon:{logs / 'out.log'} squid !inside\n")).replace(
+        f"access_log daemon:{ls.access_log} squid\n", ""))
+    ls.start()
+    try:
+        by_name = f"http://localhost:{origin.port}/id/by-name"  # /etc/hosts: 127.0.0.1
+        request(ls, "GET", by_name)
+        nowhere = "http://no-such-host.invalid/x"
+        with RawClient(ls.port) as c:
+            c.send(f"GET {nowhere} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+            assert c.read_until_close().startswith(b"HTTP/1.1 503")
+        wait_lines(ls, "out.log", nowhere)
+        wait_lines(ls, "in.log", by_name)
+        assert [x.split()[6] for x in lines_of(ls, "in.log")] == [by_name]
+        assert [x.split()[6] for x in lines_of(ls, "out.log")] == [nowhere]
+    finally:
+        assert ls.stop() == 0
+
+
+def test_rotate_option_is_each_files_own(tmp_path, origin):
+    """``rotate=0`` on one line: that file is reopened, not renamed, on -k
+    rotate (squid's meaning); the other keeps logfile_rotate's copies."""
+    ls = Labsquid(tmp_path, dispatch="serial")
+    logs = ls.access_log.parent
+    ls.write_config(text=ls.config_text().replace(
+        f"access_log daemon:{ls.access_log} squid\n",
+        f"access_log daemon:{logs / 'a.log'} squid rotate=0\n"
+        f"access_log daemon:{logs / 'b.log'} squid\n"))
+    ls.start()
+    try:
+        first = origin.url("/id/before")
+        request(ls, "GET", first)
+        wait_lines(ls, "a.log", first)
+        wait_lines(ls, "b.log", first)
+        assert ls.run("-k", "rotate").returncode == 0
+        wait_for(lambda: (logs / "b.log.0").exists(), timeout=10, what="b.log rotated")
+        second = origin.url("/id/after")
+        request(ls, "GET", second)
+        wait_lines(ls, "a.log", second)
+        wait_lines(ls, "b.log", second)
+        assert [x.split()[6] for x in lines_of(ls, "a.log")] == [first, second]
+        assert not list(logs.glob("a.log.*"))
+    finally:
+        assert ls.stop() == 0

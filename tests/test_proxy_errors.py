@@ -90,7 +90,9 @@ def test_connect_refused(labsquid):
     assert_error_page(resp, 503, "ERR_CONNECT_FAIL")
     assert resp.header("X-Squid-Error") == "ERR_CONNECT_FAIL 111"
     line = last_line(labsquid, url)
-    assert (line["tag"], line["status"]) == ("TCP_MISS", "503")
+    # squid 5.7: TCP_MISS/503 … HIER_DIRECT/127.0.0.1 text/html
+    assert (line["tag"], line["status"], line["hier"], line["peer"]) == \
+        ("TCP_MISS", "503", "HIER_DIRECT", "127.0.0.1")
     assert int(line["size"]) == len(resp.raw_head) + len(resp.body)
 
 
@@ -306,6 +308,12 @@ def test_an_origin_side_error_closes_when_the_request_is_not_read_whole(labsquid
         next_request_answered(c, origin, "after-post")
     with RawClient(labsquid.port) as c:  # the body is still to come: it cannot be told apart
         c.send(f"POST {refused} HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"
+               .encode())
+        resp = c.read_response()
+        assert (resp.status, resp.header("Connection")) == (503, "close")
+        assert c.closed_by_peer()
+    with RawClient(labsquid.port) as c:  # HTTP/1.1 that says Proxy-Connection: close
+        c.send(f"GET {refused} HTTP/1.1\r\nHost: h\r\nProxy-Connection: close\r\n\r\n"
                .encode())
         resp = c.read_response()
         assert (resp.status, resp.header("Connection")) == (503, "close")

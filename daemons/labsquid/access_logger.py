@@ -154,7 +154,8 @@ class AccessLogger:
         young = time.monotonic() - self.started_at < YOUNG_DEATH
         self.young_deaths = self.young_deaths + 1 if young else 0
         delay = min(RESPAWN_DELAY * 2 ** self.young_deaths, RESPAWN_MAX)
-        log.warning("logfile_daemon_died", status=status_text, restarts=self.restarts,
+        log.warning("logfile_daemon_died", path=self.path, status=status_text,
+                    restarts=self.restarts,
                     respawn_in=round(delay, 2))
         self._respawn_timer = self.loop.call_later(delay, self._respawn)
 
@@ -222,6 +223,16 @@ class AccessLogger:
         self.rotate_count = count
         self.queue.command("r", str(count))
         self._want_write()
+
+    def reconfigure(self, rotate_count: int, buffered: bool, max_bytes: int) -> None:
+        """A reload kept this file: apply what it says of it now."""
+        if rotate_count != self.rotate_count:
+            self.set_rotate_count(rotate_count)
+        if buffered != self.buffered:
+            self.buffered = buffered
+            self.queue.command("b", "1" if buffered else "0")
+            self._want_write()
+        self.queue.max_bytes = max_bytes
 
     def rotate(self) -> None:
         self.queue.command("R")

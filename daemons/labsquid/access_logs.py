@@ -5,19 +5,21 @@ Theory of operation
 Every ``access_log`` line that names a file has an index: its place among
 those lines.  Serving code renders a request's line for each file the
 ``access_log`` acls chose and hands it over with that index.  Lines for the
-first file travel as they are; a pool child puts ``TAG`` and the index byte
-in front of a line for any other file, so that one pipe carries them all and
-the usual configuration (one file) pays nothing: its chunks go to the one
-logger whole.  Here, a chunk with tagged lines is cut into one batch per
-logger.
+first file travel as they are; a pool child puts ``TAG`` and the index in
+two hex digits in front of a line for any other file, so that one pipe
+carries them all and the usual configuration (one file) pays nothing: its
+chunks go to the one logger whole.  Here, a chunk with tagged lines is cut
+into one batch per logger.
 
-Two lines naming the same path share its logger (as one daemon per file
-keeps rotation to one rename).  A reload keeps the loggers of the paths it
-keeps, starts those of new paths, and retires the rest: a retired logger
-drains what it was given and its daemon exits.  A tag whose index the
-current configuration has no file for (a child of the previous
-configuration) goes to the first file, as lines of a replaced file did
-before.
+An index means a file of the configuration the child was started with, and
+after a reload that may not be the current one: each file path gets an id
+for the kid's lifetime, each child is handed the ids of its configuration
+(``ids`` when it starts), and its lines go by those.  Two lines naming the
+same path share its logger (one daemon per file keeps rotation to one
+rename).  A reload keeps the loggers of the paths it keeps, starts those of
+new paths, and retires the rest; a retired logger still takes the lines of
+the children that name it, and is closed (it drains, its daemon exits) once
+the kid says none of them is left.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from labsquid.eventloop import EventLoop
 
 log = structlog.get_logger()
 
-TAG = b"\x00"  # then one byte: the file's index (1-255); no rendered line has a NUL
+TAG = b"\x00"  # then the file's index in two hex digits; no rendered line has a NUL
 MAX_FILES = 256
 CLOSE_LIMIT = 10.0  # seconds a retired logger may take to write what it holds
 
@@ -43,9 +45,19 @@ def log_file_paths(config: Config) -> list[str]:
     return [e.path for e in config.access_log if e.module != "none" and e.path]
 
 
+def rotate_counts(config: Config) -> dict[str, int]:
+    """How many old copies each file keeps: its ``rotate=``, else
+    ``logfile_rotate`` (the first line naming a path decides for it)."""
+    counts: dict[str, int] = {}
+    for entry in config.access_log:
+        if entry.module != "none" and entry.path and entry.path not in counts:
+            counts[entry.path] = int(entry.options.get("rotate", config.logfile_rotate))
+    return counts
+
+
 def tagged(line: bytes, index: int) -> bytes:
     """A line for file ``index`` on a pool child's pipe."""
-    return line if index == 0 else TAG + bytes((index,)) + line
+    return line if index == 0 else b"%b%02x%b" % (TAG, index, line)
 
 
 class AccessLogs:
@@ -54,7 +66,11 @@ class AccessLogs:
         self._on_room = on_room
         self.by_path: dict[str, AccessLogger] = {}
         self.routes: list[AccessLogger] = []  # by file index
-        self.retired: list[AccessLogger] = []
+        self.retired: list[AccessLogger] = []  # closing: their lines drain
+        self.held: list[AccessLogger] = []  # retired, but older children may log to them
+        self._ids: dict[str, int] = {}  # a path's id, for the kid's lifetime
+        self._by_id: dict[int, AccessLogger] = {}  # current, held and closing loggers
+        self.ids: list[int] = []  # the current configuration's file ids, by index
         self._program: str | None = None
         self.on_retired_gone: Callable[[], None] = lambda: None
 
@@ -62,6 +78,7 @@ class AccessLogs:
     def configure(self, config: Config) -> None:
         """Start the loggers of ``config`` (at start and after each reload)."""
         paths = log_file_paths(config)
+        rotate = rotate_counts(config)
         if config.logfile_daemon != self._program:
             self._program = config.logfile_daemon
             for path in list(self.by_path):
@@ -69,27 +86,49 @@ class AccessLogs:
         for path in [p for p in self.by_path if p not in paths]:
             self._retire(self.by_path.pop(path))
         for path in paths:
-            logger = self.by_path.get(path)
+            self._ids.setdefault(path, len(self._ids) + 1)
+            logger = self.by_path.get(path) or self._unhold(path)
             if logger is None:
                 logger = AccessLogger(self.loop, path, config.logfile_daemon,
-                                      rotate_count=config.logfile_rotate,
+                                      rotate_count=rotate[path],
                                       buffered=config.buffered_logs,
                                       max_bytes=config.logfile_queue_size)
                 logger.on_room = self._on_room
                 logger.start()
                 self.by_path[path] = logger
-            elif logger.rotate_count != config.logfile_rotate:
-                logger.set_rotate_count(config.logfile_rotate)
+            else:
+                logger.reconfigure(rotate[path], config.buffered_logs,
+                                   config.logfile_queue_size)
         self.routes = [self.by_path[p] for p in paths]
+        self.ids = [self._ids[p] for p in paths]
+        for path, logger in self.by_path.items():
+            self._by_id[self._ids[path]] = logger
+
+    def _unhold(self, path: str) -> AccessLogger | None:
+        """A path a reload had dropped and this one names again: the logger
+        still held for it goes on (one daemon per file)."""
+        logger = next((lg for lg in self.held if lg.path == path), None)
+        if logger is not None:
+            self.held.remove(logger)
+            self.by_path[path] = logger
+        return logger
 
     def _retire(self, logger: AccessLogger) -> None:
-        """A logger whose file the configuration no longer names: it drains and
-        its daemon exits; it stays known until then, so that exit is reaped as
-        its own, not as an unknown child's."""
-        logger.on_room = None
-        logger.on_idle = lambda: self._forget(logger)
-        self.retired.append(logger)
-        logger.close()
+        """A logger whose file the configuration no longer names: held open
+        for the children that still log to it (``close_held``)."""
+        self.held.append(logger)
+
+    def close_held(self) -> None:
+        """No child of an older configuration is left: the loggers a reload
+        retired drain and their daemons exit; each stays known until then, so
+        that exit is reaped as its own, not as an unknown child's."""
+        held, self.held = self.held, []
+        for logger in held:
+            logger.on_room = None
+            logger.on_idle = lambda lg=logger: self._forget(lg)
+            self.retired.append(logger)
+            logger.close()
+            self.loop.call_later(CLOSE_LIMIT, lambda lg=logger: self._retired_timeout(lg))
         # A daemon that cannot write the old file (its disk gone, say) is
         # replaced while lines wait; give up on them after the exit's limit.
         self.loop.call_later(CLOSE_LIMIT, lambda: self._retired_timeout(logger))
@@ -97,6 +136,8 @@ class AccessLogs:
     def _forget(self, logger: AccessLogger) -> None:
         if logger in self.retired:
             self.retired.remove(logger)
+        for key in [k for k, lg in self._by_id.items() if lg is logger]:
+            del self._by_id[key]
         self.on_retired_gone()
 
     def _retired_timeout(self, logger: AccessLogger) -> None:
@@ -110,21 +151,26 @@ class AccessLogs:
         if routes:
             routes[index if index < len(routes) else 0].write_line(line)
 
-    def write_lines(self, chunk: bytes) -> None:
-        """A pool child's lines, each ending in a newline, in one go."""
-        routes = self.routes
-        if not routes:
+    def write_lines(self, chunk: bytes, ids: list[int]) -> None:
+        """A pool child's lines, each ending in a newline, in one go; ``ids``:
+        the files of the child's configuration, by index."""
+        if not ids:
             return
+        by_id = self._by_id
         if TAG not in chunk:
-            routes[0].write_lines(chunk)
+            first = by_id.get(ids[0])
+            if first is not None:
+                first.write_lines(chunk)
             return
         batches: dict[AccessLogger, list[bytes]] = {}
         for line in chunk.split(b"\n")[:-1]:
-            logger = routes[0]
+            index = 0
             if line[:1] == TAG:
-                index = line[1] if len(line) > 1 else 0
-                logger = routes[index] if index < len(routes) else routes[0]
-                line = line[2:]
+                index, line = int(line[1:3], 16), line[3:]
+            logger = by_id.get(ids[index]) if index < len(ids) else None
+            if logger is None:  # cannot happen: a held logger outlives its children
+                log.warning("access_log_line_without_file", index=index)
+                continue
             batches.setdefault(logger, []).append(line)
         for logger, lines in batches.items():
             lines.append(b"")
@@ -133,14 +179,14 @@ class AccessLogs:
     def budget(self) -> int | None:
         """Bytes of lines that may be taken in now (the fullest queue's); None:
         no file, no bound."""
-        loggers = self.by_path.values()
+        loggers = [*self.by_path.values(), *self.held]
         return min((lg.line_budget() for lg in loggers), default=None)
 
     def want_room(self) -> None:
         # Every logger: the one that bounded the budget may have room left
         # after the lines just taken in, and only acks of lines it holds
         # call back (an extra call back only makes the caller look again).
-        for logger in self.by_path.values():
+        for logger in [*self.by_path.values(), *self.held]:
             logger.want_room()
 
     # -- control ----------------------------------------------------------------
@@ -155,10 +201,12 @@ class AccessLogs:
         return next((lg for lg in self.all() if lg.pid == pid), None)
 
     def all(self) -> list[AccessLogger]:
-        return [*self.by_path.values(), *self.retired]
+        return [*self.by_path.values(), *self.held, *self.retired]
 
     def close(self, on_idle: Callable[[], object]) -> None:
-        """At exit: every current logger flushes and stops."""
+        """At exit: every current logger flushes and stops (the serving
+        processes are gone: nobody logs to a held one any more)."""
+        self.close_held()
         for logger in self.by_path.values():
             if not logger.closed:
                 logger.on_idle = on_idle
@@ -166,7 +214,8 @@ class AccessLogs:
 
     @property
     def closed(self) -> bool:
-        return all(lg.closed for lg in self.by_path.values()) and not self.retired
+        return (all(lg.closed for lg in self.by_path.values())
+                and not self.retired and not self.held)
 
     def kill_now(self) -> None:
         for logger in self.all():

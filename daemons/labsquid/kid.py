@@ -112,9 +112,10 @@ class Kid:
     def write_access_line(self, line: str, index: int = 0) -> None:
         self.logs.write_line(line, index)
 
-    def write_access_lines(self, chunk: bytes) -> None:
-        """A pool child's lines, each ending in a newline, in one go."""
-        self.logs.write_lines(chunk)
+    def write_access_lines(self, chunk: bytes, ids: list[int]) -> None:
+        """A pool child's lines, each ending in a newline, in one go; ``ids``:
+        its configuration's files (``AccessLogs.ids`` when it started)."""
+        self.logs.write_lines(chunk, ids)
 
     def log_budget(self) -> int | None:
         """Bytes of access-log lines the kid may take in now; None: no bound.
@@ -162,8 +163,15 @@ class Kid:
         self._log_room()  # a new file's logger has room for lines held back
         assert self.engine is not None
         self.engine.reconfigure(new)
+        self._close_held_logs()
         log.info("reconfigured", generation=self.reconfigures)
         self.send_status(reconfigured=True)
+
+    def _close_held_logs(self) -> None:
+        # The files a reload dropped close once the children of the
+        # configurations that named them are gone.
+        if self.logs.held and not (self.engine and self.engine.has_older_children()):
+            self.logs.close_held()
 
     def handle_usr1(self, _signum: int) -> None:
         # The master has renamed cache_log already: follow it, then the pool.
@@ -182,6 +190,7 @@ class Kid:
                 pass
             else:
                 log.debug("reaped_unknown_child", child_pid=pid, status=text)
+        self._close_held_logs()
         # What the reaped ones used stays in the pool's CPU time (cache manager).
         spent = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.stats.own.set("reaped_cpu_us", int((spent.ru_utime + spent.ru_stime) * 1e6))

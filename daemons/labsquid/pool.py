@@ -148,6 +148,9 @@ class SerialEngine:
     def child_exited(self, pid: int, status: int) -> bool:
         return False
 
+    def has_older_children(self) -> bool:
+        return False
+
     def signal_children(self, signum: int) -> None:
         """No children: the kid serves."""
 
@@ -248,7 +251,10 @@ class PoolEngine:
         # a busy child costs the kid (and the logfile daemon) one wake-up per
         # batch of lines, not one per request.  The lines are in
         # the kernel meanwhile, so a child killed after answering loses none.
-        child.log_stream = LogStream(self.loop, log_ours, self.kid.write_access_lines)
+        # Its lines name the access_log files of the configuration it starts with.
+        ids = list(self.kid.logs.ids)
+        child.log_stream = LogStream(self.loop, log_ours,
+                                     lambda chunk: self.kid.write_access_lines(chunk, ids))
         self.children[pid] = child
         log.debug("worker_spawned", worker=slot, worker_pid=pid, generation=self.generation)
 
@@ -439,6 +445,10 @@ class PoolEngine:
         self._respawns[child.slot] = self.loop.call_later(delay,
                                                           lambda s=child.slot: self.spawn(s))
         return True
+
+    def has_older_children(self) -> bool:
+        """Whether a child of an earlier configuration is still running."""
+        return any(c.generation < self.generation for c in self.children.values())
 
     # -- reconfigure and stop -----------------------------------------------
     def reconfigure(self, config: Config) -> None:

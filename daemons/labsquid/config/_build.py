@@ -187,6 +187,11 @@ class Builder:
         elif logformat not in self._formats and log.module != "none":
             raise BadValue(f"unknown logformat '{logformat}'")
         self._require_acls(acls)
+        for option, why in _UNAPPLIED_LOG_OPTIONS.items():
+            if option in log.options:
+                self._warnings.append(ConfigProblem.at(
+                    log.where, f"access_log: {option}={log.options[option]} is not applied: "
+                               f"{why}"))
         return AccessLog(log.module, log.path, logformat, log.options, acls, log.where)
 
     # -- the end -------------------------------------------------------------
@@ -225,6 +230,11 @@ class Builder:
 
 
 MAX_ACCESS_LOG_FILES = 256  # labsquid.access_logs.MAX_FILES
+_UNAPPLIED_LOG_OPTIONS = {
+    "on-error": "labsquid neither exits nor drops lines when a file cannot be written; "
+                "it keeps them and retries every second",
+    "buffer-size": "lines wait in the kid's queue, whose bound is logfile_queue_size",
+}
 
 
 def _default_line(directive: Directive) -> Line:

@@ -167,6 +167,7 @@ def _http_port(line: Line) -> HttpPort:
 
 
 _ACCESS_LOG_OPTIONS = ("logformat", "buffer-size", "on-error", "rotate")
+MAX_ROTATE = 9999  # as the logfile daemon takes it (logfile_daemon.MAX_ROTATE)
 
 
 def _access_log(line: Line) -> AccessLog:
@@ -184,10 +185,20 @@ def _access_log(line: Line) -> AccessLog:
         return AccessLog("none", None, "none", {}, parse_acl_list(rest), line.where)
     module, path = _split_log_place(place)
     options: dict[str, str] = {}
-    while rest and "=" in rest[0]:
-        key, _, value = rest.pop(0).partition("=")
+    # name=value options may stand before or after the bare format name (no
+    # acl name holds a '='); what is left is the format name and the acls.
+    for token in [t for t in rest if "=" in t]:
+        rest.remove(token)
+        key, _, value = token.partition("=")
         if key not in _ACCESS_LOG_OPTIONS:
             raise BadValue(f"unknown access_log option '{key}'")
+        if key == "rotate":  # this file's own logfile_rotate
+            try:
+                value = str(parse_int(value, maximum=MAX_ROTATE))
+            except BadValue as err:
+                raise BadValue(f"bad rotate={value}: {err}") from None
+        elif key == "on-error" and value not in ("die", "drop"):
+            raise BadValue(f"on-error={value}: expected 'die' or 'drop'")
         options[key] = value
     logformat = options.pop("logformat", "")
     return AccessLog(module, path, logformat, options, parse_acl_list(rest), line.where)

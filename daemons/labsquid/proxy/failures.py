@@ -29,6 +29,7 @@ def connect_timeout(txn: Transaction) -> None:
     if txn.addresses:
         txn._connect_fresh()
     else:
+        txn.hierarchy = "HIER_DIRECT"  # as squid logs it: the origin it tried last
         txn.reply_error("ERR_CONNECT_FAIL", 503, errno=110,
                         detail="(110) Connection timed out")
 
@@ -39,6 +40,7 @@ def upstream_failed(txn: Transaction, up: Upstream, err: int) -> None:
     if txn.addresses:
         txn._connect_fresh()
         return
+    txn.hierarchy = "HIER_DIRECT"  # as squid logs it: the origin it tried last
     txn.reply_error("ERR_CONNECT_FAIL", 503, errno=err, detail=connect_error_text(err))
 
 

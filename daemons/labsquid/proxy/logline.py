@@ -23,10 +23,26 @@ def log_to_chosen(txn: Transaction, duration_ms: int) -> None:
     """Count the transaction once, and log it to each file its acls choose."""
     ctx = txn.ctx
     ctx.log(None, duration_ms, txn.status)
-    # Known addresses serve a dst acl; unknown ones make it not match.
-    dst = tuple(ipaddress.ip_address(a) for a in txn.addresses) if txn.addresses else None
-    for index in ctx.log_targets.choose(txn.access_context(dst)):
+    for index in ctx.log_targets.choose(txn.access_context(_known_addresses(txn))):
         ctx.log_sink(txn._line(ctx.log_formats[index], duration_ms), index)
+
+
+def _known_addresses(txn: Transaction) -> tuple:
+    """What a dst acl sees in the log's check, which cannot wait for DNS: the
+    addresses known without asking (``txn.addresses`` is used up by the
+    connection attempts), and the one connected to.  None known is no
+    address at all, as in squid: ``dst`` does not match, ``!dst`` does."""
+    assert txn.ctx.resolver is not None
+    known = (txn.ctx.resolver.cached(txn.host) or []) if txn.host else []
+    if txn.peer and txn.peer not in known:
+        known.append(txn.peer)
+    addresses = []
+    for text in known:
+        try:
+            addresses.append(ipaddress.ip_address(text))
+        except ValueError:
+            pass
+    return tuple(addresses)
 
 
 def record(txn: Transaction, duration_ms: int) -> AccessRecord:

@@ -65,13 +65,18 @@ log = structlog.get_logger()
 HIGH_WATER = 256 * 1024
 
 
-def _proxy_keep_alive(req: Request) -> bool:
-    """An HTTP/1.0 client's 'Proxy-Connection: keep-alive' (old browsers send
-    it to proxies instead of Connection), which squid honours too."""
-    if req.http_version != b"1.0":
-        return False
+def _client_keep_alive(req: Request) -> bool:
+    """Whether the client wants its connection kept.  Old browsers say so to
+    proxies in 'Proxy-Connection' instead of 'Connection', and squid honours
+    both 'Proxy-Connection: keep-alive' from an HTTP/1.0 client and
+    'Proxy-Connection: close' from any."""
     value = req.headers.first(b"proxy-connection")
-    return value is not None and value.strip().lower() == b"keep-alive"
+    if value is None:
+        return keep_alive(req)
+    value = value.strip().lower()
+    if value == b"close":
+        return False
+    return keep_alive(req) or (value == b"keep-alive" and req.http_version == b"1.0")
 
 
 class Transaction:
@@ -134,8 +139,7 @@ class Transaction:
         req = self.req
         assert req is not None
         cfg = self.ctx.config
-        self.client_keep_alive = ((keep_alive(req) or _proxy_keep_alive(req))
-                                  and cfg.client_persistent_connections)
+        self.client_keep_alive = _client_keep_alive(req) and cfg.client_persistent_connections
         framing, target = req.framing, req.parsed_target
         if framing is None or target is None:  # not from a RequestReader
             try:
