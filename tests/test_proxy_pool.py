@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from support import proof
-from support.origin import fetch, manager_page
+from support.origin import RawClient, fetch, manager_page
 from support.service import free_port, listening_sockets, wait_for
 
 pytestmark = pytest.mark.slow
@@ -278,3 +278,19 @@ def test_manager_figures_are_the_pools_and_survive_a_reload(make_labsquid, origi
     assert after["server.all.requests"] == "203"
     assert int(after["client_http.requests"]) >= 207 + 2  # and the two manager pages
     assert float(after["cpu_time"]) >= float(counters["cpu_time"]), "CPU time went back"
+
+
+def test_a_response_finished_while_draining_says_connection_close(make_labsquid, origin):
+    """A keep-alive client whose request is in flight at a reload: its old
+    child answers, and says ``Connection: close`` so that the client does not
+    send its next request into a connection about to close."""
+    ls = started(make_labsquid(dispatch="notify", pool_size=2))
+    with RawClient(ls.port) as c:
+        c.send(f"GET {origin.url('/slow/2')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        wait_for(lambda: any("/slow/2" in h for h in origin.heads), timeout=5,
+                 what="the slow request at the origin")
+        ls.signal(signal.SIGHUP)
+        wait_for(lambda: '"reconfigured"' in ls.stderr_text(), timeout=5, what="the reload")
+        resp = c.read_response()
+        assert (resp.status, resp.header("Connection")) == (200, "close")
+        assert c.closed_by_peer()

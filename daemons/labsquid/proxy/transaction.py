@@ -410,6 +410,8 @@ class Transaction:
         self.status = resp.status
         ctype = resp.headers.first(b"content-type")
         self.mime = ctype.split(b";")[0].strip().decode("latin-1") if ctype else None
+        if self.client._shutdown:  # draining (a reload): say so before the client sends again
+            self.client_keep_alive = False
         head = forward.response_head(resp, policy, client_framing, self.client_keep_alive)
         self.head_sent = True
         self._to_client(head)
