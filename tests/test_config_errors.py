@@ -324,14 +324,17 @@ def test_access_log_acls_and_further_files_are_taken_without_warnings() -> None:
 
 
 def test_access_log_options_are_checked_and_the_unapplied_ones_said() -> None:
-    config = parse_text("access_log daemon:/var/log/a.log squid rotate=3 on-error=drop "
-                        "buffer-size=64KB localhost\n", "t.conf")
-    (entry,) = config.access_log
+    config = parse_text("access_log daemon:/var/log/a.log squid rotate=3 on-error=die "
+                        "buffer-size=64KB localhost\n"
+                        "access_log daemon:/var/log/b.log on-error=drop\n", "t.conf")
+    entry, dropping = config.access_log
     assert (entry.logformat, entry.options["rotate"], entry.acls) == (
         "squid", "3", ((False, "localhost"),))
+    assert dropping.options == {"on-error": "drop"}  # applied: no warning
     assert [str(w) for w in config.warnings] == [
-        "t.conf line 1: access_log: on-error=drop is not applied: labsquid neither exits "
-        "nor drops lines when a file cannot be written; it keeps them and retries every second",
+        "t.conf line 1: access_log: on-error=die is not applied: labsquid does not exit "
+        "when a file cannot be written; it keeps the lines and retries every second "
+        "(on-error=drop drops them instead once the file's queue is full)",
         "t.conf line 1: access_log: buffer-size=64KB is not applied: lines wait in the "
         "kid's queue, whose bound is logfile_queue_size"]
     for bad, message in [("rotate=-1", "bad rotate=-1"), ("rotate=x", "bad rotate=x"),

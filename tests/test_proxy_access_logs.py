@@ -7,6 +7,7 @@ none``.  Each file has its own logfile daemon, rotated once per file.
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 from support.origin import RawClient, module_origin
@@ -247,3 +248,41 @@ def test_rotate_option_is_each_files_own(tmp_path, origin):
         assert not list(logs.glob("a.log.*"))
     finally:
         assert ls.stop() == 0
+
+
+@pytest.mark.parametrize("dispatch", ["serial", "notify"])
+def test_a_wedged_file_with_on_error_drop_holds_nothing_back(tmp_path, origin, dispatch):
+    """b.log's daemon is stopped (a hung disk) and its queue fills: with
+    ``on-error=drop`` its new lines are dropped and said so, while every
+    client is answered and a.log gets every line."""
+    ls = Labsquid(tmp_path, dispatch=dispatch)
+    logs = ls.access_log.parent
+    ls.write_config(text=ls.config_text(extra="logfile_queue_size 70 KB\n").replace(
+        f"access_log daemon:{ls.access_log} squid\n",
+        f"access_log daemon:{logs / 'a.log'} squid\n"
+        f"access_log daemon:{logs / 'b.log'} squid on-error=drop\n"))
+    ls.start()
+    pad = "x" * 30000  # two lines fill b.log's queue, ~35 a child's pipe
+    urls = [f"http://127.0.0.1:9/{i:03d}/{pad}" for i in range(120)]  # port 9: a quick 403
+    try:
+        wait_for(lambda: len(logfile_daemons(ls)) == 2, timeout=10, what="both daemons")
+        stopped = next(psutil.Process(pid) for pid, path in logfile_daemons(ls).items()
+                       if path.endswith("b.log"))
+        stopped.suspend()
+        try:
+            for url in urls:
+                with RawClient(ls.port, timeout=5) as c:
+                    c.send(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                           .encode())
+                    assert c.read_until_close().startswith(b"HTTP/1.1 403")
+            wait_lines(ls, "a.log", urls[-1])
+        finally:
+            stopped.resume()
+        wait_for(lambda: "access_log_lines_dropped" in ls.stderr_text(), timeout=10,
+                 what="the drop reported")
+        # Two children's lines may come in either order; each line once.
+        assert sorted(x.split()[6] for x in lines_of(ls, "a.log")) == urls
+    finally:
+        assert ls.stop() == 0
+    b = [x.split()[6] for x in lines_of(ls, "b.log")]
+    assert 0 < len(b) < len(urls) and len(set(b)) == len(b) and set(b) < set(urls)

@@ -63,6 +63,7 @@ HANDOVER_GAP = 0.001
 # Without this the kid held every line (and, at the bound, every client) for
 # a greeting that does not come.
 GREETING_WAIT = 2.0
+DROP_REPORT_INTERVAL = 1.0
 
 
 def daemon_argv(program: str, path: str) -> list[str]:
@@ -90,6 +91,11 @@ class AccessLogger:
         self._respawn_timer: Timer | None = None
         self._gave_up = False  # kill_now(): lines still queued are abandoned
         self._room_wanted = False
+        # on-error=drop: when the queue is full, new lines are dropped (and
+        # counted) instead of holding back the pool and the other files.
+        self.drop_when_full = False
+        self.dropped = 0
+        self._drop_reported = 0.0
         self._resumed_from: tuple[int, int, int] | None = None  # queue counters at a restart
         #: Called once room is back after ``want_room()`` (a quarter of the bound).
         self.on_room: Callable[[], None] | None = None
@@ -177,13 +183,27 @@ class AccessLogger:
 
     # -- writing ------------------------------------------------------------
     def write_line(self, line: str | bytes) -> None:
+        if self.drop_when_full and len(line) >= self.line_budget():
+            self._drop(1)
+            return
         self.queue.append(line)
         self._queued()
 
     def write_lines(self, chunk: bytes) -> None:
         """Several lines at once, each ending in a newline (a pool child's)."""
+        if self.drop_when_full and len(chunk) > self.line_budget():
+            self._drop(chunk.count(b"\n"))
+            return
         self.queue.append_lines(chunk)
         self._queued()
+
+    def _drop(self, lines: int) -> None:
+        self.dropped += lines
+        now = time.monotonic()
+        if now - self._drop_reported >= DROP_REPORT_INTERVAL:  # a warning a second at most
+            self._drop_reported = now
+            log.warning("access_log_lines_dropped", path=self.path, dropped=self.dropped,
+                        reason="on-error=drop and the file's queue is full")
 
     def line_budget(self) -> int:
         """Bytes of lines that may be taken now and stay within the bound

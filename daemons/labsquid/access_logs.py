@@ -45,14 +45,17 @@ def log_file_paths(config: Config) -> list[str]:
     return [e.path for e in config.access_log if e.module != "none" and e.path]
 
 
-def rotate_counts(config: Config) -> dict[str, int]:
-    """How many old copies each file keeps: its ``rotate=``, else
-    ``logfile_rotate`` (the first line naming a path decides for it)."""
-    counts: dict[str, int] = {}
+def file_options(config: Config) -> dict[str, tuple[int, bool]]:
+    """Each file's own settings: how many old copies it keeps (its
+    ``rotate=``, else ``logfile_rotate``) and whether it drops lines rather
+    than hold the others back when its queue is full (``on-error=drop``).
+    The first line naming a path decides for it."""
+    options: dict[str, tuple[int, bool]] = {}
     for entry in config.access_log:
-        if entry.module != "none" and entry.path and entry.path not in counts:
-            counts[entry.path] = int(entry.options.get("rotate", config.logfile_rotate))
-    return counts
+        if entry.module != "none" and entry.path and entry.path not in options:
+            options[entry.path] = (int(entry.options.get("rotate", config.logfile_rotate)),
+                                   entry.options.get("on-error") == "drop")
+    return options
 
 
 def tagged(line: bytes, index: int) -> bytes:
@@ -78,7 +81,7 @@ class AccessLogs:
     def configure(self, config: Config) -> None:
         """Start the loggers of ``config`` (at start and after each reload)."""
         paths = log_file_paths(config)
-        rotate = rotate_counts(config)
+        settings = file_options(config)
         if config.logfile_daemon != self._program:
             self._program = config.logfile_daemon
             for path in list(self.by_path):
@@ -90,15 +93,17 @@ class AccessLogs:
             logger = self.by_path.get(path) or self._unhold(path)
             if logger is None:
                 logger = AccessLogger(self.loop, path, config.logfile_daemon,
-                                      rotate_count=rotate[path],
+                                      rotate_count=settings[path][0],
                                       buffered=config.buffered_logs,
                                       max_bytes=config.logfile_queue_size)
+                logger.drop_when_full = settings[path][1]
                 logger.on_room = self._on_room
                 logger.start()
                 self.by_path[path] = logger
             else:
-                logger.reconfigure(rotate[path], config.buffered_logs,
+                logger.reconfigure(settings[path][0], config.buffered_logs,
                                    config.logfile_queue_size)
+                logger.drop_when_full = settings[path][1]
         self.routes = [self.by_path[p] for p in paths]
         self.ids = [self._ids[p] for p in paths]
         for path, logger in self.by_path.items():
@@ -180,14 +185,22 @@ class AccessLogs:
         """Bytes of lines that may be taken in now (the fullest queue's); None:
         no file, no bound."""
         loggers = [*self.by_path.values(), *self.held]
-        return min((lg.line_budget() for lg in loggers), default=None)
+        return min((lg.line_budget() for lg in loggers if not lg.drop_when_full),
+                   default=None)
 
     def want_room(self) -> None:
-        # Every logger: the one that bounded the budget may have room left
-        # after the lines just taken in, and only acks of lines it holds
-        # call back (an extra call back only makes the caller look again).
+        # Every logger that bounds the budget and holds lines: the one that
+        # bounded it may have room left after the lines just taken in, and
+        # only acks of lines it holds call back (an extra call back only
+        # makes the caller look again).  When none holds any (the lines taken
+        # in went to files that drop), no ack will come: look again now.
+        waiting = False
         for logger in [*self.by_path.values(), *self.held]:
-            logger.want_room()
+            if not logger.drop_when_full and not logger.queue.idle():
+                logger.want_room()
+                waiting = True
+        if not waiting:
+            self.loop.call_soon(self._on_room)
 
     # -- control ----------------------------------------------------------------
     def rotate(self) -> None:

@@ -188,7 +188,7 @@ class Builder:
             raise BadValue(f"unknown logformat '{logformat}'")
         self._require_acls(acls)
         for option, why in _UNAPPLIED_LOG_OPTIONS.items():
-            if option in log.options:
+            if option in log.options and log.options[option] != "drop":
                 self._warnings.append(ConfigProblem.at(
                     log.where, f"access_log: {option}={log.options[option]} is not applied: "
                                f"{why}"))
@@ -231,8 +231,9 @@ class Builder:
 
 MAX_ACCESS_LOG_FILES = 256  # labsquid.access_logs.MAX_FILES
 _UNAPPLIED_LOG_OPTIONS = {
-    "on-error": "labsquid neither exits nor drops lines when a file cannot be written; "
-                "it keeps them and retries every second",
+    "on-error": "labsquid does not exit when a file cannot be written; it keeps the "
+                "lines and retries every second (on-error=drop drops them instead "
+                "once the file's queue is full)",
     "buffer-size": "lines wait in the kid's queue, whose bound is logfile_queue_size",
 }
 
