@@ -60,3 +60,13 @@ def test_custom_format_with_a_request_header(tmp_path, origin):
                             "User-Agent: custom-agent/2\r\n",
                             logformat="logformat agents %rm %ru %{User-Agent}>h\n")
     assert line == f"GET {url} custom-agent/2", line
+
+
+def test_a_non_ascii_header_is_logged_as_the_bytes_received(tmp_path, origin):
+    """squid prints the bytes it got: 'café' in UTF-8 is c3 a9, escaped to
+    %C3%A9 unquoted and kept as is inside quotes; decoded as Latin-1 it was
+    logged twice encoded (c3 83 c2 a9)."""
+    url, line = logged_line(tmp_path, origin, "agents", "/id/utf8",
+                            "User-Agent: caf\u00e9/1\r\n",  # sent as UTF-8
+                            logformat='logformat agents %ru %{User-Agent}>h "%{User-Agent}>h"\n')
+    assert line == f'{url} caf%C3%A9/1 "caf\u00e9/1"', line

@@ -63,4 +63,7 @@ def _header(req: Request | None, name: bytes) -> str | None:
     if req is None:
         return None
     value = req.headers.get(name)
-    return value.decode("latin-1") if value is not None else None
+    # The encoders print a value's UTF-8 bytes (accesslog._escape), so text
+    # that came as UTF-8 is logged as the bytes received; other bytes are
+    # not text, and print as U+FFFD's.
+    return value.decode("utf-8", "replace") if value is not None else None
