@@ -23,16 +23,21 @@ def origin():
     yield from module_origin()
 
 
+def with_logs(ls: Labsquid, access_logs: str, extra: str = "") -> str:
+    """The instance's config with ``access_logs`` (lines; {logs} is the logs
+    folder) instead of its one default access_log line."""
+    lines = access_logs.format(logs=ls.access_log.parent)
+    return ls.config_text(extra=extra + lines).replace(
+        f"access_log daemon:{ls.access_log} squid\n", "")
+
+
 def filtered_config(ls: Labsquid) -> str:
-    logs = ls.access_log.parent
-    text = ls.config_text(extra=(
-        "acl health urlpath_regex ^/id/health\n"
-        "acl post method POST\n"
-        "access_log none health\n"
-        f"access_log daemon:{logs / 'a.log'} squid\n"
-        f"access_log daemon:{logs / 'b.log'} squid post\n"
-        f"access_log stdio:{logs / 'c.log'} common !post\n"))
-    return text.replace(f"access_log daemon:{ls.access_log} squid\n", "")
+    return with_logs(ls, "acl health urlpath_regex ^/id/health\n"
+                         "acl post method POST\n"
+                         "access_log none health\n"
+                         "access_log daemon:{logs}/a.log squid\n"
+                         "access_log daemon:{logs}/b.log squid post\n"
+                         "access_log stdio:{logs}/c.log common !post\n")
 
 
 def request(ls: Labsquid, method: str, url: str) -> None:
@@ -46,6 +51,13 @@ def request(ls: Labsquid, method: str, url: str) -> None:
 def lines_of(ls: Labsquid, name: str) -> list[str]:
     path = ls.access_log.parent / name
     return path.read_text().splitlines() if path.exists() else []
+
+
+def request_logged(ls: Labsquid, url: str, *names: str) -> None:
+    """A GET of ``url``, once its line is in each of the files ``names``."""
+    request(ls, "GET", url)
+    for name in names:
+        wait_lines(ls, name, url)
 
 
 def logfile_daemons(ls: Labsquid) -> dict[int, str]:
@@ -92,23 +104,18 @@ def test_each_file_gets_the_lines_its_acls_choose(tmp_path, origin, dispatch):
 def test_rotation_renames_each_file_once_and_a_reload_adds_a_file(tmp_path, origin):
     ls = Labsquid(tmp_path, dispatch="notify")
     logs = ls.access_log.parent
-    first = ls.config_text().replace(
-        f"access_log daemon:{ls.access_log} squid\n",
-        f"access_log daemon:{logs / 'a.log'} squid\naccess_log daemon:{logs / 'b.log'} squid\n")
+    first = with_logs(ls, "access_log daemon:{logs}/a.log squid\n"
+                          "access_log daemon:{logs}/b.log squid\n")
     ls.write_config(text=first)
     ls.start()
     try:
         before = origin.url("/id/before-rotate")
-        request(ls, "GET", before)
-        wait_lines(ls, "a.log", before)
-        wait_lines(ls, "b.log", before)
+        request_logged(ls, before, "a.log", "b.log")
         assert ls.run("-k", "rotate").returncode == 0
         wait_for(lambda: (logs / "a.log.0").exists() and (logs / "b.log.0").exists(),
                  timeout=10, what="both files rotated")
         after = origin.url("/id/after-rotate")
-        request(ls, "GET", after)
-        wait_lines(ls, "a.log", after)
-        wait_lines(ls, "b.log", after)
+        request_logged(ls, after, "a.log", "b.log")
         for name in ("a.log", "b.log"):
             assert [x.split()[6] for x in (logs / f"{name}.0").read_text().splitlines()] == \
                 [before]
@@ -139,11 +146,9 @@ def test_twelve_files_each_get_their_line(tmp_path, origin):
     """A pool child names each file by its index on the pipe to the kid; no
     index may read as a line break (the eleventh file's once did)."""
     ls = Labsquid(tmp_path, dispatch="notify")
-    logs = ls.access_log.parent
     names = [f"f{i}.log" for i in range(12)]
-    ls.write_config(text=ls.config_text().replace(
-        f"access_log daemon:{ls.access_log} squid\n",
-        "".join(f"access_log daemon:{logs / name} squid\n" for name in names)))
+    ls.write_config(text=with_logs(ls, "".join(f"access_log daemon:{{logs}}/{name} squid\n"
+                                               for name in names)))
     ls.start()
     try:
         urls = [origin.url(f"/id/twelve-{n}") for n in range(3)]
@@ -165,7 +170,7 @@ def test_a_request_in_flight_over_a_reload_is_logged_by_the_files_it_started_wit
     b.log's daemon exits when that child is gone."""
     ls = Labsquid(tmp_path, dispatch="notify")
     logs = ls.access_log.parent
-    base = ls.config_text().replace(f"access_log daemon:{ls.access_log} squid\n", "")
+    base = with_logs(ls, "")
     ls.write_config(text=base + f"access_log daemon:{logs / 'a.log'} squid\n"
                                 f"access_log daemon:{logs / 'b.log'} common\n")
     ls.start()
@@ -184,9 +189,7 @@ def test_a_request_in_flight_over_a_reload_is_logged_by_the_files_it_started_wit
         wait_lines(ls, "a.log", slow)
         wait_lines(ls, "b.log", slow)
         after = origin.url("/id/after-the-reload")
-        request(ls, "GET", after)
-        wait_lines(ls, "c.log", after)
-        wait_lines(ls, "a.log", after)
+        request_logged(ls, after, "c.log", "a.log")
         a, b, c = (lines_of(ls, name) for name in ("a.log", "b.log", "c.log"))
         assert [x.split()[6] for x in a] == [slow, after]  # squid's format, both
         assert len(b) == 1 and f'"GET {slow} HTTP/1.1" 200' in b[0]  # common, in b.log
@@ -201,12 +204,9 @@ def test_a_dst_acl_on_access_log_sees_the_addresses_a_name_had(tmp_path, origin)
     """squid's rule: the addresses known for the host, and none at all when
     it did not resolve (then dst does not match and !dst does)."""
     ls = Labsquid(tmp_path, dispatch="notify")
-    logs = ls.access_log.parent
-    ls.write_config(text=ls.config_text(extra=(
-        "acl inside dst 127.0.0.0/8\n"
-        f"access_log daemon:{logs / 'in.log'} squid inside\n"
-        f"access_log daemon:{logs / 'out.log'} squid !inside\n")).replace(
-        f"access_log daemon:{ls.access_log} squid\n", ""))
+    ls.write_config(text=with_logs(ls, "acl inside dst 127.0.0.0/8\n"
+                                       "access_log daemon:{logs}/in.log squid inside\n"
+                                       "access_log daemon:{logs}/out.log squid !inside\n"))
     ls.start()
     try:
         by_name = f"http://localhost:{origin.port}/id/by-name"  # /etc/hosts: 127.0.0.1
@@ -228,22 +228,16 @@ def test_rotate_option_is_each_files_own(tmp_path, origin):
     rotate (squid's meaning); the other keeps logfile_rotate's copies."""
     ls = Labsquid(tmp_path, dispatch="serial")
     logs = ls.access_log.parent
-    ls.write_config(text=ls.config_text().replace(
-        f"access_log daemon:{ls.access_log} squid\n",
-        f"access_log daemon:{logs / 'a.log'} squid rotate=0\n"
-        f"access_log daemon:{logs / 'b.log'} squid\n"))
+    ls.write_config(text=with_logs(ls, "access_log daemon:{logs}/a.log squid rotate=0\n"
+                                       "access_log daemon:{logs}/b.log squid\n"))
     ls.start()
     try:
         first = origin.url("/id/before")
-        request(ls, "GET", first)
-        wait_lines(ls, "a.log", first)
-        wait_lines(ls, "b.log", first)
+        request_logged(ls, first, "a.log", "b.log")
         assert ls.run("-k", "rotate").returncode == 0
         wait_for(lambda: (logs / "b.log.0").exists(), timeout=10, what="b.log rotated")
         second = origin.url("/id/after")
-        request(ls, "GET", second)
-        wait_lines(ls, "a.log", second)
-        wait_lines(ls, "b.log", second)
+        request_logged(ls, second, "a.log", "b.log")
         assert [x.split()[6] for x in lines_of(ls, "a.log")] == [first, second]
         assert not list(logs.glob("a.log.*"))
     finally:
@@ -256,11 +250,9 @@ def test_a_wedged_file_with_on_error_drop_holds_nothing_back(tmp_path, origin, d
     ``on-error=drop`` its new lines are dropped and said so, while every
     client is answered and a.log gets every line."""
     ls = Labsquid(tmp_path, dispatch=dispatch)
-    logs = ls.access_log.parent
-    ls.write_config(text=ls.config_text(extra="logfile_queue_size 70 KB\n").replace(
-        f"access_log daemon:{ls.access_log} squid\n",
-        f"access_log daemon:{logs / 'a.log'} squid\n"
-        f"access_log daemon:{logs / 'b.log'} squid on-error=drop\n"))
+    ls.write_config(text=with_logs(ls, "access_log daemon:{logs}/a.log squid\n"
+                                       "access_log daemon:{logs}/b.log squid on-error=drop\n",
+                                   extra="logfile_queue_size 70 KB\n"))
     ls.start()
     pad = "x" * 30000  # two lines fill b.log's queue, ~35 a child's pipe
     urls = [f"http://127.0.0.1:9/{i:03d}/{pad}" for i in range(120)]  # port 9: a quick 403
