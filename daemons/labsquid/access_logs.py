@@ -133,10 +133,9 @@ class AccessLogs:
             logger.on_idle = lambda lg=logger: self._forget(lg)
             self.retired.append(logger)
             logger.close()
+            # A daemon that cannot write the old file (its disk gone, say) is
+            # replaced while lines wait; give up on them after the exit's limit.
             self.loop.call_later(CLOSE_LIMIT, lambda lg=logger: self._retired_timeout(lg))
-        # A daemon that cannot write the old file (its disk gone, say) is
-        # replaced while lines wait; give up on them after the exit's limit.
-        self.loop.call_later(CLOSE_LIMIT, lambda: self._retired_timeout(logger))
 
     def _forget(self, logger: AccessLogger) -> None:
         if logger in self.retired:
