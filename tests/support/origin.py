@@ -281,6 +281,18 @@ class RawClient:
         return resp
 
 
+def close_listener(sock: socket.socket) -> None:
+    """Stop listening for real.  A bare close() while a thread waits in
+    accept() leaves the socket listening (the waiting call holds it) and
+    accepting, so a later test could reach a server that is gone;
+    shutdown() wakes the waiter and unlistens first."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 def raw_exchange(port: int, data: bytes, method: str = "GET",
                  timeout: float = 5.0) -> RawResponse:
     """Send raw bytes, read one response."""
@@ -320,7 +332,7 @@ class TcpServer:
         raise NotImplementedError
 
     def close(self) -> None:
-        self.sock.close()
+        close_listener(self.sock)
 
     def __enter__(self):  # noqa: ANN204 - the subclass
         return self

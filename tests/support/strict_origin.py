@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import h11
 
+from support.origin import close_listener
+
 # h11 refuses heads over 16 KiB by default; the proxy legitimately forwards
 # heads up to its request_header_max_size, so allow much more than that here.
 MAX_EVENT_SIZE = 1024 * 1024
@@ -86,10 +88,7 @@ class StrictOrigin:
 
     def close(self) -> None:
         self._closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        close_listener(self.sock)
         with self.lock:
             conns = list(self._open)
         for conn in conns:
