@@ -202,7 +202,7 @@ class Builder:
         for directive in DIRECTIVES.values():
             values[attribute_name(directive.name)] = self._final_value(directive)
         files = [log for log in values["access_log"] if log.module != "none"]
-        if len(files) > MAX_ACCESS_LOG_FILES:  # a byte names each on a child's pipe
+        if len(files) > MAX_ACCESS_LOG_FILES:  # two hex digits name each on a child's pipe
             extra = files[MAX_ACCESS_LOG_FILES]
             self._problem(extra.where, f"labsquid writes at most {MAX_ACCESS_LOG_FILES} "
                                        "access_log files")
