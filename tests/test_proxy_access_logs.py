@@ -61,9 +61,17 @@ def request_logged(ls: Labsquid, url: str, *names: str) -> None:
 
 
 def logfile_daemons(ls: Labsquid) -> dict[int, str]:
-    """pid -> the file each of the kid's logfile daemons writes (from its title)."""
-    titles = {p.pid: " ".join(p.cmdline()).split() for p in ls.kid().children()}
-    return {pid: words[1] for pid, words in titles.items() if words[0] == "(logfile-daemon)"}
+    """pid -> the file each of the kid's logfile daemons writes (from its title).
+    A child just forked (no title yet) or just gone (no command line) is skipped."""
+    found = {}
+    for child in ls.kid().children():
+        try:
+            words = " ".join(child.cmdline()).split()
+        except psutil.Error:
+            continue
+        if len(words) >= 2 and words[0] == "(logfile-daemon)":
+            found[child.pid] = words[1]
+    return found
 
 
 def wait_lines(ls: Labsquid, name: str, needle: str, count: int = 1) -> list[str]:
