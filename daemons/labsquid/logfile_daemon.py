@@ -49,6 +49,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from labsquid.logfile import (
+    MAX_ROTATE,
     Acked,
     LineRun,
     Message,
@@ -70,7 +71,6 @@ FLUSH_INTERVAL = 1.0  # ... or once the oldest held line is this old
 RETRY_INTERVAL = 1.0
 EOF_GRACE = 10.0
 DEFAULT_ROTATE = 10  # squid's logfile_rotate default
-MAX_ROTATE = 9999  # larger is a typo, and would mean that many rename() calls
 
 
 def _readable(fd: int) -> bool:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from labsquid.logfile import MAX_ROTATE
+
 from ._access import parse_acl, parse_acl_list, parse_http_access
 from ._lexer import Line
 from ._model import AccessLog, HttpPort
@@ -167,7 +169,6 @@ def _http_port(line: Line) -> HttpPort:
 
 
 _ACCESS_LOG_OPTIONS = ("logformat", "buffer-size", "on-error", "rotate")
-MAX_ROTATE = 9999  # as the logfile daemon takes it (logfile_daemon.MAX_ROTATE)
 
 
 def _access_log(line: Line) -> AccessLog:

@@ -41,6 +41,9 @@ from typing import NamedTuple
 MAX_RECORD = 65536
 #: Longest daemon -> kid message; three decimal numbers fit easily.
 MAX_MESSAGE = 64
+#: Largest rotate count ("r") the daemon takes: more is a typo, and would
+#: mean that many rename() calls on each rotation.
+MAX_ROTATE = 9999
 
 #: Letters the daemon acts on.  Everything else is ignored (and counted).
 COMMANDS = frozenset("RTOFrb")
