@@ -35,7 +35,6 @@ from labsquid.eventloop import EventLoop
 log = structlog.get_logger()
 
 TAG = b"\x00"  # then the file's index in two hex digits; no rendered line has a NUL
-MAX_FILES = 256
 CLOSE_LIMIT = 10.0  # seconds a retired logger may take to write what it holds
 
 
@@ -59,7 +58,8 @@ def file_options(config: Config) -> dict[str, tuple[int, bool]]:
 
 
 def tagged(line: bytes, index: int) -> bytes:
-    """A line for file ``index`` on a pool child's pipe."""
+    """A line for file ``index`` on a pool child's pipe (two hex digits: the
+    config allows no more files, ``MAX_ACCESS_LOG_FILES``)."""
     return line if index == 0 else b"%b%02x%b" % (TAG, index, line)
 
 

@@ -229,7 +229,7 @@ class Builder:
         return dict(self._maps.get(directive.name, {}))
 
 
-MAX_ACCESS_LOG_FILES = 256  # labsquid.access_logs.MAX_FILES
+MAX_ACCESS_LOG_FILES = 256  # what two hex digits can name (labsquid.access_logs.tagged)
 _UNAPPLIED_LOG_OPTIONS = {
     "on-error": "labsquid does not exit when a file cannot be written; it keeps the "
                 "lines and retries every second (on-error=drop drops them instead "
