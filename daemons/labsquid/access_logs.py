@@ -161,7 +161,9 @@ class AccessLogs:
         if not ids:
             return
         by_id = self._by_id
-        if TAG not in chunk:
+        # One file (the usual config): no line is tagged, and a collection
+        # (~100 KB at low concurrency) is not scanned for tags either.
+        if len(ids) == 1 or TAG not in chunk:
             first = by_id.get(ids[0])
             if first is not None:
                 first.write_lines(chunk)
