@@ -60,7 +60,7 @@ from support.exhaust import (
     serving,
     tmpfs,
 )
-from support.origin import fetch, parse_squid_line, proxy_conn
+from support.origin import concurrent_fetches, fetch, manager_page, parse_squid_line, proxy_conn
 from support.proof import record
 from support.service import Labsquid, wait_for
 
@@ -651,6 +651,32 @@ def test_client_idle_pconn_timeout_closes_an_idle_keepalive_connection(make_labs
     assert statuses == [200, 200], statuses
     assert ending == b"", f"expected the proxy to close the idle connection, got {ending!r}"
     assert IDLE_TIMEOUT * 0.9 <= closed_after < IDLE_TIMEOUT + 1.5, closed_after
+
+
+def test_idle_upstream_connections_are_not_kept_when_descriptors_run_short(tmp_path, origin):
+    """squid's ``fdUsageHigh``: a finished upstream connection is kept for reuse
+    only while more than twice the reserve (a quarter of the limit, at most 100)
+    is free.  At 128 descriptors and 40 open clients, at most 128 - 64 - 40 can
+    be idle; everything is still answered, and the next request still served."""
+    nofile, clients = 128, 40
+    ls = LimitedLabsquid(tmp_path, nofile=nofile, dispatch="serial")
+    ls.start()
+    try:
+        before = len(origin.peers)
+        statuses = concurrent_fetches(ls.port, [origin.url("/slow/1")] * clients)
+        opened = len(set(origin.peers[before:]))
+        idle = int(manager_page(ls.port, "info")["Idle upstream connections (this process)"])
+        after = _get(ls.port, origin.url("/id/after"))
+    finally:
+        _kill(ls)
+    record(area="fault", case="idle upstream connections when descriptors run short",
+           tried=clients, lost=clients - statuses.count(200), unit="requests not answered",
+           detail=f"RLIMIT_NOFILE {nofile}, {clients} concurrent clients: "
+                  f"{opened} upstream connections, {idle} kept idle")
+    assert statuses == [200] * clients, statuses
+    assert opened == clients, "the clients did not run concurrently"
+    assert idle <= nofile - 2 * (nofile // 4) - clients, idle
+    assert after == 200, after
 
 
 def test_max_filedescriptors_raises_the_open_file_limit(tmp_path):

@@ -9,7 +9,15 @@ import subprocess
 
 import pytest
 
-from support.origin import RawClient, fetch, module_labsquid, module_origin, proxy_conn
+from support.origin import (
+    RawClient,
+    concurrent_fetches,
+    fetch,
+    manager_page,
+    module_labsquid,
+    module_origin,
+    proxy_conn,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +137,27 @@ def test_keep_alive_reuses_client_and_upstream_connections(labsquid, origin):
     peers = origin.peers[before:]
     assert len(peers) == 6
     assert len(set(peers)) == 1, f"upstream connections: {peers}"
+
+
+def test_every_idle_upstream_connection_is_kept_for_reuse(make_labsquid, origin):
+    """As squid, the pool keeps as many idle connections to one origin as the
+    traffic left (while descriptors are plentiful): a second burst of as many
+    concurrent requests reuses them all and opens none."""
+    ls = make_labsquid().start()
+    idle = "Idle upstream connections (this process)"
+    burst = 80  # more than the 64 per origin labsquid used to keep
+    before = len(origin.peers)
+    assert concurrent_fetches(ls.port, [origin.url("/slow/1")] * burst) == [200] * burst
+    first = set(origin.peers[before:])
+    assert len(first) == burst, "the burst did not run concurrently"
+    assert int(manager_page(ls.port, "info")[idle]) == burst
+
+    before = len(origin.peers)
+    assert concurrent_fetches(ls.port, [origin.url("/slow/1")] * burst) == [200] * burst
+    second = origin.peers[before:]
+    assert len(second) == burst
+    assert set(second) <= first, f"{len(set(second) - first)} new upstream connections"
+    assert int(manager_page(ls.port, "info")[idle]) == burst
 
 
 def test_pipelined_requests_answered_in_order(labsquid, origin):

@@ -162,6 +162,10 @@ class EventLoop:
     def watching(self, fd: int) -> bool:
         return fd in self._callbacks
 
+    def watched_count(self) -> int:
+        """How many descriptors the loop watches."""
+        return len(self._callbacks)
+
     # -- timers -------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
         timer = Timer(time.monotonic() + delay, callback, self)

@@ -116,6 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class OriginServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the proxy may open a hundred connections at once
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -167,6 +168,31 @@ def fetch(port: int, method: str, url: str, body: bytes | None = None,
         return resp, resp.read()
     finally:
         conn.close()
+
+
+def concurrent_fetches(port: int, urls: list[str], timeout: float = 20.0) -> list[int]:
+    """GET every URL through the proxy at once, each on its own connection;
+    every connection stays open until all responses are in.  The statuses."""
+    statuses: list[int] = [0] * len(urls)
+    all_answered = threading.Barrier(len(urls), timeout=timeout)
+
+    def one(i: int) -> None:
+        conn = proxy_conn(port, timeout=timeout)
+        try:
+            conn.request("GET", urls[i])
+            resp = conn.getresponse()
+            resp.read()
+            statuses[i] = resp.status
+            all_answered.wait()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(urls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 5)
+    return statuses
 
 
 def manager_page(port: int, action: str) -> dict[str, str]:
