@@ -440,17 +440,16 @@ def _first_method(data: bytes) -> str:
     return data.lstrip(b"\r\n").split(b" ", 1)[0].decode("latin-1")
 
 
-# RFC 9112's request-line, as strictly as the proxy reads it (tchar method,
-# visible-ASCII target, HTTP/1.0 or 1.1), written out here on its own.
-_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) [\x21-\x7e]+ HTTP/1\.[01]\r\n")
+# A method token as squid reads it (at most 32 characters), after the empty
+# lines a request may start with.  Written out here on its own.
+_METHOD = re.compile(rb"(?:\r\n)*([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32})")
 
 
 def _parsed_method(data: bytes) -> str:
-    """The method a refused head's log line names: its own when its request
-    line is well formed (and within the head limit), else NONE."""
-    head = data.lstrip(b"\r\n")
-    m = _REQUEST_LINE.match(head)
-    return m.group(1).decode("latin-1") if m and m.end() <= HEAD_LIMIT else "NONE"
+    """The method a refused head's log line names, as squid 5.7's: the token
+    its request line starts with, NONE when it starts with none."""
+    m = _METHOD.match(data)
+    return m.group(1).decode("latin-1") if m else "NONE"
 
 
 def _assert_alive(proxy) -> None:

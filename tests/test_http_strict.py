@@ -32,6 +32,7 @@ BAD = [
     (b"SSH-2.0-OpenSSH_9.2\r\n", 400, ERR_PROTOCOL_UNKNOWN),
     # -- request line
     (b"G(T / HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_PROTOCOL_UNKNOWN),
+    (b"A" * 33 + b" / HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_PROTOCOL_UNKNOWN),  # squid: 32 at most
     (b"GET  / HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),
     (b" GET / HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),
     (b"GET / HTTP/1.1 \r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),
@@ -41,10 +42,10 @@ BAD = [
     (b"GET / HTTP/0.9\r\n" + H + b"\r\n", 505, ERR_UNSUP_HTTPVERSION),
     (b"GET / HTTP/1.2\r\n" + H + b"\r\n", 505, ERR_UNSUP_HTTPVERSION),
     (b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
-    (b"GET /a\x01b HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
-    (b"GET /a\x7fb HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET /a\x01b HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),  # squid: not a URI byte
+    (b"GET /a\x7fb HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),  # squid: not a URI byte
     (b"GET /\xc3\xa9 HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
-    (b"GET /a\tb HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
+    (b"GET /a\tb HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),  # squid: not a URI byte
     (b"GET example.com/ HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
     (b"GET * HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
     (b"CONNECT example.com HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
@@ -322,13 +323,26 @@ def test_the_chunk_line_limit_does_not_depend_on_where_the_crlf_was_cut() -> Non
     (b"POST http://h/ HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n", (b"POST", b"http://h/")),
     (b"GET http://h/ HTTP/1.1\r\n\r\n", (b"GET", b"http://h/")),  # no Host
     (b"GET http://h/ HTTP/1.1\r\nHost: h\r\nX: " + b"y" * 2000 + b"\r\n\r\n", (b"GET", b"http://h/")),
-    (b"hello\r\n\r\n", None),
     (b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\nBad Header: x\r\n\r\n",
      (b"GET", b"/second")),  # the refused head's own line, not the one before
+    # The request line did not parse: the method it starts with, no target.
+    (b"hello\r\n\r\n", (b"hello", None)),
+    (b"hello world\r\n\r\n", (b"hello", None)),
+    (b"GET http://h/" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n", (b"GET", None)),  # 414
+    (b"GET http://h/a\x01b HTTP/1.1\r\nHost: h\r\n\r\n", (b"GET", None)),
+    (b"A" * 40 + b" http://h/ HTTP/1.1\r\n\r\n", (b"A" * 32, None)),  # squid's 32 at most
+    (b"\x16\x03\x01\x00\x05hello\r\n\r\n", (b"", None)),  # no method: NONE
+    (b"get http://h/a\x01b HTTP/1.1\r\n\r\n", (b"get", None)),  # as sent (RFC 9110 §9.1)
+    # A version labsquid does not speak: method and target.
+    (b"GET http://h/x HTTP/2.0\r\nHost: h\r\n\r\n", (b"GET", b"http://h/x")),
+    (b"GET http://h/x HTTP/x.y\r\n\r\n", (b"GET", b"http://h/x")),
 ])
 def test_a_refused_head_names_its_request_line_once_that_parsed(head, request_line) -> None:
-    """What squid's access.log line shows for it (checked against squid 5.7)."""
+    """What squid's access.log line shows for it (checked against squid 5.7):
+    the method and target once the request line parsed, else the method the
+    line starts with (``hello`` for telnet's) and squid's ``error:`` URL."""
     for chunks in ([head], bytewise(head)):
         with pytest.raises(ProtocolError) as info:
             pump(chunks, max_header_size=1024)
         assert info.value.request_line == request_line
+

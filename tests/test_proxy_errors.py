@@ -71,7 +71,8 @@ def test_telnet_hello_is_protocol_unknown(labsquid):
         assert resp.header("X-Squid-Error") == "ERR_PROTOCOL_UNKNOWN 0"
         assert c.closed_by_peer(), "the connection closes after an unparseable request"
     line = last_line(labsquid, "error:invalid-request")
-    assert (line["tag"], line["status"], line["method"]) == ("NONE_NONE", "400", "NONE")
+    # squid 5.7 logs the word the line starts with as the method: "hello".
+    assert (line["tag"], line["status"], line["method"]) == ("NONE_NONE", "400", "hello")
     assert int(line["size"]) == len(resp.raw_head) + len(resp.body)
 
 
@@ -147,6 +148,29 @@ def test_a_head_refused_after_its_request_line_logs_method_and_url(labsquid, ori
     line = last_line(labsquid, f" {url} ")
     assert (line["tag"], line["status"], line["method"], line["hier"]) == \
         ("NONE_NONE", "400", "GET", "HIER_NONE")
+
+
+@pytest.mark.parametrize("request_line, status, code, method, url", [
+    # Each as squid 5.7 logs it (observed here): the method it read, and the
+    # URL once the line parsed.
+    ("GET {url} HTTP/2.0", 505, "ERR_UNSUP_HTTPVERSION", "GET", "{url}"),
+    ("GET {url}\x01 HTTP/1.1", 400, "ERR_INVALID_REQ", "GET", "error:invalid-request"),
+    ("GET {url}" + "a" * 3000 + " HTTP/1.1", 414, "ERR_TOO_BIG", "GET", "error:request-too-large"),
+    ("hello world", 400, "ERR_PROTOCOL_UNKNOWN", "hello", "error:invalid-request"),
+    ("B" * 40 + " {url} HTTP/1.1", 400, "ERR_PROTOCOL_UNKNOWN", "B" * 32, "error:invalid-request"),
+])
+def test_a_refused_request_line_logs_the_method_squid_reads(labsquid, origin, request_line,
+                                                             status, code, method, url):
+    target = origin.url("/id/refused-line")
+    head = request_line.format(url=target) + "\r\nHost: h\r\n\r\n"
+    before = len(labsquid.access_lines())
+    resp = raw_exchange(labsquid.port, head.encode("latin-1"))
+    assert_error_page(resp, status, code)
+    new = wait_for(lambda: labsquid.access_lines()[before:], timeout=5, what="its line")
+    assert len(new) == 1, new
+    line = parse_squid_line(new[0])
+    assert (line["tag"], line["status"]) == ("NONE_NONE", str(status))
+    assert (line["method"], line["url"]) == (method, url.format(url=target))
 
 
 def test_request_body_too_big_content_length(labsquid, origin):

@@ -113,7 +113,7 @@ def test_telnet_hello_walks_the_whole_path(labsquid):
     assert fields[2] == "127.0.0.1"
     assert fields[3] == "NONE_NONE/400"
     assert int(fields[4]) == len(reply)
-    assert fields[5:] == ["NONE", "error:invalid-request", "-", "HIER_NONE/-", "text/html"]
+    assert fields[5:] == ["hello", "error:invalid-request", "-", "HIER_NONE/-", "text/html"]
 
 
 def test_reuseport_children_each_have_their_own_socket(make_labsquid):

@@ -43,9 +43,10 @@ class ProtocolError(Exception):
         self.reason = reason
         self.status = status
         self.error_code = error_code
-        # A request refused after its request line parsed: (method, target),
-        # which squid's access.log line names (the head is not a request yet).
-        self.request_line: tuple[bytes, bytes] | None = None
+        # A refused request head: (method, target) for squid's access.log line
+        # (the head is not a request yet).  The target is None when the request
+        # line did not parse, and the method empty when it does not start with one.
+        self.request_line: tuple[bytes, bytes | None] | None = None
 
     def __repr__(self) -> str:
         return f"ProtocolError({self.reason!r}, status={self.status}, {self.error_code})"

@@ -26,6 +26,10 @@ differently:
 * request-targets are VCHAR only: no spaces, no controls, no obs-text;
 * only HTTP/1.0 and HTTP/1.1 are spoken; another well-formed version is 505.
 
+A method is a token of at most 32 characters, squid's own limit.  Its case
+is kept (RFC 9110 §9.1): squid's relaxed parser forwards ``get`` as GET, which
+is such a repair.
+
 Only the error path is allowed to be slow: it re-examines the input to say
 precisely what was wrong.
 """
@@ -44,6 +48,10 @@ from ._events import (
 from ._headers import Headers
 
 _VERSIONS = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}
+# squid reads at most this many method characters; a longer one is not HTTP.
+MAX_METHOD = 32
+_CONTROLS = bytes(range(0x21)) + b"\x7f"
+_TCHAR_BYTES = frozenset(TCHAR)
 # Bytes allowed anywhere in a head, bar the CRLFs between lines.
 _HEAD_BYTES = FIELD_VALUE
 # Valid field names seen so far -> lowercased: most heads repeat the same few
@@ -99,11 +107,22 @@ def _version_error(version: bytes, line: bytes) -> ProtocolError:
     return ProtocolError(f"malformed HTTP version {version!r}")
 
 
+def logged_method(start: bytes) -> bytes:
+    """The method a refused head's log line names, as squid's does: the token
+    its start line begins with, at most ``MAX_METHOD`` characters (``hello``
+    for telnet's hello); empty when there is none."""
+    token = start[:MAX_METHOD]
+    end = 0
+    while end < len(token) and token[end] in _TCHAR_BYTES:
+        end += 1
+    return token[:end]
+
+
 def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
     """``method SP request-target SP HTTP-version`` -> (method, target, b"1.x")."""
     parts = line.split(b" ")
     method = parts[0]
-    if method.translate(None, TCHAR):
+    if method.translate(None, TCHAR) or len(method) > MAX_METHOD:
         # Same verdict as check_request_prefix: no method, no HTTP (telnet,
         # a TLS ClientHello...); squid answers ERR_PROTOCOL_UNKNOWN.
         raise ProtocolError("not an HTTP request", 400, ERR_PROTOCOL_UNKNOWN)
@@ -111,10 +130,15 @@ def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
         target, version = parts[1], parts[2]
         http_version = _VERSIONS.get(version)
         if http_version is None:
-            raise _version_error(version, line)
+            exc = _version_error(version, line)
+            if method and target and not target.translate(None, VCHAR):
+                exc.request_line = (method, target)  # squid logs both
+            raise exc
         if not method:
             raise ProtocolError("whitespace before the method")
         if not target or target.translate(None, VCHAR):
+            if len(target.translate(None, _CONTROLS)) != len(target):
+                raise ProtocolError("control character in request-target")  # as squid
             raise ProtocolError("invalid character in request-target", 400, ERR_INVALID_URL)
         return method, target, http_version
     if b" HTTP/" not in line:  # "hello", HTTP/0.9's "GET /"
@@ -133,7 +157,7 @@ def check_request_prefix(prefix: bytes) -> None:
     rather than after `max_header_size` bytes.
     """
     method = prefix.partition(b" ")[0]
-    if method.translate(None, TCHAR):
+    if method.translate(None, TCHAR) or len(method) > MAX_METHOD:
         raise ProtocolError("not an HTTP request", 400, ERR_PROTOCOL_UNKNOWN)
 
 

@@ -50,8 +50,10 @@ from ._framing import (
     response_framing,
 )
 from ._head import (
+    MAX_METHOD,
     check_request_prefix,
     check_response_prefix,
+    logged_method,
     parse_field_section,
     parse_request_line,
     parse_status_line,
@@ -254,8 +256,12 @@ class RequestReader(_Reader):
         raise ProtocolError("request header section too large", 431, ERR_TOO_BIG)
 
     def _wrap(self, exc: ProtocolError) -> ProtocolError:
-        if self._state == _HEAD and self._head_line is not None:
-            exc.request_line = self._head_line[:2]
+        # What the refused head's log line names (see ProtocolError.request_line).
+        if self._state == _HEAD and exc.request_line is None:
+            if self._head_line is not None:
+                exc.request_line = self._head_line[:2]
+            else:
+                exc.request_line = (logged_method(bytes(self._buf[:MAX_METHOD])), None)
         return exc
 
     def _next_head(self) -> Event | type[NeedData]:

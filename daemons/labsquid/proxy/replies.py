@@ -96,12 +96,16 @@ def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
 
 def reply_protocol_error(txn: Transaction, exc: ProtocolError) -> None:
     """A head refused before it became a request.  Its log line says what
-    squid's does: the method and target when the request line parsed, and
-    ``error:request-too-large`` for a head over the limit."""
+    squid's does: the method the head starts with (``hello`` for telnet's),
+    the target when the request line parsed, else ``error:invalid-request``,
+    and ``error:request-too-large`` for a head over the limit."""
     txn.log_tag = "NONE_NONE"
     if exc.request_line is not None:
         method, target = exc.request_line
-        txn.method, txn.url = method.decode("latin-1"), target.decode("latin-1")
+        if method:
+            txn.method = method.decode("latin-1")
+        if target is not None:
+            txn.url = target.decode("latin-1")
     if exc.error_code == ERR_TOO_BIG:
         txn.url = "error:request-too-large"
     reply_error(txn, exc.error_code, exc.status, detail=exc.reason)
