@@ -358,3 +358,82 @@ def test_a_request_error_closes_the_client_connection(labsquid):
         resp = c.read_response()
         assert (resp.status, resp.header("Connection")) == (400, "close")
         assert c.closed_by_peer()
+
+
+# squid 5.7's line (observed here) for a connection that ended before a whole
+# request head, from the status on: nothing was answered.
+ENDED_BEFORE_HEADERS = ["NONE_NONE/000", "0", "-", "error:transaction-end-before-headers", "-",
+                        "HIER_NONE/-", "-"]
+
+
+def _new_lines(ls, before: int) -> list[str]:
+    return wait_for(lambda: ls.access_lines()[before:], timeout=5, what="a new access.log line")
+
+
+def _lines_so_far(ls, origin, marker: str) -> int:
+    """How many lines access.log has once every earlier connection's line is
+    in: a request's own line is written after theirs (one serving process)."""
+    url = origin.url(f"/id/{marker}")
+    assert raw_exchange(ls.port, f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode()).status == 200
+    lines = wait_for(lambda: [n for n, line in enumerate(ls.access_lines()) if url in line],
+                     timeout=5, what=f"the line of {url}")
+    return lines[-1] + 1
+
+
+@pytest.mark.parametrize("sent", [b"GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: x\r\n", b"hel"],
+                         ids=["half a head", "half a line"])
+def test_a_connection_that_ends_inside_a_head_is_logged_and_not_answered(labsquid, origin, sent):
+    """squid's half_closed_clients off (the default): a client that stops
+    sending is gone, so half a head gets no 400; squid logs it all the same."""
+    before = _lines_so_far(labsquid, origin, "before-" + str(len(sent)))
+    with socket.create_connection(("127.0.0.1", labsquid.port), timeout=5) as sock:
+        sock.sendall(sent)
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(65536) == b"", "answered a client that had stopped sending"
+    new = _new_lines(labsquid, before)
+    assert len(new) == 1, new
+    assert new[0].split()[3:] == ENDED_BEFORE_HEADERS
+
+
+def test_a_connection_that_sent_nothing_is_not_logged(labsquid, origin):
+    """Where labsquid differs from squid 5.7, which logs it as above: a TCP
+    health check would write a line each time."""
+    before = _lines_so_far(labsquid, origin, "before-nothing")
+    with socket.create_connection(("127.0.0.1", labsquid.port), timeout=5) as sock:
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(65536) == b""
+    after = _lines_so_far(labsquid, origin, "after-nothing")
+    assert after == before + 1, labsquid.access_lines()[before:]  # the marker's line only
+
+
+def test_a_connection_closed_after_its_request_adds_no_line(labsquid, origin):
+    """squid logs no such line once a request was served and nothing more came."""
+    before = _lines_so_far(labsquid, origin, "before-served")
+    with RawClient(labsquid.port) as c:
+        c.send(f"GET {origin.url('/id/served')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        assert c.read_response().status == 200
+    wait_for(lambda: len(labsquid.access_lines()) > before, timeout=5, what="its line")
+    # A second connection's request marks the end of what the first one logged.
+    resp = raw_exchange(labsquid.port,
+                        f"GET {origin.url('/id/marker')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    assert resp.status == 200
+    wait_for(lambda: any("/id/marker" in line for line in labsquid.access_lines()[before:]),
+             timeout=5, what="the marker's line")
+    urls = [parse_squid_line(line)["url"] for line in labsquid.access_lines()[before:]]
+    assert urls == [origin.url("/id/served"), origin.url("/id/marker")]
+
+
+def test_half_closed_clients_on_still_answers_a_client_that_stopped_sending(make_labsquid,
+                                                                            origin):
+    """squid's half_closed_clients on: a request whose client then shut down
+    its sending side is still served."""
+    ls = make_labsquid(extra="half_closed_clients on").start()
+    request = f"GET {origin.url('/id/half-closed')} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", ls.port), timeout=5) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
+    assert reply.endswith(b"path /id/half-closed\n")

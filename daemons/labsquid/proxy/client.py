@@ -117,10 +117,19 @@ class ClientConnection:
         if not data:
             self.eof = True
             self._update()
-            if self.txn is not None and not self.ctx.config.half_closed_clients:
+            if not self.ctx.config.half_closed_clients:
                 # squid's half_closed_clients off: a client that stops sending is gone.
-                self.txn.client_aborted()
-                return
+                if self.txn is not None:
+                    self.txn.client_aborted()
+                    return
+                if self.reader.has_trailing_data():
+                    # Gone inside a head: logged as squid does, not answered.  A
+                    # connection that sent nothing is not logged, where squid
+                    # logs one that never sent a request: TCP health checks
+                    # and readiness probes would fill the log.
+                    self.txn = Transaction(self, None)
+                    self.txn.ended_before_headers()
+                    return
             self.reader.feed_eof()
         else:
             self.bytes_in += len(data)

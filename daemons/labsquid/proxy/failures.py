@@ -84,6 +84,16 @@ def client_aborted(txn: Transaction) -> None:
     txn.client.close()
 
 
+def ended_before_headers(txn: Transaction) -> None:
+    """The client closed inside a request head: nobody to answer, and no
+    request.  squid logs it all the same, as
+    ``NONE_NONE/000 0 - error:transaction-end-before-headers``."""
+    txn.log_tag = "NONE_NONE"
+    txn.method = "-"
+    txn.url = "error:transaction-end-before-headers"
+    txn.finish(False)
+
+
 def client_protocol_error(txn: Transaction, exc: ProtocolError) -> None:
     """The request body turned out malformed (bad chunking, too big...)."""
     if txn.head_sent:

@@ -94,6 +94,7 @@ class Transaction:
     _closed_before_reply = failures.closed_before_reply
     _read_timeout = failures.read_timeout
     client_aborted = failures.client_aborted
+    ended_before_headers = failures.ended_before_headers
     client_protocol_error = failures.client_protocol_error
     abort = failures.abort
     _log_to_chosen = logline.log_to_chosen
