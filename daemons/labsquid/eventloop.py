@@ -383,3 +383,8 @@ def _ignore_in_handler(signum: int, frame: object) -> None:
 
 def is_would_block(exc: OSError) -> bool:
     return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+# What accept(), socket() and pipe() fail with when the process (or the
+# system) has no descriptor, or no memory for one, to give.
+NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)

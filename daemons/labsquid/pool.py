@@ -47,7 +47,7 @@ import structlog
 
 from labsquid import process
 from labsquid.config import Config
-from labsquid.eventloop import READ, Timer
+from labsquid.eventloop import NO_DESCRIPTORS, READ, Timer
 from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, LogStream, channel_pair, log_stream_pair
 from labsquid.listeners import PortSpec, address_of, stop_listening
 from labsquid.settings import pool_size
@@ -289,7 +289,7 @@ class PoolEngine:
         epoll would report them readable in a loop) and the connections wait in
         the kernel's backlog until a child says READY or its channel drains.
         """
-        from labsquid.proxy.server import ACCEPT_BATCH, NO_DESCRIPTORS
+        from labsquid.proxy.server import ACCEPT_BATCH
 
         accepted = 0
         while accepted < ACCEPT_BATCH:  # then back to the loop: a NOFDS may be waiting

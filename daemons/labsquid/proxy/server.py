@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import structlog
 
-from labsquid.eventloop import EventLoop, Timer
+from labsquid.eventloop import NO_DESCRIPTORS, EventLoop, Timer
 from labsquid.proxy.client import ClientConnection
 from labsquid.proxy.context import ServeContext
 
@@ -44,7 +44,6 @@ log = structlog.get_logger()
 ACCEPT_BATCH = 64  # per readiness event in level-triggered modes, so one port cannot starve others
 FD_PAUSE = 0.25  # seconds without trying to accept once no descriptor is free
 # accept() errors that mean "no descriptor (or kernel memory) for a new socket".
-NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # Descriptors one more connection may need: the client's socket, its upstream,
 # a DNS query, and one spare.
 FD_HEADROOM = 4
@@ -192,6 +191,8 @@ class ProxyServer:
                 break
             except OSError as exc:
                 if exc.errno in NO_DESCRIPTORS:
+                    if self.ctx.upstreams.close_all():
+                        continue  # idle origin connections gave way to a client
                     self._out_of_fds(exc, sock)
                     break
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):

@@ -54,7 +54,9 @@ from labsquid.http import (
 from labsquid.http._readers import ResponseReader
 from labsquid.proxy import failures, forward, logline, mgr, replies
 from labsquid.proxy.replies import MGR_PREFIX_BYTES
-from labsquid.proxy.upstream import Upstream
+from labsquid.proxy.tunnel import start_tunnel
+from labsquid.proxy.tunnel import tunnel_closed as _tunnel_closed
+from labsquid.proxy.upstream import Upstream, open_upstream
 
 if TYPE_CHECKING:
     from labsquid.proxy.client import ClientConnection
@@ -97,6 +99,8 @@ class Transaction:
     ended_before_headers = failures.ended_before_headers
     client_protocol_error = failures.client_protocol_error
     abort = failures.abort
+    _start_tunnel = start_tunnel
+    tunnel_closed = _tunnel_closed
     _log_to_chosen = logline.log_to_chosen
     record = logline.record
 
@@ -253,7 +257,11 @@ class Transaction:
             return
         address = self.addresses.pop(0)
         self.peer = address
-        up = Upstream(self.ctx.loop, (self.host, self.port), address)
+        try:
+            up = open_upstream(self.ctx.upstreams, (self.host, self.port), address)
+        except OSError as exc:  # out of descriptors: a failed connect
+            self.upstream_failed(None, exc.errno or 0)
+            return
         self._attach(up)
         self._arm(self.ctx.config.connect_timeout, self._connect_timeout)
         up.connect(self.port, self)
@@ -446,21 +454,6 @@ class Transaction:
         self.finish(self.client_keep_alive and self.body_done)
 
     # -- CONNECT ------------------------------------------------------------
-    def _start_tunnel(self, up: Upstream) -> None:
-        from labsquid.proxy.tunnel import Tunnel
-
-        self.status = 200
-        self.log_tag = "TCP_TUNNEL"
-        self.upstream = None
-        self.wants_body = False
-        self.tunnel = Tunnel(self, up)
-        self.tunnel.start(b"HTTP/1.1 200 Connection established\r\n\r\n",
-                          self.client.reader.take_trailing_data())
-
-    def tunnel_closed(self, to_client: int) -> None:
-        self.reply_size = to_client
-        self.finish(False)
-
     # -- 5. finish ----------------------------------------------------------
     def finish(self, keep_alive: bool) -> None:
         if self.finished:

@@ -18,13 +18,15 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from labsquid.eventloop import ERROR, READ, WRITE, EventLoop
+from labsquid.eventloop import ERROR, NO_DESCRIPTORS, READ, WRITE, EventLoop
+from labsquid.proxy.upstream import connect_error_text
 
 if TYPE_CHECKING:
     from labsquid.proxy.transaction import Transaction
     from labsquid.proxy.upstream import Upstream
 
 PIPE_LIMIT = 256 * 1024
+PIPE_FDS = 4  # a pipe each way: what the idle-connection pool counts (upstream.py)
 CHUNK = 65536
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -90,6 +92,42 @@ class _Direction:
         os.close(self.wpipe)
 
 
+def start_tunnel(txn: Transaction, up: Upstream) -> None:
+    """The origin accepted a CONNECT: answer 200 and hand both sockets to a
+    tunnel (bound into ``Transaction``, as ``replies`` are)."""
+    try:
+        tunnel = open_tunnel(txn, up)
+    except OSError as exc:  # no descriptors for its pipes
+        txn._drop_upstream()
+        txn.reply_error("ERR_CONNECT_FAIL", 503, errno=exc.errno or 0,
+                        detail=connect_error_text(exc.errno or 0))
+        return
+    txn.status = 200
+    txn.log_tag = "TCP_TUNNEL"
+    txn.upstream = None
+    txn.wants_body = False
+    txn.tunnel = tunnel
+    tunnel.start(b"HTTP/1.1 200 Connection established\r\n\r\n",
+                 txn.client.reader.take_trailing_data())
+
+
+def tunnel_closed(txn: Transaction, to_client: int) -> None:
+    txn.reply_size = to_client
+    txn.finish(False)
+
+
+def open_tunnel(txn: Transaction, upstream: Upstream) -> Tunnel:
+    """A tunnel for ``txn``.  Out of descriptors for its pipes, the idle
+    origin connections give way and it is tried once more; then the OSError
+    is the caller's."""
+    try:
+        return Tunnel(txn, upstream)
+    except OSError as exc:
+        if exc.errno not in NO_DESCRIPTORS or not txn.ctx.upstreams.close_all():
+            raise
+    return Tunnel(txn, upstream)
+
+
 class Tunnel:
     def __init__(self, txn: Transaction, upstream: Upstream) -> None:
         self.txn = txn
@@ -99,11 +137,18 @@ class Tunnel:
         self.closed = False
         self.csock = self.client.sock
         self.usock = upstream.sock
+        # The pipes first: without descriptors for them, nothing has changed.
+        self.up = _Direction(self.csock, self.usock)
+        try:
+            self.down = _Direction(self.usock, self.csock)
+        except OSError:
+            self.up.close()
+            raise
+        self.pool = txn.ctx.upstreams
+        self.pool.unwatched_fds += PIPE_FDS
         # Both sockets now belong to the tunnel: their old owners let go.
         self.loop.remove(self.csock.fileno())
         self.loop.remove(self.usock.fileno())
-        self.up = _Direction(self.csock, self.usock)
-        self.down = _Direction(self.usock, self.csock)
         self.to_client = 0
 
     def start(self, reply: bytes, early: bytes) -> None:
@@ -161,6 +206,7 @@ class Tunnel:
         self.loop.remove(self.usock.fileno())
         self.up.close()
         self.down.close()
+        self.pool.unwatched_fds -= PIPE_FDS
         self.upstream.close()
         self.txn.tunnel = None
         self.txn.tunnel_closed(self.to_client + self.down.moved)

@@ -12,7 +12,9 @@ per origin and in all, while descriptors are plentiful (``descriptors_short``
 is squid's ``fdUsageHigh``).  A fixed cap per origin below the number of
 concurrent clients makes every request past it open a new connection and close
 another: at 200 keep-alive clients and a cap of 64, a quarter of the requests
-paid a connect, and the worker 45% more CPU per request.
+paid a connect, and the worker 45% more CPU per request.  When the process is
+out of descriptors all the same, the idle connections give way: to a client
+being accepted, a new origin connection (``open_upstream``), a tunnel's pipes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import resource
 import socket
 from typing import TYPE_CHECKING, Protocol
 
-from labsquid.eventloop import ERROR, READ, WRITE, EventLoop, is_would_block
+from labsquid.eventloop import ERROR, NO_DESCRIPTORS, READ, WRITE, EventLoop, is_would_block
 
 if TYPE_CHECKING:
     from labsquid.http import ResponseReader
@@ -190,15 +192,20 @@ class UpstreamPool:
     def __init__(self, loop: EventLoop, idle_timeout: float = 60.0) -> None:
         self.loop = loop
         self.idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, int], list[Upstream]] = {}
+        # Per origin, in release order (a dict for O(1) forget): the newest
+        # is taken first, so the older ones reach pconn_timeout and close.
+        self._idle: dict[tuple[str, int], dict[Upstream, None]] = {}
         self.reused = 0
         self._fd_limit = 0
         self._fd_limit_read = float("-inf")  # loop.now when it was read
+        # Descriptors this process holds that its loop does not watch: the
+        # pipes of CONNECT tunnels (``labsquid.proxy.tunnel``), four each.
+        self.unwatched_fds = 0
 
     def take(self, key: tuple[str, int]) -> Upstream | None:
         conns = self._idle.get(key)
         while conns:
-            up = conns.pop()
+            up = conns.popitem()[0]
             up.idle_deadline.clear()
             up._pool = None
             if not up.closed:
@@ -213,40 +220,56 @@ class UpstreamPool:
         if self.descriptors_short():
             up.close()
             return
-        conns = self._idle.setdefault(up.key, [])
+        conns = self._idle.setdefault(up.key, {})
         up.handler = None
         up._pool = self
         up.idle_deadline.set(self.idle_timeout, up.close)
         up.loop.modify(up.fd, READ)
-        conns.append(up)
+        conns[up] = None
 
     def descriptors_short(self) -> bool:
         """squid's ``fdUsageHigh``: fewer than twice the reserve free, or fewer
         free than a quarter of those in use.  In use is what the loop watches
-        (clients, origins, the kid's socket); the few descriptors it does not
-        (stdio, the epoll set, shared memory) come out of the reserve."""
+        (clients, origins, the kid's socket) and the tunnels' pipes; the few
+        others (stdio, the epoll set, shared memory) come out of the reserve."""
         if self.loop.now - self._fd_limit_read >= FD_LIMIT_TTL:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             self._fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
             self._fd_limit_read = self.loop.now
-        in_use = self.loop.watched_count()
+        in_use = self.loop.watched_count() + self.unwatched_fds
         free = self._fd_limit - in_use
         return free < 2 * min(RESERVED_FDS, self._fd_limit // 4) or free < in_use // 4
 
     def forget(self, up: Upstream) -> None:
         conns = self._idle.get(up.key)
-        if conns and up in conns:
-            conns.remove(up)
+        if conns:
+            conns.pop(up, None)
         up._pool = None
 
-    def close_all(self) -> None:
+    def close_all(self) -> int:
+        """Close every idle connection; how many there were."""
+        closed = 0
         for conns in list(self._idle.values()):
             for up in list(conns):
                 up.close()
+                closed += 1
         self._idle.clear()
+        return closed
 
     def count(self) -> int:
         return sum(len(c) for c in self._idle.values())
+
+
+def open_upstream(pool: UpstreamPool, key: tuple[str, int], address: str) -> Upstream:
+    """A new origin connection's socket.  Out of descriptors, the idle
+    connections give way and it is tried once more; then the OSError is the
+    caller's (a connect failure)."""
+    try:
+        return Upstream(pool.loop, key, address)
+    except OSError as exc:
+        if exc.errno not in NO_DESCRIPTORS or not pool.close_all():
+            raise
+    return Upstream(pool.loop, key, address)
 
 
 def connect_error_text(err: int) -> str:
