@@ -98,9 +98,9 @@ class Case:
         """(tag, method) of the access.log line for a rejection with ``status``.
 
         By default a 403 is TCP_DENIED and anything else failed on the head:
-        NONE_NONE, with the method of its request line if that line is well
-        formed (``method``, from ``_parsed_method``) and NONE if not (squid's
-        ``error:invalid-request``; squid 5.7 logs both so, checked here).
+        NONE_NONE, with the method squid 5.7 reads in its request line
+        (``method``, from ``_parsed_method``: the token the line starts with,
+        NONE when there is none; checked against squid here).
         Otherwise the request's own method is logged unless ``log:`` names one.
         """
         if not self.log:

@@ -43,6 +43,8 @@ BAD = [
     (b"GET / HTTP/1.2\r\n" + H + b"\r\n", 505, ERR_UNSUP_HTTPVERSION),
     (b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
     (b"GET /a\x01b HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),  # squid: not a URI byte
+    (b"GET /a\x01 b HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),  # wherever it is
+    (b"GET /a\x01b HTTP/2.0\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),  # read before the version
     (b"GET /a\x7fb HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),  # squid: not a URI byte
     (b"GET /\xc3\xa9 HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_URL),
     (b"GET /a\tb HTTP/1.1\r\n" + H + b"\r\n", 400, ERR_INVALID_REQ),  # squid: not a URI byte
@@ -337,7 +339,8 @@ def test_the_chunk_line_limit_does_not_depend_on_where_the_crlf_was_cut() -> Non
     (b"GET http://h/x HTTP/2.0\r\nHost: h\r\n\r\n", (b"GET", b"http://h/x")),
     (b"GET http://h/x HTTP/x.y\r\n\r\n", (b"GET", b"http://h/x")),
 ])
-def test_a_refused_head_names_its_request_line_once_that_parsed(head, request_line) -> None:
+def test_a_refused_head_names_the_method_squid_reads_and_a_parsed_target(head,
+                                                                         request_line) -> None:
     """What squid's access.log line shows for it (checked against squid 5.7):
     the method and target once the request line parsed, else the method the
     line starts with (``hello`` for telnet's) and squid's ``error:`` URL."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +20,7 @@ from support.origin import (
     RawClient,
     close_listener,
     fetch,
+    manager_page,
     module_labsquid,
     module_origin,
     parse_squid_line,
@@ -154,6 +157,9 @@ def test_a_head_refused_after_its_request_line_logs_method_and_url(labsquid, ori
     # Each as squid 5.7 logs it (observed here): the method it read, and the
     # URL once the line parsed.
     ("GET {url} HTTP/2.0", 505, "ERR_UNSUP_HTTPVERSION", "GET", "{url}"),
+    # ... but never a password: the userinfo is left out, as from any log URL
+    ("GET http://alice:secret@h.test/x HTTP/2.0", 505, "ERR_UNSUP_HTTPVERSION", "GET",
+     "http://h.test/x"),
     ("GET {url}\x01 HTTP/1.1", 400, "ERR_INVALID_REQ", "GET", "error:invalid-request"),
     ("GET {url}" + "a" * 3000 + " HTTP/1.1", 414, "ERR_TOO_BIG", "GET", "error:request-too-large"),
     ("hello world", 400, "ERR_PROTOCOL_UNKNOWN", "hello", "error:invalid-request"),
@@ -390,6 +396,35 @@ def test_a_connection_that_ends_inside_a_head_is_logged_and_not_answered(labsqui
         sock.sendall(sent)
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(65536) == b"", "answered a client that had stopped sending"
+    new = _new_lines(labsquid, before)
+    assert len(new) == 1, new
+    assert new[0].split()[3:] == ENDED_BEFORE_HEADERS
+
+
+def test_a_connection_gone_inside_a_head_is_no_request_in_the_counters(labsquid, origin):
+    """squid counts a request only where there was one."""
+    def requests() -> int:
+        return int(manager_page(labsquid.port, "counters")["client_http.requests"])
+
+    before = _lines_so_far(labsquid, origin, "before-counters")
+    first = requests()  # counted once it is done, after its page was made
+    with socket.create_connection(("127.0.0.1", labsquid.port), timeout=5) as sock:
+        sock.sendall(b"GET http://127.0.0.1:9/x HTTP/1.1\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(65536) == b""
+    wait_for(lambda: any("transaction-end-before-headers" in line
+                         for line in labsquid.access_lines()[before:]), timeout=5, what="its line")
+    assert requests() == first + 1  # the first counters page, not the half head
+
+
+def test_a_connection_reset_inside_a_head_is_logged(labsquid, origin):
+    """The same line when the client resets the connection instead."""
+    before = _lines_so_far(labsquid, origin, "before-reset")
+    sock = socket.create_connection(("127.0.0.1", labsquid.port), timeout=5)
+    sock.sendall(b"GET http://127.0.0.1:9/x HTTP/1.1\r\nHo")
+    time.sleep(0.2)  # read before the reset, as half a head
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST
     new = _new_lines(labsquid, before)
     assert len(new) == 1, new
     assert new[0].split()[3:] == ENDED_BEFORE_HEADERS

@@ -126,6 +126,10 @@ def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
         # Same verdict as check_request_prefix: no method, no HTTP (telnet,
         # a TLS ClientHello...); squid answers ERR_PROTOCOL_UNKNOWN.
         raise ProtocolError("not an HTTP request", 400, ERR_PROTOCOL_UNKNOWN)
+    if len(line.translate(None, _CONTROLS)) + len(parts) - 1 != len(line):
+        # squid reads the line left to right: a control byte after the method
+        # ends it there, whatever follows (a version, more spaces).
+        raise ProtocolError("control character in request line")
     if len(parts) == 3:
         target, version = parts[1], parts[2]
         http_version = _VERSIONS.get(version)
@@ -137,8 +141,6 @@ def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
         if not method:
             raise ProtocolError("whitespace before the method")
         if not target or target.translate(None, VCHAR):
-            if len(target.translate(None, _CONTROLS)) != len(target):
-                raise ProtocolError("control character in request-target")  # as squid
             raise ProtocolError("invalid character in request-target", 400, ERR_INVALID_URL)
         return method, target, http_version
     if b" HTTP/" not in line:  # "hello", HTTP/0.9's "GET /"

@@ -112,6 +112,8 @@ class ClientConnection:
         except OSError as exc:
             if is_would_block(exc):
                 return
+            if self._inside_a_head():
+                self._ended_inside_a_head()  # reset: gone all the same
             self.abort("client read error")
             return
         if not data:
@@ -122,13 +124,8 @@ class ClientConnection:
                 if self.txn is not None:
                     self.txn.client_aborted()
                     return
-                if self.reader.has_trailing_data():
-                    # Gone inside a head: logged as squid does, not answered.  A
-                    # connection that sent nothing is not logged, where squid
-                    # logs one that never sent a request: TCP health checks
-                    # and readiness probes would fill the log.
-                    self.txn = Transaction(self, None)
-                    self.txn.ended_before_headers()
+                if self._inside_a_head():
+                    self._ended_inside_a_head()
                     return
             self.reader.feed_eof()
         else:
@@ -140,6 +137,19 @@ class ClientConnection:
                 self._arm(self.ctx.config.request_timeout, self._request_timeout)
             self.reader.feed(data)
         self.process()
+
+    def _inside_a_head(self) -> bool:
+        """Part of a request head came, and nothing answers it yet.  A
+        connection closing after its reply (a refused head, ``Connection:
+        close``) may hold bytes nobody will read: that is not a head."""
+        return self.txn is None and not self.closing and self.reader.has_trailing_data()
+
+    def _ended_inside_a_head(self) -> None:
+        """Logged as squid does, not answered.  A connection that sent nothing
+        is not logged, where squid logs one that never sent a request: TCP
+        health checks and readiness probes would fill the log."""
+        self.txn = Transaction(self, None)
+        self.txn.ended_before_headers()
 
     # -- requests -----------------------------------------------------------
     def process(self) -> None:

@@ -26,4 +26,4 @@ cdef class ServeContext:
     cdef public bint log_headers
     cpdef write_at_turn_end(self, client)
     cpdef end_turn_soon(self)
-    cpdef log(self, line, duration_ms, http_status)
+    cpdef log(self, line, duration_ms, http_status, bint counted=*)

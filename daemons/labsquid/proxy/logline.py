@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def log_to_chosen(txn: Transaction, duration_ms: int) -> None:
     """Count the transaction once, and log it to each file its acls choose."""
     ctx = txn.ctx
-    ctx.log(None, duration_ms, txn.status)
+    ctx.log(None, duration_ms, txn.status, txn.req is not None or txn.status != 0)
     for index in ctx.log_targets.choose(txn.access_context(_known_addresses(txn))):
         ctx.log_sink(txn._line(ctx.log_formats[index], duration_ms), index)
 

@@ -14,6 +14,7 @@ proxy could not make sense of closes it.
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING
@@ -94,6 +95,10 @@ def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
     txn.finish(keep)
 
 
+# The userinfo of an absolute URL, which no log line shows (a password).
+_USERINFO = re.compile(rb"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
 def reply_protocol_error(txn: Transaction, exc: ProtocolError) -> None:
     """A head refused before it became a request.  Its log line says what
     squid's does: the method the head starts with (``hello`` for telnet's),
@@ -105,7 +110,7 @@ def reply_protocol_error(txn: Transaction, exc: ProtocolError) -> None:
         if method:
             txn.method = method.decode("latin-1")
         if target is not None:
-            txn.url = target.decode("latin-1")
+            txn.url = _USERINFO.sub(rb"\1", target).decode("latin-1")
     if exc.error_code == ERR_TOO_BIG:
         txn.url = "error:request-too-large"
     reply_error(txn, exc.error_code, exc.status, detail=exc.reason)

@@ -473,7 +473,8 @@ class Transaction:
             self._log_to_chosen(duration_ms)
             return
         fmt = ctx.log_format
-        ctx.log(None if fmt is None else self._line(fmt, duration_ms), duration_ms, self.status)
+        ctx.log(None if fmt is None else self._line(fmt, duration_ms), duration_ms, self.status,
+                self.req is not None or self.status != 0)
 
     def _line(self, fmt: LogFormat, duration_ms: int) -> str:
         if fmt.native:  # the usual format, straight from our fields
