@@ -661,6 +661,14 @@ def test_client_idle_pconn_timeout_closes_an_idle_keepalive_connection(make_labs
     assert IDLE_TIMEOUT * 0.9 <= closed_after < IDLE_TIMEOUT + 1.5, closed_after
 
 
+IDLE = "Idle upstream connections (this process)"
+
+
+def _record_answered(case: str, statuses: list[int], detail: str) -> None:
+    record(area="fault", case=case, tried=len(statuses), lost=len(statuses) - statuses.count(200),
+           unit="requests not answered", detail=detail)
+
+
 def test_idle_upstream_connections_are_not_kept_when_descriptors_run_short(tmp_path, origin):
     """squid's ``fdUsageHigh``: a finished upstream connection is kept for reuse
     only while more than twice the reserve (a quarter of the limit, at most 100)
@@ -673,21 +681,17 @@ def test_idle_upstream_connections_are_not_kept_when_descriptors_run_short(tmp_p
         before = len(origin.peers)
         statuses = concurrent_fetches(ls.port, [origin.url("/slow/1")] * clients)
         opened = len(set(origin.peers[before:]))
-        idle = int(manager_page(ls.port, "info")["Idle upstream connections (this process)"])
+        idle = int(manager_page(ls.port, "info")[IDLE])
         after = _get(ls.port, origin.url("/id/after"))
     finally:
         _kill(ls)
-    record(area="fault", case="idle upstream connections when descriptors run short",
-           tried=clients, lost=clients - statuses.count(200), unit="requests not answered",
-           detail=f"RLIMIT_NOFILE {nofile}, {clients} concurrent clients: "
-                  f"{opened} upstream connections, {idle} kept idle")
+    _record_answered("idle upstream connections when descriptors run short", statuses,
+                     f"RLIMIT_NOFILE {nofile}, {clients} concurrent clients: "
+                     f"{opened} upstream connections, {idle} kept idle")
     assert statuses == [200] * clients, statuses
     assert opened == clients, "the clients did not run concurrently"
     assert 0 < idle <= nofile - 2 * (nofile // 4) - clients, idle
     assert after == 200, after
-
-
-IDLE = "Idle upstream connections (this process)"
 
 
 def test_idle_upstream_connections_give_way_when_descriptors_run_out(tmp_path, origin):
@@ -708,10 +712,9 @@ def test_idle_upstream_connections_give_way_when_descriptors_run_out(tmp_path, o
         idle_after = int(manager_page(ls.port, "info")[IDLE])
     finally:
         _kill(ls)
-    record(area="fault", case="idle upstream connections give way to new ones",
-           tried=clients, lost=clients - statuses.count(200), unit="requests not answered",
-           detail=f"RLIMIT_NOFILE {nofile}: {idle_before} idle to one origin, then {clients} "
-                  f"concurrent requests to another")
+    _record_answered("idle upstream connections give way to new ones", statuses,
+                     f"RLIMIT_NOFILE {nofile}: {idle_before} idle to one origin, then "
+                     f"{clients} concurrent requests to another")
     assert idle_before >= 20, idle_before  # enough to be in the way of the second burst
     assert statuses == [200] * clients, statuses
     assert idle_after < idle_before, "the idle connections did not give way"
