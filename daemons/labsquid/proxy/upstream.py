@@ -204,14 +204,18 @@ class UpstreamPool:
 
     def take(self, key: tuple[str, int]) -> Upstream | None:
         conns = self._idle.get(key)
+        up = None
         while conns:
             up = conns.popitem()[0]
             up.idle_deadline.clear()
             up._pool = None
             if not up.closed:
                 self.reused += 1
-                return up
-        return None
+                break
+            up = None
+        if conns is not None and not conns:
+            del self._idle[key]  # no entry left behind for every origin ever seen
+        return up
 
     def release(self, up: Upstream) -> None:
         if up.closed or up.out or not up.reading:
@@ -242,8 +246,10 @@ class UpstreamPool:
 
     def forget(self, up: Upstream) -> None:
         conns = self._idle.get(up.key)
-        if conns:
+        if conns is not None:
             conns.pop(up, None)
+            if not conns:
+                del self._idle[up.key]
         up._pool = None
 
     def close_all(self) -> int:
