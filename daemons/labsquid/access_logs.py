@@ -182,12 +182,15 @@ class AccessLogs:
             lines.append(b"")
             logger.write_lines(b"\n".join(lines))
 
+    def _bounding(self) -> list[AccessLogger]:
+        """The loggers whose queues bound what the kid takes in: every open
+        one but those that drop lines when full (on-error=drop)."""
+        return [lg for lg in (*self.by_path.values(), *self.held) if not lg.drop_when_full]
+
     def budget(self) -> int | None:
         """Bytes of lines that may be taken in now (the fullest queue's); None:
         no file, no bound."""
-        loggers = [*self.by_path.values(), *self.held]
-        return min((lg.line_budget() for lg in loggers if not lg.drop_when_full),
-                   default=None)
+        return min((lg.line_budget() for lg in self._bounding()), default=None)
 
     def want_room(self) -> None:
         # Every logger that bounds the budget and holds lines: the one that
@@ -196,8 +199,8 @@ class AccessLogs:
         # makes the caller look again).  When none holds any (the lines taken
         # in went to files that drop), no ack will come: look again now.
         waiting = False
-        for logger in [*self.by_path.values(), *self.held]:
-            if not logger.drop_when_full and not logger.queue.idle():
+        for logger in self._bounding():
+            if not logger.queue.idle():
                 logger.want_room()
                 waiting = True
         if not waiting:

@@ -34,7 +34,7 @@ def connect_timeout(txn: Transaction) -> None:
                         detail="(110) Connection timed out")
 
 
-def upstream_failed(txn: Transaction, up: Upstream, err: int) -> None:
+def upstream_failed(txn: Transaction, up: Upstream | None, err: int) -> None:
     txn._disarm()
     txn.upstream = None
     if txn.addresses:

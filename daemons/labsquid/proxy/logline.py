@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from labsquid.proxy.transaction import Transaction
 
 
-def log_to_chosen(txn: Transaction, duration_ms: int) -> None:
-    """Count the transaction once, and log it to each file its acls choose."""
+def log_to_chosen(txn: Transaction, duration_ms: int, counted: bool) -> None:
+    """Count the transaction once (if ``counted``), and log it to each file
+    its acls choose."""
     ctx = txn.ctx
-    ctx.log(None, duration_ms, txn.status, txn.req is not None or txn.status != 0)
+    ctx.log(None, duration_ms, txn.status, counted)
     for index in ctx.log_targets.choose(txn.access_context(_known_addresses(txn))):
         ctx.log_sink(txn._line(ctx.log_formats[index], duration_ms), index)
 

@@ -56,7 +56,7 @@ from labsquid.proxy import failures, forward, logline, mgr, replies
 from labsquid.proxy.replies import MGR_PREFIX_BYTES
 from labsquid.proxy.tunnel import start_tunnel
 from labsquid.proxy.tunnel import tunnel_closed as _tunnel_closed
-from labsquid.proxy.upstream import Upstream, open_upstream
+from labsquid.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
     from labsquid.proxy.client import ClientConnection
@@ -258,7 +258,8 @@ class Transaction:
         address = self.addresses.pop(0)
         self.peer = address
         try:
-            up = open_upstream(self.ctx.upstreams, (self.host, self.port), address)
+            up = self.ctx.upstreams.with_room(
+                lambda: Upstream(self.ctx.loop, (self.host, self.port), address))
         except OSError as exc:  # out of descriptors: a failed connect
             self.upstream_failed(None, exc.errno or 0)
             return
@@ -453,7 +454,6 @@ class Transaction:
                 up.close()
         self.finish(self.client_keep_alive and self.body_done)
 
-    # -- CONNECT ------------------------------------------------------------
     # -- 5. finish ----------------------------------------------------------
     def finish(self, keep_alive: bool) -> None:
         if self.finished:
@@ -469,12 +469,13 @@ class Transaction:
     def _log(self) -> None:
         duration_ms = int((time.time() - self.started) * 1000)
         ctx = self.ctx
+        counted = self.req is not None or self.status != 0  # squid counts only requests
         if ctx.log_targets is not None:  # access_log acls, or several files
-            self._log_to_chosen(duration_ms)
+            self._log_to_chosen(duration_ms, counted)
             return
         fmt = ctx.log_format
-        ctx.log(None if fmt is None else self._line(fmt, duration_ms), duration_ms, self.status,
-                self.req is not None or self.status != 0)
+        line = None if fmt is None else self._line(fmt, duration_ms)
+        ctx.log(line, duration_ms, self.status, counted)
 
     def _line(self, fmt: LogFormat, duration_ms: int) -> str:
         if fmt.native:  # the usual format, straight from our fields

@@ -18,7 +18,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from labsquid.eventloop import ERROR, NO_DESCRIPTORS, READ, WRITE, EventLoop
+from labsquid.eventloop import ERROR, READ, WRITE, EventLoop
 from labsquid.proxy.upstream import connect_error_text
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def start_tunnel(txn: Transaction, up: Upstream) -> None:
     """The origin accepted a CONNECT: answer 200 and hand both sockets to a
     tunnel (bound into ``Transaction``, as ``replies`` are)."""
     try:
-        tunnel = open_tunnel(txn, up)
+        tunnel = txn.ctx.upstreams.with_room(lambda: Tunnel(txn, up))
     except OSError as exc:  # no descriptors for its pipes
         txn._drop_upstream()
         txn.reply_error("ERR_CONNECT_FAIL", 503, errno=exc.errno or 0,
@@ -114,18 +114,6 @@ def start_tunnel(txn: Transaction, up: Upstream) -> None:
 def tunnel_closed(txn: Transaction, to_client: int) -> None:
     txn.reply_size = to_client
     txn.finish(False)
-
-
-def open_tunnel(txn: Transaction, upstream: Upstream) -> Tunnel:
-    """A tunnel for ``txn``.  Out of descriptors for its pipes, the idle
-    origin connections give way and it is tried once more; then the OSError
-    is the caller's."""
-    try:
-        return Tunnel(txn, upstream)
-    except OSError as exc:
-        if exc.errno not in NO_DESCRIPTORS or not txn.ctx.upstreams.close_all():
-            raise
-    return Tunnel(txn, upstream)
 
 
 class Tunnel:

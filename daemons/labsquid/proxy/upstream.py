@@ -14,7 +14,7 @@ concurrent clients makes every request past it open a new connection and close
 another: at 200 keep-alive clients and a cap of 64, a quarter of the requests
 paid a connect, and the worker 45% more CPU per request.  When the process is
 out of descriptors all the same, the idle connections give way: to a client
-being accepted, a new origin connection (``open_upstream``), a tunnel's pipes.
+being accepted, a new origin connection or a tunnel's pipes (``with_room``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Protocol
 from labsquid.eventloop import ERROR, NO_DESCRIPTORS, READ, WRITE, EventLoop, is_would_block
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
     from labsquid.http import ResponseReader
+
+    _T = TypeVar("_T")
 
 READ_SIZE = 65536
 # squid's RESERVED_FD: descriptors kept back for what must not fail.  It
@@ -265,17 +270,16 @@ class UpstreamPool:
     def count(self) -> int:
         return sum(len(c) for c in self._idle.values())
 
-
-def open_upstream(pool: UpstreamPool, key: tuple[str, int], address: str) -> Upstream:
-    """A new origin connection's socket.  Out of descriptors, the idle
-    connections give way and it is tried once more; then the OSError is the
-    caller's (a connect failure)."""
-    try:
-        return Upstream(pool.loop, key, address)
-    except OSError as exc:
-        if exc.errno not in NO_DESCRIPTORS or not pool.close_all():
-            raise
-    return Upstream(pool.loop, key, address)
+    def with_room(self, make: Callable[[], _T]) -> _T:
+        """``make()`` (it opens descriptors).  Out of descriptors, the idle
+        connections give way and it is tried once more; then the OSError is
+        the caller's."""
+        try:
+            return make()
+        except OSError as exc:
+            if exc.errno not in NO_DESCRIPTORS or not self.close_all():
+                raise
+        return make()
 
 
 def connect_error_text(err: int) -> str:
