@@ -337,8 +337,15 @@ def test_access_log_options_are_checked_and_the_unapplied_ones_said() -> None:
         "(on-error=drop drops them instead once the file's queue is full)",
         "t.conf line 1: access_log: buffer-size=64KB is not applied: lines wait in the "
         "kid's queue, whose bound is logfile_queue_size"]
+    spaced = parse_text("access_log daemon:/var/log/a.log buffer-size=1MB\n", "t.conf")
+    assert [str(w).split(": ", 2)[2] for w in spaced.warnings] == [
+        "buffer-size=1MB is not applied: lines wait in the kid's queue, whose bound is "
+        "logfile_queue_size"]
     for bad, message in [("rotate=-1", "bad rotate=-1"), ("rotate=x", "bad rotate=x"),
-                         ("on-error=retry", "on-error=retry: expected 'die' or 'drop'")]:
+                         ("on-error=retry", "on-error=retry: expected 'die' or 'drop'"),
+                         # drop is on-error's value; a buffer size is a size
+                         ("buffer-size=drop", "bad buffer-size=drop: 'drop' is not a size"),
+                         ("buffer-size=64XB", "bad buffer-size=64XB: unknown size unit 'XB'")]:
         with pytest.raises(ConfigError) as info:
             parse_text(f"access_log daemon:/var/log/a.log {bad}\n", "t.conf")
         assert str(info.value.problems[0]).startswith(f"t.conf line 1: access_log: {message}")

@@ -188,7 +188,7 @@ class Builder:
             raise BadValue(f"unknown logformat '{logformat}'")
         self._require_acls(acls)
         for option, why in _UNAPPLIED_LOG_OPTIONS.items():
-            if option in log.options and log.options[option] != "drop":
+            if option in log.options and log.options[option] != _APPLIED_LOG_OPTIONS.get(option):
                 self._warnings.append(ConfigProblem.at(
                     log.where, f"access_log: {option}={log.options[option]} is not applied: "
                                f"{why}"))
@@ -236,6 +236,8 @@ _UNAPPLIED_LOG_OPTIONS = {
                 "once the file's queue is full)",
     "buffer-size": "lines wait in the kid's queue, whose bound is logfile_queue_size",
 }
+# The one value of those options that labsquid does apply.
+_APPLIED_LOG_OPTIONS = {"on-error": "drop"}
 
 
 def _default_line(directive: Directive) -> Line:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -200,9 +201,25 @@ def _access_log(line: Line) -> AccessLog:
                 raise BadValue(f"bad rotate={value}: {err}") from None
         elif key == "on-error" and value not in ("die", "drop"):
             raise BadValue(f"on-error={value}: expected 'die' or 'drop'")
+        elif key == "buffer-size":
+            _check_buffer_size(value)
         options[key] = value
     logformat = options.pop("logformat", "")
     return AccessLog(module, path, logformat, options, parse_acl_list(rest), line.where)
+
+
+def _check_buffer_size(value: str) -> None:
+    """squid's ``buffer-size=64KB``: a size, its unit written right after it."""
+    amount = _NUMBER_THEN_UNIT.fullmatch(value)
+    try:
+        if amount is None:
+            raise BadValue(f"'{value}' is not a size")
+        parse_size([amount[1]] + ([amount[2]] if amount[2] else []))
+    except BadValue as err:
+        raise BadValue(f"bad buffer-size={value}: {err}") from None
+
+
+_NUMBER_THEN_UNIT = re.compile(r"([0-9][0-9.]*)\s*([A-Za-z]*)")
 
 
 def _split_log_place(place: str) -> tuple[str, str]:
