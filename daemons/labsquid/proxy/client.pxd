@@ -29,6 +29,10 @@ cdef class ClientConnection:
     cdef public Deadline timeout
     cdef public object _lifetime
     cdef public object on_drain
+    cpdef _arm(self, delay, callback)
+    cpdef _disarm(self)
+    cpdef _on_event(self, int mask)
+    cpdef _read(self)
     cpdef int _mask(self)
     cpdef _update(self)
     cpdef process(self)

@@ -2,6 +2,7 @@
 # compiled build (see eventloop.pxd).
 
 from labsquid.eventloop cimport EventLoop
+from labsquid.proxy.upstream cimport UpstreamPool
 
 cdef class ServeContext:
     cdef public EventLoop loop
@@ -10,7 +11,7 @@ cdef class ServeContext:
     cdef public object all_stats
     cdef public double started
     cdef public object resolver
-    cdef public object upstreams
+    cdef public UpstreamPool upstreams
     cdef public object flush_log
     cdef public list _writers
     cdef public bint _turn_end_due

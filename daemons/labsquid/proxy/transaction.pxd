@@ -40,6 +40,19 @@ cdef class Transaction:
     cdef public bint wants_body
     cdef public list pending_body
     cdef public list addresses
+    cpdef start(self)
+    cpdef authorize(self, dst)
+    cpdef access_context(self, dst)
+    cpdef bint is_manager(self)
+    cpdef resolve(self, then)
+    cpdef connect(self)
+    cpdef _attach(self, Upstream up)
+    cpdef upstream_connected(self, Upstream up)
+    cpdef request_data(self, data)
+    cpdef _send_body(self, data)
+    cpdef request_end(self)
+    cpdef _end_body(self)
+    cpdef upstream_data(self, Upstream up, data)
     cpdef _pump_response(self)
     cpdef _response_head(self, resp)
     cpdef _response_data(self, data)

@@ -59,6 +59,8 @@ from labsquid.proxy.tunnel import tunnel_closed as _tunnel_closed
 from labsquid.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from labsquid.proxy.client import ClientConnection
     from labsquid.proxy.tunnel import Tunnel
 
@@ -193,8 +195,7 @@ class Transaction:
     def authorize(self, dst: tuple | None) -> None:
         decision = self.ctx.access.check(self.access_context(dst))
         if decision.needs_dst:
-            self.resolve(lambda: self.authorize(tuple(ipaddress.ip_address(a)
-                                                      for a in self.addresses)))
+            self.resolve(self._authorize_with_addresses)
             return
         if not decision.allowed:
             self.log_tag = "TCP_DENIED"
@@ -207,26 +208,33 @@ class Transaction:
             return
         self.resolve(self.connect)
 
+    def _authorize_with_addresses(self) -> None:
+        self.authorize(tuple(ipaddress.ip_address(a) for a in self.addresses))
+
     def is_manager(self) -> bool:
         # Host *and* port must be ours (as squid checks): the same path on an
         # origin, even a local one, is that origin's business.
         return (self.path.startswith(MGR_PREFIX_BYTES) and self.port == self.client.local_port
                 and self.host in mgr.own_names(self.ctx, self.client))
 
-    def resolve(self, then) -> None:  # type: ignore[no-untyped-def]
+    def resolve(self, then: Callable[[], None]) -> None:
         if self.addresses:
             then()
             return
         assert self.ctx.resolver is not None
         known = self.ctx.resolver.cached(self.host)
-        if known:  # a literal, /etc/hosts or the cache
+        if known and self.body_framing == 0:  # a literal, /etc/hosts or the cache
             self.addresses = known
-            if self.body_framing == 0:
-                then()
-            else:
-                # Wait one turn so the body bytes already buffered get parsed:
-                # a malformed body is refused before anything goes upstream.
-                self.ctx.loop.call_soon(lambda: None if self.finished else then())
+            then()
+        else:
+            self._resolve_later(then, known)
+
+    def _resolve_later(self, then: Callable[[], None], known: list[str] | None) -> None:
+        if known:
+            self.addresses = known
+            # Wait one turn so the body bytes already buffered get parsed:
+            # a malformed body is refused before anything goes upstream.
+            self.ctx.loop.call_soon(lambda: None if self.finished else then())
             return
 
         def done(addresses: list[str] | None, error: str | None) -> None:
@@ -337,8 +345,11 @@ class Transaction:
 
     def upstream_drained(self, up: Upstream) -> None:
         if self.wants_body:
-            self.client.pause_reading(False)
-            self.client.loop.call_soon(self.client.process)
+            client = self.client
+            client.pause_reading(False)
+            # Not the bound method: compiled, Cython turns a typed cpdef method
+            # into a wrapper of its C function, built with the wrong signature.
+            client.loop.call_soon(lambda: client.process())
 
     # -- 4b. response -------------------------------------------------------
     def upstream_data(self, up: Upstream, data: bytes) -> None:

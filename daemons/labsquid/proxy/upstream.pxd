@@ -20,6 +20,22 @@ cdef class Upstream:
     cdef public object _pool
     cdef public object reader
     cpdef int _mask(self)
+    cpdef _on_event(self, int mask)
+    cpdef _read(self)
+    cpdef _write(self)
     cpdef send(self, data)
     cpdef pause_reading(self, paused)
     cpdef close(self)
+
+cdef class UpstreamPool:
+    cdef public EventLoop loop
+    cdef public double idle_timeout
+    cdef public dict _idle
+    cdef public Py_ssize_t reused
+    cdef public Py_ssize_t _fd_limit
+    cdef public double _fd_limit_read
+    cdef public Py_ssize_t unwatched_fds
+    cpdef Upstream take(self, key)
+    cpdef release(self, Upstream up)
+    cpdef bint descriptors_short(self)
+    cpdef forget(self, Upstream up)
