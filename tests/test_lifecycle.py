@@ -214,8 +214,10 @@ def test_usr1_rotates_exactly_once(make_labsquid):
     assert ls.stop() == 0
 
 
-def test_term_exits_zero_with_every_line_flushed(make_labsquid):
-    ls = make_labsquid(dispatch="notify", extra="buffered_logs on\n").start()
+@pytest.mark.parametrize("dispatch", ["notify", "serial"])
+def test_term_exits_zero_with_every_line_flushed(make_labsquid, dispatch):
+    # serial: the kid's own lines wait for the end of their loop turn.
+    ls = make_labsquid(dispatch=dispatch, extra="buffered_logs on\n").start()
     for _ in range(25):
         hello(ls.port)
     assert ls.stop() == 0

@@ -63,12 +63,41 @@ def tagged(line: bytes, index: int) -> bytes:
     return line if index == 0 else b"%b%02x%b" % (TAG, index, line)
 
 
+class LineBatch:
+    """A serving process's access-log lines of one loop turn, handed over as
+    one chunk (each line ending in a newline): one pass through the pipe or
+    the queues for them all."""
+
+    __slots__ = ("_lines", "size")
+
+    def __init__(self) -> None:
+        self._lines: list[bytes] = []
+        self.size = 0  # bytes of the chunk so far
+
+    def __bool__(self) -> bool:
+        return bool(self._lines)
+
+    def add(self, line: str | bytes, index: int) -> None:
+        data = line.encode("utf-8", "replace") if isinstance(line, str) else line
+        if index:
+            data = tagged(data, index)  # for another access_log file
+        self._lines.append(data)
+        self.size += len(data) + 1
+
+    def take(self) -> bytes:
+        lines = self._lines
+        lines.append(b"")  # every line ends in a newline
+        chunk = b"\n".join(lines)
+        lines.clear()
+        self.size = 0
+        return chunk
+
+
 class AccessLogs:
     def __init__(self, loop: EventLoop, on_room: Callable[[], None]) -> None:
         self.loop = loop
         self._on_room = on_room
         self.by_path: dict[str, AccessLogger] = {}
-        self.routes: list[AccessLogger] = []  # by file index
         self.retired: list[AccessLogger] = []  # closing: their lines drain
         self.held: list[AccessLogger] = []  # retired, but older children may log to them
         self._ids: dict[str, int] = {}  # a path's id, for the kid's lifetime
@@ -104,7 +133,6 @@ class AccessLogs:
                 logger.reconfigure(settings[path][0], config.buffered_logs,
                                    config.logfile_queue_size)
                 logger.drop_when_full = settings[path][1]
-        self.routes = [self.by_path[p] for p in paths]
         self.ids = [self._ids[p] for p in paths]
         for path, logger in self.by_path.items():
             self._by_id[self._ids[path]] = logger
@@ -150,11 +178,6 @@ class AccessLogs:
             logger.kill_now()
 
     # -- lines ------------------------------------------------------------------
-    def write_line(self, line: str | bytes, index: int = 0) -> None:
-        routes = self.routes
-        if routes:
-            routes[index if index < len(routes) else 0].write_line(line)
-
     def write_lines(self, chunk: bytes, ids: list[int]) -> None:
         """A pool child's lines, each ending in a newline, in one go; ``ids``:
         the files of the child's configuration, by index."""

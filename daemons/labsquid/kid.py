@@ -109,12 +109,10 @@ class Kid:
             figures.update(self.engine.status())
         self.control.send(Kind.STATUS, json.dumps(figures).encode())
 
-    def write_access_line(self, line: str, index: int = 0) -> None:
-        self.logs.write_line(line, index)
-
     def write_access_lines(self, chunk: bytes, ids: list[int]) -> None:
-        """A pool child's lines, each ending in a newline, in one go; ``ids``:
-        its configuration's files (``AccessLogs.ids`` when it started)."""
+        """Lines of a serving process (a pool child, or the kid's own in
+        serial mode), each ending in a newline, in one go; ``ids``: the files
+        of the configuration they were made with (``AccessLogs.ids``)."""
         self.logs.write_lines(chunk, ids)
 
     def log_budget(self) -> int | None:

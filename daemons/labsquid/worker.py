@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from labsquid import log as logsetup
-from labsquid.access_logs import tagged
+from labsquid.access_logs import LineBatch
 from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import PASSFD_IN_FLIGHT, Channel, Kind, LogStream
 from labsquid.listeners import stop_listening
@@ -55,8 +55,7 @@ class Worker:
         # Access-log lines go on a stream of their own, which the kid empties
         # on its schedule after a LOGS wake-up on the main channel.
         self.log_stream = LogStream(self.loop, log_fd)
-        self._pending_lines: list[bytes] = []
-        self._pending_size = 0
+        self._lines = LineBatch()
         self._wake_pacer = Pacer(LOG_WAKE_INTERVAL)
         self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
         self.ctx.flush_log = self._flush_lines
@@ -95,12 +94,8 @@ class Worker:
     # -- access-log lines go to the kid in batches, once per loop turn --------
     # ...and before that turn's client writes (ServeContext.write_at_turn_end).
     def log_line(self, line: str | bytes, index: int = 0) -> None:
-        data = line.encode("utf-8", "replace") if isinstance(line, str) else line
-        if index:
-            data = tagged(data, index)  # for another access_log file (access_logs)
-        self._pending_lines.append(data)
-        self._pending_size += len(data) + 1
-        if self._pending_size >= LOG_BATCH:
+        self._lines.add(line, index)
+        if self._lines.size >= LOG_BATCH:
             self._flush_lines()
         else:
             self.ctx.end_turn_soon()
@@ -109,11 +104,8 @@ class Worker:
         """Hand the batched lines to the kernel; False while some could not go
         (the kid is not emptying the log stream): the caller holds client
         writes back until ``_log_stream_emptied``."""
-        if self._pending_lines:
-            self._pending_lines.append(b"")  # every line ends in a newline
-            self.log_stream.send(b"\n".join(self._pending_lines))
-            self._pending_lines.clear()
-            self._pending_size = 0
+        if self._lines:
+            self.log_stream.send(self._lines.take())
             if self.log_stream.backlog:
                 # The pipe is full (~1 MiB unread): ask the kid to empty it now.
                 self.channel.send(Kind.LOGS, b"!")
