@@ -179,8 +179,9 @@ class AccessLogs:
 
     # -- lines ------------------------------------------------------------------
     def write_lines(self, chunk: bytes, ids: list[int]) -> None:
-        """A pool child's lines, each ending in a newline, in one go; ``ids``:
-        the files of the child's configuration, by index."""
+        """A serving process's lines (a pool child's, or the kid's own in
+        serial mode), each ending in a newline, in one go; ``ids``: the files
+        of the configuration they were made with, by index."""
         if not ids:
             return
         by_id = self._by_id
