@@ -280,6 +280,28 @@ def test_manager_figures_are_the_pools_and_survive_a_reload(make_labsquid, origi
     assert float(after["cpu_time"]) >= float(counters["cpu_time"]), "CPU time went back"
 
 
+def test_a_request_that_starts_while_draining_is_answered_with_connection_close(
+        make_labsquid, origin):
+    """Two connections accepted before a reload, each with half a request
+    head: the old child still answers them (they are not idle), a forwarded
+    response and one of its own error pages, and both say ``Connection:
+    close``: the connection ends with that answer."""
+    ls = started(make_labsquid(dispatch="notify", pool_size=1))
+    forwarded, denied = origin.url("/id/after-the-reload"), "http://127.0.0.1:9/denied"
+    with RawClient(ls.port) as fwd, RawClient(ls.port) as deny:
+        fwd.send(f"GET {forwarded} HTTP/1.1\r\n".encode())
+        deny.send(f"GET {denied} HTTP/1.1\r\n".encode())
+        time.sleep(0.3)  # both accepted and read by the child
+        ls.signal(signal.SIGHUP)
+        wait_for(lambda: '"reconfigured"' in ls.stderr_text(), timeout=5, what="the reload")
+        fwd.send(b"Host: h\r\n\r\n")
+        deny.send(b"Host: h\r\n\r\n")
+        for client, status in ((fwd, 200), (deny, 403)):
+            resp = client.read_response()
+            assert (resp.status, resp.header("Connection")) == (status, "close")
+            assert client.closed_by_peer()
+
+
 def test_a_response_finished_while_draining_says_connection_close(make_labsquid, origin):
     """A keep-alive client whose request is in flight at a reload: its old
     child answers, and says ``Connection: close`` so that the client does not

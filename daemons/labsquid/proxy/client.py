@@ -199,7 +199,7 @@ class ClientConnection:
         if txn is not self.txn:
             return
         self.txn = None
-        if not keep_alive or self._shutdown or self.eof:
+        if not keep_alive or self.eof:
             self.close_when_flushed()
             return
         if not txn.body_done:
@@ -304,7 +304,11 @@ class ClientConnection:
         (``shutdown_lifetime`` bounds the wait).
         """
         self._shutdown = True
-        if self.txn is None and self.requests > 0 and not self.reader.has_trailing_data():
+        if self.txn is not None:
+            # Its answer says close, before the client sends again; one
+            # started later is told by Transaction.start.
+            self.txn.client_keep_alive = False
+        elif self.requests > 0 and not self.reader.has_trailing_data():
             self.close_when_flushed()
 
     def close_when_flushed(self) -> None:

@@ -61,7 +61,7 @@ def _reusable(txn: Transaction) -> bool:
     Never after a CONNECT: what follows it may be tunnel bytes the client
     sent ahead (a TLS hello), not a request."""
     return (txn.client_keep_alive and (txn.body_done or txn.body_framing == 0)
-            and txn.method != "CONNECT" and not txn.client._shutdown)
+            and txn.method != "CONNECT")
 
 
 # Errors about the way to the origin, not about the request: the client's

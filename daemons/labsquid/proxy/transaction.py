@@ -146,7 +146,9 @@ class Transaction:
         req = self.req
         assert req is not None
         cfg = self.ctx.config
-        self.client_keep_alive = _client_keep_alive(req) and cfg.client_persistent_connections
+        # A draining connection ends with this answer (shutdown_when_idle).
+        self.client_keep_alive = (_client_keep_alive(req) and cfg.client_persistent_connections
+                                  and not self.client._shutdown)
         framing, target = req.framing, req.parsed_target
         if framing is None or target is None:  # not from a RequestReader
             try:
@@ -431,8 +433,6 @@ class Transaction:
         self.status = resp.status
         ctype = resp.headers.first(b"content-type")
         self.mime = ctype.split(b";")[0].strip().decode("latin-1") if ctype else None
-        if self.client._shutdown:  # draining (a reload): say so before the client sends again
-            self.client_keep_alive = False
         head = forward.response_head(resp, policy, client_framing, self.client_keep_alive)
         self.head_sent = True
         self._to_client(head)
