@@ -63,36 +63,6 @@ def tagged(line: bytes, index: int) -> bytes:
     return line if index == 0 else b"%b%02x%b" % (TAG, index, line)
 
 
-class LineBatch:
-    """A serving process's access-log lines of one loop turn, handed over as
-    one chunk (each line ending in a newline): one pass through the pipe or
-    the queues for them all."""
-
-    __slots__ = ("_lines", "size")
-
-    def __init__(self) -> None:
-        self._lines: list[bytes] = []
-        self.size = 0  # bytes of the chunk so far
-
-    def __bool__(self) -> bool:
-        return bool(self._lines)
-
-    def add(self, line: str | bytes, index: int) -> None:
-        data = line.encode("utf-8", "replace") if isinstance(line, str) else line
-        if index:
-            data = tagged(data, index)  # for another access_log file
-        self._lines.append(data)
-        self.size += len(data) + 1
-
-    def take(self) -> bytes:
-        lines = self._lines
-        lines.append(b"")  # every line ends in a newline
-        chunk = b"\n".join(lines)
-        lines.clear()
-        self.size = 0
-        return chunk
-
-
 class AccessLogs:
     def __init__(self, loop: EventLoop, on_room: Callable[[], None]) -> None:
         self.loop = loop

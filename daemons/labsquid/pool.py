@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING
 import structlog
 
 from labsquid import process
-from labsquid.access_logs import LineBatch
 from labsquid.config import Config
 from labsquid.eventloop import NO_DESCRIPTORS, READ, Timer
 from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, LogStream, channel_pair, log_stream_pair
@@ -109,28 +108,16 @@ class SerialEngine:
         from labsquid.proxy.server import ProxyServer
 
         self.kid = kid
-        ctx = ServeContext(kid.loop, kid.config, self._log_line, kid.stats.own, kid.stats)
-        ctx.flush_log = self._flush_lines
+        # The files of the configuration the lines are made with, by index.
+        self._ids = kid.logs.ids
+        ctx = ServeContext(kid.loop, kid.config, self._queue_lines, kid.stats.own, kid.stats)
         self.server = ProxyServer(ctx)
-        self._lines = LineBatch()  # a turn's, handed over at its end
-        self._lines_ids: list[int] = []  # the files the lines' indexes name
 
-    def _log_line(self, line: str | bytes, index: int = 0) -> None:
-        ids = self.kid.logs.ids
-        if ids is not self._lines_ids:  # a reload came: the older lines go first
-            self._hand_over_lines()
-            self._lines_ids = ids
-        self._lines.add(line, index)
-        self.server.ctx.end_turn_soon()
-
-    def _hand_over_lines(self) -> None:
-        if self._lines:
-            self.kid.write_access_lines(self._lines.take(), self._lines_ids)
-
-    def _flush_lines(self) -> bool:
+    def _queue_lines(self, chunk: bytes) -> bool:
         # The kid's own lines are all queued (refusing one would lose it);
         # while that is over the bound, its clients wait for the daemon.
-        self._hand_over_lines()
+        if chunk:
+            self.kid.write_access_lines(chunk, self._ids)
         budget = self.kid.log_budget()
         if budget is None or budget > 0:
             return True
@@ -151,7 +138,7 @@ class SerialEngine:
 
     def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:
         def drained() -> None:
-            self._hand_over_lines()  # the last turn's, before the loggers close
+            self.server.ctx.hand_over_lines()  # the last turn's, before the loggers close
             on_drained()
 
         self.server.drain(lifetime, drained)
@@ -160,12 +147,14 @@ class SerialEngine:
     def abort(self, on_done: Callable[[], None]) -> None:
         self.server.stop_accepting()
         self.server.close_all()
-        self._hand_over_lines()
+        self.server.ctx.hand_over_lines()
         self.kid.loop.call_soon(on_done)
 
     def reconfigure(self, config: Config) -> None:
-        # The loggers a reload dropped still take lines until this returns.
-        self._hand_over_lines()
+        # Lines made with the old configuration go to its files (a file the
+        # reload dropped still takes lines until this returns).
+        self.server.ctx.hand_over_lines()
+        self._ids = self.kid.logs.ids
         self.server.ctx.reconfigure(config)
 
     def child_exited(self, pid: int, status: int) -> bool:

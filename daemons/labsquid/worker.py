@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import structlog
 
 from labsquid import log as logsetup
-from labsquid.access_logs import LineBatch
 from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import PASSFD_IN_FLIGHT, Channel, Kind, LogStream
 from labsquid.listeners import stop_listening
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-LOG_BATCH = 64 * 1024
 LOG_WAKE_INTERVAL = 0.05  # lines reach the kid within this, in batches (pool.LOG_COLLECT_GAP)
 
 
@@ -55,10 +53,9 @@ class Worker:
         # Access-log lines go on a stream of their own, which the kid empties
         # on its schedule after a LOGS wake-up on the main channel.
         self.log_stream = LogStream(self.loop, log_fd)
-        self._lines = LineBatch()
         self._wake_pacer = Pacer(LOG_WAKE_INTERVAL)
-        self.ctx = ServeContext(self.loop, kid.config, self.log_line, self.stats_row, kid.stats)
-        self.ctx.flush_log = self._flush_lines
+        self.ctx = ServeContext(self.loop, kid.config, self._send_lines, self.stats_row,
+                                kid.stats)
         self.log_stream.on_sent_all = self._log_stream_emptied
         self.server = ProxyServer(self.ctx)
         self.server.on_capacity = self._has_room
@@ -86,26 +83,19 @@ class Worker:
         # only walk what serving creates.
         gc.freeze()
         self.loop.run()
-        self._flush_lines()
+        self.ctx.hand_over_lines()
         self.log_stream.flush_blocking()
         self.channel.flush_blocking()
         return 0
 
     # -- access-log lines go to the kid in batches, once per loop turn --------
-    # ...and before that turn's client writes (ServeContext.write_at_turn_end).
-    def log_line(self, line: str | bytes, index: int = 0) -> None:
-        self._lines.add(line, index)
-        if self._lines.size >= LOG_BATCH:
-            self._flush_lines()
-        else:
-            self.ctx.end_turn_soon()
-
-    def _flush_lines(self) -> bool:
-        """Hand the batched lines to the kernel; False while some could not go
+    # ...and before that turn's client writes (ServeContext.hand_over_lines).
+    def _send_lines(self, chunk: bytes) -> bool:
+        """Hand a chunk of lines to the kernel; False while some could not go
         (the kid is not emptying the log stream): the caller holds client
         writes back until ``_log_stream_emptied``."""
-        if self._lines:
-            self.log_stream.send(self._lines.take())
+        if chunk:
+            self.log_stream.send(chunk)
             if self.log_stream.backlog:
                 # The pipe is full (~1 MiB unread): ask the kid to empty it now.
                 self.channel.send(Kind.LOGS, b"!")

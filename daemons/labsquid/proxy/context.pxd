@@ -6,13 +6,14 @@ from labsquid.proxy.upstream cimport UpstreamPool
 
 cdef class ServeContext:
     cdef public EventLoop loop
-    cdef public object log_sink
+    cdef public object log_out
+    cdef public list _lines
+    cdef public Py_ssize_t _lines_size
     cdef public object stats
     cdef public object all_stats
     cdef public double started
     cdef public object resolver
     cdef public UpstreamPool upstreams
-    cdef public object flush_log
     cdef public list _writers
     cdef public bint _turn_end_due
     cdef public bint _log_blocked
@@ -28,3 +29,5 @@ cdef class ServeContext:
     cpdef write_at_turn_end(self, client)
     cpdef end_turn_soon(self)
     cpdef log(self, line, duration_ms, http_status, bint counted=*)
+    cpdef log_line(self, line, index=*)
+    cpdef bint hand_over_lines(self)

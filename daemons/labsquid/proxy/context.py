@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from labsquid import __version__, acl
+from labsquid.access_logs import tagged
 from labsquid.accesslog import LogFormat, builtin_formats, compile_logformat
 from labsquid.config import Config
 from labsquid.dns import Resolver
@@ -24,22 +25,26 @@ from labsquid.stats import Row, Stats
 if TYPE_CHECKING:
     from labsquid.proxy.client import ClientConnection
 
-LogSink = Callable[..., None]  # (line) for the first access_log file, (line, index)
+# Hands a chunk of access-log lines (each ending in a newline; b"" for none)
+# to the kid's loggers; False while some could not leave yet.
+LogOut = Callable[[bytes], bool]
+LOG_BATCH = 64 * 1024  # a turn's lines past this many bytes are handed over at once
 
 
 class ServeContext:
-    def __init__(self, loop: EventLoop, config: Config, log_sink: LogSink, stats: Row,
+    def __init__(self, loop: EventLoop, config: Config, log_out: LogOut, stats: Row,
                  all_stats: Stats | None = None) -> None:
         self.loop = loop
-        self.log_sink = log_sink
+        self.log_out = log_out
         self.stats = stats
         self.all_stats = all_stats
         self.started = time.time()
         self.resolver: Resolver | None = None
         self.upstreams = UpstreamPool(loop)
-        # Set by a pool worker: hands the access-log lines it has batched to
-        # the kernel; False while some could not leave (the kid is not reading).
-        self.flush_log: Callable[[], bool] | None = None
+        # This turn's access-log lines (tagged with their file's index but the
+        # first), for log_out at the turn's end: one hand-over for them all.
+        self._lines: list[bytes] = []
+        self._lines_size = 0
         self._writers: list[ClientConnection] = []
         self._turn_end_due = False
         self._log_blocked = False
@@ -88,7 +93,7 @@ class ServeContext:
 
     def _end_turn(self) -> None:
         self._turn_end_due = False
-        if self.flush_log is not None and not self.flush_log():
+        if not self.hand_over_lines():
             # Lines the kernel would not take yet stay in this process, where
             # a kill would lose them: the clients wait until they have left
             # (``log_unblocked``), rather than hold a response with no line.
@@ -112,4 +117,28 @@ class ServeContext:
         if counted:
             self.stats.count_request(duration_ms * 1000, http_status >= 400 or http_status == 0)
         if line is not None:
-            self.log_sink(line)
+            self.log_line(line)
+
+    def log_line(self, line: str | bytes, index: int = 0) -> None:
+        """A line for access_log file ``index``, handed over at the turn's end."""
+        data = line.encode("utf-8", "replace") if isinstance(line, str) else line
+        if index:
+            data = tagged(data, index)
+        self._lines.append(data)
+        self._lines_size += len(data) + 1
+        if self._lines_size >= LOG_BATCH:
+            self.hand_over_lines()
+        else:
+            self.end_turn_soon()
+
+    def hand_over_lines(self) -> bool:
+        """The lines batched so far, to ``log_out``; False while some could
+        not leave (the clients' writes wait: ``_end_turn``)."""
+        chunk = b""
+        lines = self._lines
+        if lines:
+            lines.append(b"")  # every line ends in a newline
+            chunk = b"\n".join(lines)
+            lines.clear()
+            self._lines_size = 0
+        return self.log_out(chunk)

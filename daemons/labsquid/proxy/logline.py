@@ -25,7 +25,7 @@ def log_to_chosen(txn: Transaction, duration_ms: int, counted: bool) -> None:
     ctx = txn.ctx
     ctx.log(None, duration_ms, txn.status, counted)
     for index in ctx.log_targets.choose(txn.access_context(_known_addresses(txn))):
-        ctx.log_sink(txn._line(ctx.log_formats[index], duration_ms), index)
+        ctx.log_line(txn._line(ctx.log_formats[index], duration_ms), index)
 
 
 def _known_addresses(txn: Transaction) -> tuple:
