@@ -720,6 +720,40 @@ def test_idle_upstream_connections_give_way_when_descriptors_run_out(tmp_path, o
     assert idle_after < idle_before, "the idle connections did not give way"
 
 
+def test_idle_upstream_connections_give_way_to_clients_being_accepted(tmp_path, origin):
+    """A burst of clients needs more descriptors than are free while
+    connections to an origin sit idle: accept() fails, the idle ones are
+    closed and it is tried again, so every client is accepted and answered
+    (here a 403 of the proxy's own, which needs no origin)."""
+    nofile = 128
+    ls = LimitedLabsquid(tmp_path, nofile=nofile, dispatch="serial")
+    ls.start()
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            concurrent_fetches(ls.port, [origin.url("/slow/0.3")] * 20)
+        idle_before = int(manager_page(ls.port, "info")[IDLE])
+        kid = ls.kid()
+        assert kid is not None
+        # As many clients as fit once the idle connections are gone, less a
+        # margin: more than fit while they are there.
+        burst = nofile - (kid.num_fds() - idle_before) - 8
+        for _ in range(burst):
+            clients.append(socket.create_connection(("127.0.0.1", ls.port), timeout=10))
+        for client in clients:
+            client.sendall(b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+        deadline = time.monotonic() + 15
+        statuses = [read_status(client, deadline) for client in clients]
+        failed = events(ls, "accept_failed_no_descriptors")
+    finally:
+        for client in clients:
+            client.close()
+        _kill(ls)
+    assert idle_before >= 20, idle_before  # more than the margin: they are in the way
+    assert statuses == [403] * burst, Counter(statuses)
+    assert not failed, failed
+
+
 def test_tunnel_pipes_count_as_descriptors_in_use(tmp_path, origin):
     """A CONNECT tunnel holds two pipes the event loop does not watch; the
     pool counts them.  With 12 tunnels open at 128 descriptors, a finished
