@@ -186,13 +186,12 @@ class ProxyServer:
                 self._pause_for_capacity()
                 break
             try:
-                conn, addr = sock.accept()
+                # Out of descriptors, idle origin connections give way to a client.
+                conn, addr = self.ctx.upstreams.with_room(sock.accept)
             except BlockingIOError:
                 break
             except OSError as exc:
                 if exc.errno in NO_DESCRIPTORS:
-                    if self.ctx.upstreams.close_all():
-                        continue  # idle origin connections gave way to a client
                     self._out_of_fds(exc, sock)
                     break
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
