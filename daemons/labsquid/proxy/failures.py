@@ -41,6 +41,11 @@ def upstream_failed(txn: Transaction, up: Upstream | None, err: int) -> None:
         txn._connect_fresh()
         return
     txn.hierarchy = "HIER_DIRECT"  # as squid logs it: the origin it tried last
+    connect_failed(txn, err)
+
+
+def connect_failed(txn: Transaction, err: int) -> None:
+    """squid's ERR_CONNECT_FAIL page, naming the system error ``err``."""
     txn.reply_error("ERR_CONNECT_FAIL", 503, errno=err, detail=connect_error_text(err))
 
 

@@ -19,7 +19,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from labsquid.eventloop import ERROR, READ, WRITE, EventLoop
-from labsquid.proxy.upstream import connect_error_text
+from labsquid.proxy.failures import connect_failed
 
 if TYPE_CHECKING:
     from labsquid.proxy.transaction import Transaction
@@ -99,8 +99,7 @@ def start_tunnel(txn: Transaction, up: Upstream) -> None:
         tunnel = txn.ctx.upstreams.with_room(lambda: Tunnel(txn, up))
     except OSError as exc:  # no descriptors for its pipes
         txn._drop_upstream()
-        txn.reply_error("ERR_CONNECT_FAIL", 503, errno=exc.errno or 0,
-                        detail=connect_error_text(exc.errno or 0))
+        connect_failed(txn, exc.errno or 0)
         return
     txn.status = 200
     txn.log_tag = "TCP_TUNNEL"
