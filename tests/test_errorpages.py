@@ -51,6 +51,12 @@ def test_x_cache_lookup_when_the_port_is_known() -> None:
     assert b"X-Cache-Lookup" not in dict(render()[1])
 
 
+def test_x_cache_lookup_is_a_miss_once_the_request_was_on_its_way() -> None:
+    """squid 5.7: NONE for a denial or a bad request, MISS for a failed connect."""
+    headers = dict(render("ERR_CONNECT_FAIL", http_port=3128, looked_up=True)[1])
+    assert headers[b"X-Cache-Lookup"] == b"MISS from proxy.example:3128"
+
+
 def test_x_squid_error_carries_errno() -> None:
     headers = dict(render("ERR_CONNECT_FAIL", errno=111)[1])
     assert headers[b"X-Squid-Error"] == b"ERR_CONNECT_FAIL 111"

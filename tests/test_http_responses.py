@@ -126,6 +126,8 @@ def test_status_line_without_reason() -> None:
         b"HTTP/1.1 20 OK\r\n\r\n",
         b"HTTP/1.1 2000 OK\r\n\r\n",
         b"HTTP/1.1 099 X\r\n\r\n",
+        b"HTTP/1.1 600 X\r\nContent-Length: 0\r\n\r\n",  # RFC 9110 §15: 100-599, as squid
+        b"HTTP/1.1 999 X\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 abc X\r\n\r\n",
         b"HTTP/2 200 OK\r\n\r\n",
         b"HTTP/1.1  200 OK\r\n\r\n",

@@ -72,6 +72,8 @@ def test_telnet_hello_is_protocol_unknown(labsquid):
         resp = c.read_response()
         assert_error_page(resp, 400, "ERR_PROTOCOL_UNKNOWN")
         assert resp.header("X-Squid-Error") == "ERR_PROTOCOL_UNKNOWN 0"
+        # squid 5.7: no cache lookup was made for a request it could not read.
+        assert resp.header("X-Cache-Lookup") == f"NONE from labsquid.test:{labsquid.port}"
         assert c.closed_by_peer(), "the connection closes after an unparseable request"
     line = last_line(labsquid, "error:invalid-request")
     # squid 5.7 logs the word the line starts with as the method: "hello".
@@ -94,6 +96,8 @@ def test_connect_refused(labsquid):
     resp = raw_exchange(labsquid.port, f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
     assert_error_page(resp, 503, "ERR_CONNECT_FAIL")
     assert resp.header("X-Squid-Error") == "ERR_CONNECT_FAIL 111"
+    # squid 5.7: the request was looked up (a miss) before the connect failed.
+    assert resp.header("X-Cache-Lookup") == f"MISS from labsquid.test:{labsquid.port}"
     line = last_line(labsquid, url)
     # squid 5.7: TCP_MISS/503 … HIER_DIRECT/127.0.0.1 text/html
     assert (line["tag"], line["status"], line["hier"], line["peer"]) == \

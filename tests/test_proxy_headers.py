@@ -1,4 +1,5 @@
-"""What the proxy changes in relayed heads: Via, X-Forwarded-For, hop-by-hop, Host, Max-Forwards."""
+"""What the proxy changes in relayed heads: Via, X-Forwarded-For, hop-by-hop, Host,
+Max-Forwards, and squid's reason phrases, Date and X-Cache fields."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 import pytest
 
 from labsquid import __version__
-from support.origin import RawClient, fetch, module_labsquid, module_origin
+from support.origin import RawClient, TcpServer, fetch, module_labsquid, module_origin
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +64,32 @@ def test_via_appended_to_existing(labsquid, origin):
     fetch(labsquid.port, "GET", origin.url("/bytes/1"), headers={"Via": "1.0 other"})
     got = ", ".join(values(origin.heads[-1], "via"))
     assert re.fullmatch(r"1\.0 other, ?" + re.escape(VIA), got), got
+
+
+class DatelessOrigin(TcpServer):
+    """Answers every request with one fixed reply: no Date, its own reason phrase."""
+
+    def handle(self, conn) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 299 Fine Thanks\r\nContent-Length: 2\r\n"
+                         b"Connection: close\r\n\r\nok")
+
+
+def test_relayed_reply_head_is_squids(labsquid):
+    """As squid 5.7 relays the same reply: its own reason phrase ("Unassigned"
+    for a code it has no name for), a Date of its own when the origin sent
+    none, and X-Cache/X-Cache-Lookup naming the host and the first http_port."""
+    with DatelessOrigin() as dateless, RawClient(labsquid.port) as c:
+        c.send(f"GET {dateless.url('/x')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        resp = c.read_response()
+    assert resp.raw_head.startswith(b"HTTP/1.1 299 Unassigned\r\n")
+    assert resp.body == b"ok"
+    assert len(resp.all("Date")) == 1 and resp.header("Date").endswith(" GMT")
+    assert resp.header("X-Cache") == "MISS from labsquid.test"
+    assert resp.header("X-Cache-Lookup") == f"MISS from labsquid.test:{labsquid.port}"
+    names = [k.lower() for k, _ in resp.headers]
+    assert names.index("x-cache") < names.index("x-cache-lookup") < names.index("via")
 
 
 def test_host_comes_from_the_uri(labsquid, origin):

@@ -128,13 +128,16 @@ def render_error(
     version_string: str | None = "labsquid/0.1.0",
     http_port: int | None = None,
     keep_alive: bool = False,
+    looked_up: bool = False,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Build squid's error reply for ``code`` (e.g. ``"ERR_INVALID_URL"``).
 
     ``version_string=None`` is squid's ``httpd_suppress_version_string on``:
     the product name goes out without a version.  ``error_detail`` feeds the
     DNS message (``%z``) and the detail codes (``%x``, ``%D``).  With
-    ``http_port`` an ``X-Cache-Lookup`` header is added like squid's.
+    ``http_port`` an ``X-Cache-Lookup`` header is added like squid's: ``MISS``
+    when the request got as far as the way to the origin (``looked_up``),
+    else ``NONE``.
     ``keep_alive``: the connection stays open after it (else ``close``).
     """
     if not _CODE_RE.fullmatch(code):
@@ -174,7 +177,8 @@ def render_error(
         (b"X-Cache", f"MISS from {hostname}".encode()),
     ]
     if http_port is not None:
-        headers.append((b"X-Cache-Lookup", f"NONE from {hostname}:{http_port}".encode()))
+        lookup = "MISS" if looked_up else "NONE"
+        headers.append((b"X-Cache-Lookup", f"{lookup} from {hostname}:{http_port}".encode()))
     headers += [
         (b"Via", f"1.1 {hostname} ({app})".encode()),
         (b"Connection", b"keep-alive" if keep_alive else b"close"),

@@ -174,7 +174,8 @@ def parse_status_line(line: bytes) -> tuple[bytes, int, bytes]:
     if http_version is None:
         raise ProtocolError(f"bad status line {line[:40]!r}", 502, ERR_INVALID_RESP)
     code, _, reason = rest.partition(b" ")
-    if len(code) != 3 or not code.isdigit() or code[:1] == b"0":
+    # RFC 9110 §15: codes are 100-599; squid answers anything else with 502.
+    if len(code) != 3 or not code.isdigit() or not b"1" <= code[:1] <= b"5":
         raise ProtocolError(f"bad status code {code[:8]!r}", 502, ERR_INVALID_RESP)
     if reason.translate(None, FIELD_VALUE):
         raise ProtocolError("invalid character in reason phrase", 502, ERR_INVALID_RESP)

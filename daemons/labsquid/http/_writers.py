@@ -51,7 +51,7 @@ def write_head(event: Request | Response) -> bytes:
             raise LocalProtocolError("HTTP/1.1 request needs exactly one Host header")
         out = [b"%s %s %s\r\n" % (method, target, version)]
     else:
-        if not 100 <= event.status <= 999:
+        if not 100 <= event.status <= 599:
             raise LocalProtocolError(f"invalid status {event.status}")
         if event.reason.translate(None, FIELD_VALUE):
             raise LocalProtocolError("invalid reason phrase")

@@ -57,7 +57,8 @@ class ServeContext:
         self.hostname = config.visible_hostname or socket.gethostname()
         self.version = None if config.httpd_suppress_version_string else f"labsquid/{__version__}"
         self.policy = ForwardPolicy(self.hostname, self.version, config.via,
-                                    config.forwarded_for, config.server_persistent_connections)
+                                    config.forwarded_for, config.server_persistent_connections,
+                                    config.http_port[0].port if config.http_port else 0)
         formats = {**builtin_formats(), **config.logformat}
         # Each access_log file has its own logfile daemon in the kid and its
         # own format; ``log_targets`` (None: all lines to the first file, the

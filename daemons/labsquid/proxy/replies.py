@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import time
-from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from labsquid.errorpages import render_error
@@ -84,12 +83,13 @@ def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
         code, status=status, method=txn.method, url=txn.url,
         client_addr=txn.client.peer_ip, hostname=txn.ctx.hostname, now=time.time(),
         error_detail=detail, errno=errno, cache_admin=txn.ctx.config.cache_mgr,
-        version_string=txn.ctx.version, keep_alive=keep)
+        version_string=txn.ctx.version, http_port=txn.ctx.policy.http_port, keep_alive=keep,
+        looked_up=code in UPSTREAM_ERRORS)
     txn.status = status
     txn.mime = "text/html"
     if txn.log_tag == "TCP_MISS" and txn.hierarchy == "HIER_NONE":
         txn.log_tag = "TCP_MISS" if txn.req is not None and txn.host else "NONE_NONE"
-    start = b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error"))
+    start = b"HTTP/1.1 %d %s" % (status, forward.reason_phrase(status))
     txn._to_client(forward.serialize(start, Headers(headers)) + _body_for(txn, body))
     txn.wants_body = False
     txn.finish(keep)
@@ -127,7 +127,7 @@ def reply_local(txn: Transaction, status: int, reason: bytes, body: bytes, ctype
     if ctype:
         headers.add(b"Content-Type", ctype)
     headers.add(b"Content-Length", str(len(body)).encode())
-    headers.add(b"Date", _http_date())
+    headers.add(b"Date", forward.http_date())
     keep = _reusable(txn)
     headers.add(b"Connection", b"keep-alive" if keep else b"close")
     txn.status = status
@@ -147,15 +147,3 @@ def reply_manager(txn: Transaction) -> None:
                     detail=f"unknown cache manager action {action}", keep=True)
         return
     reply_local(txn, 200, b"OK", page.encode(), b"text/plain")
-
-
-def _http_date() -> bytes:
-    return formatdate(usegmt=True).encode()
-
-
-_REASONS = {400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
-            408: b"Request Timeout", 413: b"Payload Too Large", 414: b"URI Too Long",
-            431: b"Request Header Fields Too Large",
-            501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
-            504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
-
