@@ -116,6 +116,13 @@ def test_authority_port_rules() -> None:
         parse_target(b"CONNECT", b"user@a.com:443")
 
 
+@pytest.mark.parametrize("target", [b"a.com", b"a.com:", b"[::1]", b"10.0.0.1"])
+def test_connect_without_a_port_means_443_as_in_squid(target: bytes) -> None:
+    parsed = parse_target(b"CONNECT", target)
+    assert (parsed.form, parsed.port) == (AUTHORITY, 443)
+    assert parsed.authority.endswith(b":443")  # what the access.log line shows
+
+
 def test_target_authority_for_host_header() -> None:
     assert parse_absolute_uri(b"http://a.com:80/").authority == b"a.com"
     assert parse_absolute_uri(b"http://a.com:8080/").authority == b"a.com:8080"

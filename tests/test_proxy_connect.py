@@ -156,6 +156,26 @@ def test_connect_refused(labsquid, refused_port):
     assert resp.header("X-Squid-Error") == "ERR_CONNECT_FAIL 111"
 
 
+def test_connect_without_a_port_goes_to_443_as_in_squid(labsquid):
+    """squid 5.7 reads ``CONNECT 127.0.0.1`` as 127.0.0.1:443 (refused here:
+    503 ERR_CONNECT_FAIL) and logs it with the port."""
+    with socket.socket() as probe:
+        open_443 = probe.connect_ex(("127.0.0.1", 443)) == 0
+    with RawClient(labsquid.port) as c:
+        c.send(b"CONNECT 127.0.0.1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        resp = c.read_response()
+    if open_443:  # something listens there: the tunnel opens
+        assert resp.status == 200
+    else:
+        assert (resp.status, resp.header("X-Squid-Error")) == (503, "ERR_CONNECT_FAIL 111")
+
+    def line():
+        found = [x for x in labsquid.access_lines() if " CONNECT 127.0.0.1:443 " in x]
+        return parse_squid_line(found[-1]) if found else None
+    fields = wait_for(line, timeout=5, what="the CONNECT line with :443")
+    assert fields["status"] == str(resp.status)
+
+
 def test_proxy_serves_after_tunnels(labsquid, origin):
     """Tunnels hand their sockets back cleanly: plain requests still work."""
     with RawClient(labsquid.port) as c:

@@ -20,8 +20,10 @@ nothing downstream can read it differently:
   quad: ``0x7f.1`` or ``2130706433`` would otherwise reach getaddrinfo() as
   127.0.0.1 while an ACL saw a "name";
 * IP literals are bracketed IPv6 without zone id; IPvFuture is refused;
-* ports are 1-65535; an empty port means the default (RFC 3986 §6.2.3) except
-  in CONNECT, whose authority-form requires one (RFC 9110 §9.3.6);
+* ports are 1-65535; an empty port means the default (RFC 3986 §6.2.3).
+  CONNECT's authority-form has no default (RFC 9110 §9.3.6 has clients send
+  the port), but squid takes a CONNECT without one to mean 443, and so do we:
+  a client that omits it wants TLS;
 * the fragment, which clients must not send, is dropped.
 """
 
@@ -100,6 +102,9 @@ def _ipv6(raw: bytes) -> str:
         raise _bad(f"invalid IPv6 literal {raw[:60]!r}") from None
 
 
+CONNECT_DEFAULT_PORT = 443  # squid's, for a CONNECT target without a port
+
+
 # Cached: a proxy sees the same few hosts over and over. Only successful
 # parses are cached (errors raise), so junk costs no more than without it.
 @functools.lru_cache(maxsize=4096)
@@ -174,7 +179,7 @@ def parse_absolute_uri(uri: bytes) -> Target:
 def parse_target(method: bytes, target: bytes) -> Target:
     """Classify and validate a request-target (already known to be VCHAR only)."""
     if method == b"CONNECT":
-        host, port = parse_authority(target)
+        host, port = parse_authority(target, CONNECT_DEFAULT_PORT)
         return Target(AUTHORITY, None, host, port, b"")
     if target[:1] == b"/":
         return Target(ORIGIN, None, None, None, target)
