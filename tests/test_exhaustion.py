@@ -754,6 +754,38 @@ def test_idle_upstream_connections_give_way_to_clients_being_accepted(tmp_path, 
     assert not failed, failed
 
 
+def test_idle_upstream_connections_give_way_to_sockets_the_kid_passes(tmp_path, origin):
+    """passfd: the pool child reads a passed socket only when it has a
+    descriptor for it.  When none is free but origin connections sit idle,
+    those give way first (as for accept), so a burst of clients is served at
+    once instead of waiting in the kid's queue for the idle ones to time out."""
+    nofile = 128
+    ls = LimitedLabsquid(tmp_path, nofile=nofile, dispatch="passfd", pool_size=1)
+    ls.start()
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            concurrent_fetches(ls.port, [origin.url("/slow/0.3")] * 20)
+        idle_before = int(manager_page(ls.port, "info")[IDLE])
+        workers = ls.workers()
+        assert len(workers) == 1, workers
+        burst = nofile - (workers[0].num_fds() - idle_before) - 8
+        for _ in range(burst):
+            clients.append(socket.create_connection(("127.0.0.1", ls.port), timeout=10))
+        for client in clients:
+            client.sendall(b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+        deadline = time.monotonic() + 15
+        statuses = [read_status(client, deadline) for client in clients]
+        short = events(ls, "accept_failed_no_descriptors")
+    finally:
+        for client in clients:
+            client.close()
+        _kill(ls)
+    assert idle_before >= 20, idle_before  # more than the margin: they are in the way
+    assert statuses == [403] * burst, Counter(statuses)
+    assert not short, short
+
+
 def test_tunnel_pipes_count_as_descriptors_in_use(tmp_path, origin):
     """A CONNECT tunnel holds two pipes the event loop does not watch; the
     pool counts them.  With 12 tunnels open at 128 descriptors, a finished

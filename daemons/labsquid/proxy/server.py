@@ -214,12 +214,13 @@ class ProxyServer:
         the socket it may carry?  The kernel installs a passed socket when the
         message is read, and when none is free it closes the socket for good
         (below): not reading leaves it waiting in the channel instead, and the
-        kid, whose channel then fills up, leaves the next ones in its backlog."""
+        kid, whose channel then fills up, leaves the next ones in its backlog.
+        Idle origin connections give way first, as they do for accept."""
         if not self.accepting:
             return True  # stopping: what it carries is closed unread anyway
         if self.fds.paused:
             return False
-        if spare_descriptors(1):
+        if spare_descriptors(1) or (self.ctx.upstreams.close_all() and spare_descriptors(1)):
             return True
         self._passed_shortage(os.strerror(errno.EMFILE))
         return False
