@@ -187,8 +187,8 @@ class Builder:
         elif logformat not in self._formats and log.module != "none":
             raise BadValue(f"unknown logformat '{logformat}'")
         self._require_acls(acls)
-        for option, why in _UNAPPLIED_LOG_OPTIONS.items():
-            if option in log.options and log.options[option] != _APPLIED_LOG_OPTIONS.get(option):
+        for option, (applied, why) in _UNAPPLIED_LOG_OPTIONS.items():
+            if option in log.options and log.options[option] != applied:
                 self._warnings.append(ConfigProblem.at(
                     log.where, f"access_log: {option}={log.options[option]} is not applied: "
                                f"{why}"))
@@ -230,14 +230,14 @@ class Builder:
 
 
 MAX_ACCESS_LOG_FILES = 256  # what two hex digits can name (labsquid.access_logs.tagged)
-_UNAPPLIED_LOG_OPTIONS = {
-    "on-error": "labsquid does not exit when a file cannot be written; it keeps the "
-                "lines and retries every second (on-error=drop drops them instead "
-                "once the file's queue is full)",
-    "buffer-size": "lines wait in the kid's queue, whose bound is logfile_queue_size",
+# access_log options labsquid does not apply: the one value it does (None:
+# none), and why any other is a warning.
+_UNAPPLIED_LOG_OPTIONS: dict[str, tuple[str | None, str]] = {
+    "on-error": ("drop", "labsquid does not exit when a file cannot be written; it keeps "
+                         "the lines and retries every second (on-error=drop drops them "
+                         "instead once the file's queue is full)"),
+    "buffer-size": (None, "lines wait in the kid's queue, whose bound is logfile_queue_size"),
 }
-# The one value of those options that labsquid does apply.
-_APPLIED_LOG_OPTIONS = {"on-error": "drop"}
 
 
 def _default_line(directive: Directive) -> Line:
