@@ -29,6 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cpu_noise  # bench/ is on sys.path: this file runs as a script
 import psutil
 
 HERE = Path(__file__).resolve().parent
@@ -36,6 +37,8 @@ ROOT = HERE.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
 LUA = HERE / "proxy.lua"
 CONNECT_CLIENT = HERE / "connect_client.py"
+CPU_NOISE = HERE / "cpu_noise.py"
+NOISE_SECONDS = 10
 NOISY = 0.3  # a cell is re-run when others used more than this share of the proxy's CPU
 PROXY_CPU = "1"  # the proxy under test
 LOAD_CPU = "0"  # wrk, nginx, this driver, the CONNECT client
@@ -360,6 +363,14 @@ def run_connect(case: Case, origin_port: int, proxy_port: int | None, seconds: f
     return parse_benchjson(res.stdout + res.stderr, " ".join(argv))
 
 
+def core_noise() -> dict:
+    """The proxy core's spells of slowness, as cpu_noise.py sees them (pinned there)."""
+    argv = ["taskset", "-c", PROXY_CPU, str(PYTHON), str(CPU_NOISE),
+            "--seconds", str(NOISE_SECONDS)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=NOISE_SECONDS + 30)
+    return parse_benchjson(res.stdout + res.stderr, " ".join(argv))
+
+
 def parse_benchjson(text: str, command: str) -> dict:
     for line in text.splitlines():
         if line.startswith("BENCHJSON "):
@@ -541,6 +552,7 @@ def main() -> int:
     www = work / "www"
     make_files(www)
     load_before = uptime()
+    noise_before = core_noise()
     version = labsquid_version()
     log(f"labsquid under test: {version}")
     started = time.time()
@@ -549,6 +561,7 @@ def main() -> int:
     log(f"work folder {work}; {len(peers_plan)} peers, {cells} cells of {seconds:g}s "
         f"(~{cells * (seconds + 0.6) / 60 + len(peers_plan) * 0.1:.1f} min)")
     log(f"load before: {load_before}")
+    log(f"proxy core before: {cpu_noise.describe(noise_before)}")
 
     nginx = Nginx("nginx", "origin", work / "nginx", port=free_port())
     nginx.start(www)
@@ -659,13 +672,16 @@ def main() -> int:
     case_index = {c.label: i for i, c in enumerate(peers_plan[0][3])}
     rows.sort(key=lambda r: (case_index.get(r.case, 99), peer_index.get(r.peer, 99)))
     load_after = uptime()
+    noise_after = core_noise()
     log(f"load after: {load_after}")
-    text = report(rows, health, seconds, load_before, load_after, time.time() - started,
-                  args.quick, work, version)
+    log(f"proxy core after: {cpu_noise.describe(noise_after)}")
+    text = report(rows, health, seconds, (load_before, noise_before),
+                  (load_after, noise_after), time.time() - started, args.quick, work, version)
     print(text)
     Path(args.out).write_text(text)
     Path(args.out).with_suffix(".json").write_text(json.dumps(
         {"version": version, "load_before": load_before, "load_after": load_after,
+         "core_noise_before": noise_before, "core_noise_after": noise_after,
          "seconds": seconds,
          "rows": [r.__dict__ for r in rows], "health": health}, indent=1))
     log(f"written to {args.out}; logs kept in {work}")
@@ -679,8 +695,11 @@ def fmt_rps(v: float) -> str:
     return f"{v:,.0f}"
 
 
-def report(rows: list[Row], health: dict[str, list[str]], seconds: float, load_before: str,
-           load_after: str, elapsed: float, quick: bool, work: Path, version: str) -> str:
+def report(rows: list[Row], health: dict[str, list[str]], seconds: float,
+           before: tuple[str, dict], after: tuple[str, dict], elapsed: float, quick: bool,
+           work: Path, version: str) -> str:
+    """``before``/``after``: the load average and the proxy core's noise (core_noise)."""
+    (load_before, noise_before), (load_after, noise_after) = before, after
     cases: list[str] = []
     for r in rows:
         if r.case not in cases:
@@ -713,6 +732,8 @@ def report(rows: list[Row], health: dict[str, list[str]], seconds: float, load_b
     out.append(f"- labsquid: `{version}`")
     out.append(f"- load before: `{load_before}`")
     out.append(f"- load after:  `{load_after}`")
+    out.append(f"- proxy core (CPU {PROXY_CPU}) before: {cpu_noise.describe(noise_before)}")
+    out.append(f"- proxy core after: {cpu_noise.describe(noise_after)}")
     out.append("- **noisy machine**: other engineers run test suites on this 2-core box at the "
                "same time; compare the two squid runs below for the noise level.")
     out.append(f"- proxy under test pinned to CPU {PROXY_CPU}; wrk (1 thread), nginx "
