@@ -720,13 +720,18 @@ def test_idle_upstream_connections_give_way_when_descriptors_run_out(tmp_path, o
     assert idle_after < idle_before, "the idle connections did not give way"
 
 
-def test_idle_upstream_connections_give_way_to_clients_being_accepted(tmp_path, origin):
+@pytest.mark.parametrize("dispatch", ["serial", "passfd"])
+def test_idle_upstream_connections_give_way_to_clients_being_accepted(tmp_path, origin,
+                                                                      dispatch):
     """A burst of clients needs more descriptors than are free while
-    connections to an origin sit idle: accept() fails, the idle ones are
-    closed and it is tried again, so every client is accepted and answered
-    (here a 403 of the proxy's own, which needs no origin)."""
+    connections to an origin sit idle: the idle ones are closed, so every
+    client is accepted and answered (here a 403 of the proxy's own, which needs
+    no origin).  serial: accept() fails, and is tried again after they close.
+    passfd: the pool child reads a socket the kid passes only when it has a
+    descriptor for it, and they close first; else the clients would wait in
+    the kid's queue until the idle ones timed out."""
     nofile = 128
-    ls = LimitedLabsquid(tmp_path, nofile=nofile, dispatch="serial")
+    ls = LimitedLabsquid(tmp_path, nofile=nofile, dispatch=dispatch, pool_size=1)
     ls.start()
     clients: list[socket.socket] = []
     try:
@@ -735,9 +740,10 @@ def test_idle_upstream_connections_give_way_to_clients_being_accepted(tmp_path, 
         idle_before = int(manager_page(ls.port, "info")[IDLE])
         kid = ls.kid()
         assert kid is not None
+        server = kid if dispatch == "serial" else ls.workers(kid)[0]
         # As many clients as fit once the idle connections are gone, less a
         # margin: more than fit while they are there.
-        burst = nofile - (kid.num_fds() - idle_before) - 8
+        burst = nofile - (server.num_fds() - idle_before) - 8
         for _ in range(burst):
             clients.append(socket.create_connection(("127.0.0.1", ls.port), timeout=10))
         for client in clients:
@@ -752,38 +758,6 @@ def test_idle_upstream_connections_give_way_to_clients_being_accepted(tmp_path, 
     assert idle_before >= 20, idle_before  # more than the margin: they are in the way
     assert statuses == [403] * burst, Counter(statuses)
     assert not failed, failed
-
-
-def test_idle_upstream_connections_give_way_to_sockets_the_kid_passes(tmp_path, origin):
-    """passfd: the pool child reads a passed socket only when it has a
-    descriptor for it.  When none is free but origin connections sit idle,
-    those give way first (as for accept), so a burst of clients is served at
-    once instead of waiting in the kid's queue for the idle ones to time out."""
-    nofile = 128
-    ls = LimitedLabsquid(tmp_path, nofile=nofile, dispatch="passfd", pool_size=1)
-    ls.start()
-    clients: list[socket.socket] = []
-    try:
-        for _ in range(3):
-            concurrent_fetches(ls.port, [origin.url("/slow/0.3")] * 20)
-        idle_before = int(manager_page(ls.port, "info")[IDLE])
-        workers = ls.workers()
-        assert len(workers) == 1, workers
-        burst = nofile - (workers[0].num_fds() - idle_before) - 8
-        for _ in range(burst):
-            clients.append(socket.create_connection(("127.0.0.1", ls.port), timeout=10))
-        for client in clients:
-            client.sendall(b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
-        deadline = time.monotonic() + 15
-        statuses = [read_status(client, deadline) for client in clients]
-        short = events(ls, "accept_failed_no_descriptors")
-    finally:
-        for client in clients:
-            client.close()
-        _kill(ls)
-    assert idle_before >= 20, idle_before  # more than the margin: they are in the way
-    assert statuses == [403] * burst, Counter(statuses)
-    assert not short, short
 
 
 def test_tunnel_pipes_count_as_descriptors_in_use(tmp_path, origin):
