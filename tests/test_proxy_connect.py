@@ -155,6 +155,14 @@ def test_connect_refused(labsquid, refused_port):
     assert resp.status == 503
     assert resp.header("X-Squid-Error") == "ERR_CONNECT_FAIL 111"
 
+    def line():
+        found = [x for x in labsquid.access_lines() if f" CONNECT {target} " in x]
+        return parse_squid_line(found[-1]) if found else None
+    fields = wait_for(line, timeout=5, what="the refused CONNECT line")
+    # squid 5.7: NONE_NONE/503 … HIER_DIRECT/127.0.0.1 for a tunnel that did not open
+    assert (fields["tag"], fields["status"], fields["hier"], fields["peer"]) == \
+        ("NONE_NONE", "503", "HIER_DIRECT", "127.0.0.1")
+
 
 def test_connect_without_a_port_goes_to_443_as_in_squid(labsquid):
     """squid 5.7 reads ``CONNECT 127.0.0.1`` as 127.0.0.1:443 (refused here:

@@ -87,8 +87,12 @@ def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
         looked_up=code in UPSTREAM_ERRORS)
     txn.status = status
     txn.mime = "text/html"
-    if txn.log_tag == "TCP_MISS" and txn.hierarchy == "HIER_NONE":
-        txn.log_tag = "TCP_MISS" if txn.req is not None and txn.host else "NONE_NONE"
+    # squid 5.7 logs NONE_NONE for a request that never had a host to go to,
+    # and for a CONNECT whose tunnel did not open (no address, refused).
+    if txn.log_tag == "TCP_MISS" and (
+            txn.method == "CONNECT"
+            or (txn.hierarchy == "HIER_NONE" and not (txn.req is not None and txn.host))):
+        txn.log_tag = "NONE_NONE"
     start = b"HTTP/1.1 %d %s" % (status, forward.reason_phrase(status))
     txn._to_client(forward.serialize(start, Headers(headers)) + _body_for(txn, body))
     txn.wants_body = False
