@@ -15,7 +15,7 @@ another: at 200 keep-alive clients and a cap of 64, a quarter of the requests
 paid a connect, and the worker 45% more CPU per request.  When the process is
 out of descriptors all the same, the idle connections give way: to a client
 being accepted or passed by the kid, a new origin connection or a tunnel's
-pipes (``with_room``; the passed socket in ``Server.can_receive_passed``).
+pipes (``with_room``; a passed socket in ``ProxyServer.can_receive_passed``).
 """
 
 from __future__ import annotations
