@@ -57,6 +57,14 @@ def open_tunnel(port: int, target: str, early: bytes = b"") -> tuple[socket.sock
     return sock, rest
 
 
+def connect_line(ls: Labsquid, target: str, what: str) -> dict[str, str]:
+    """The last access.log line of a CONNECT to ``target``, once it is written."""
+    def find():
+        found = [x for x in ls.access_lines() if f" CONNECT {target} " in x]
+        return parse_squid_line(found[-1]) if found else None
+    return wait_for(find, timeout=5, what=what)
+
+
 def recv_exactly(sock: socket.socket, n: int, already: bytes = b"") -> bytes:
     buf = bytearray(already)
     while len(buf) < n:
@@ -79,10 +87,7 @@ def test_tunnel_carries_bytes_both_ways(labsquid, echo):
         assert sock.recv(10) == b"", "the half-close travels through and back"
     target = f"127.0.0.1:{echo.port}"
 
-    def line():
-        found = [x for x in labsquid.access_lines() if f" CONNECT {target} " in x]
-        return parse_squid_line(found[-1]) if found else None
-    fields = wait_for(line, timeout=5, what="the tunnel's access.log line")
+    fields = connect_line(labsquid, target, "the tunnel's access.log line")
     assert (fields["tag"], fields["status"], fields["hier"], fields["peer"]) == \
         ("TCP_TUNNEL", "200", "HIER_DIRECT", "127.0.0.1")
     sent = len(b"HTTP/1.1 200 Connection established\r\n\r\n") + sum(map(len, messages))
@@ -140,10 +145,7 @@ def test_connect_to_port_not_in_ssl_ports_is_denied(labsquid, origin):
     assert resp.header("X-Squid-Error").split()[0] == "ERR_ACCESS_DENIED"
     assert origin.heads == [] and origin.peers == []
 
-    def line():
-        found = [x for x in labsquid.access_lines() if f" CONNECT {target} " in x]
-        return parse_squid_line(found[-1]) if found else None
-    fields = wait_for(line, timeout=5, what="the denied CONNECT line")
+    fields = connect_line(labsquid, target, "the denied CONNECT line")
     assert (fields["tag"], fields["status"]) == ("TCP_DENIED", "403")
 
 
@@ -155,10 +157,7 @@ def test_connect_refused(labsquid, refused_port):
     assert resp.status == 503
     assert resp.header("X-Squid-Error") == "ERR_CONNECT_FAIL 111"
 
-    def line():
-        found = [x for x in labsquid.access_lines() if f" CONNECT {target} " in x]
-        return parse_squid_line(found[-1]) if found else None
-    fields = wait_for(line, timeout=5, what="the refused CONNECT line")
+    fields = connect_line(labsquid, target, "the refused CONNECT line")
     # squid 5.7: NONE_NONE/503 … HIER_DIRECT/127.0.0.1 for a tunnel that did not open
     assert (fields["tag"], fields["status"], fields["hier"], fields["peer"]) == \
         ("NONE_NONE", "503", "HIER_DIRECT", "127.0.0.1")
@@ -177,10 +176,7 @@ def test_connect_without_a_port_goes_to_443_as_in_squid(labsquid):
     else:
         assert (resp.status, resp.header("X-Squid-Error")) == (503, "ERR_CONNECT_FAIL 111")
 
-    def line():
-        found = [x for x in labsquid.access_lines() if " CONNECT 127.0.0.1:443 " in x]
-        return parse_squid_line(found[-1]) if found else None
-    fields = wait_for(line, timeout=5, what="the CONNECT line with :443")
+    fields = connect_line(labsquid, "127.0.0.1:443", "the CONNECT line with :443")
     assert fields["status"] == str(resp.status)
 
 
