@@ -53,6 +53,7 @@ HOT_MODULES = [
     "labsquid.acl._access",
     "labsquid.acl._acls",
     "labsquid.acl._addresses",
+    "labsquid.acl._values",
 ]
 MANIFEST = PACKAGE / "_native.json"
 

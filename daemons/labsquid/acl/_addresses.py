@@ -46,7 +46,11 @@ MaskedRange = tuple[int, int, int]  # (mask, low, high)
 
 def key(addr: IPAddress) -> int:
     """An address as a point of squid's single IPv6 space."""
-    return _V4_BASE + int(addr) if addr.version == 4 else int(addr)
+    # isinstance, not ``addr.version``: a property call costs more, and the
+    # src acls of squid's default rules run this twice per request.
+    if isinstance(addr, ipaddress.IPv4Address):
+        return _V4_BASE + int(addr)
+    return int(addr)
 
 
 def _prefix_interval(start: int, length: int) -> Interval:
@@ -167,6 +171,8 @@ class AddressSet:
         i = bisect_right(self._starts, point) - 1
         if i >= 0 and point <= self._ends[i]:
             return True
+        if not self._masked:  # the usual case: skip making a generator
+            return False
         return any(low <= (point & mask) <= high for mask, low, high in self._masked)
 
 

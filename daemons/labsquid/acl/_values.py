@@ -190,16 +190,25 @@ def _decoded(text: str) -> str:
     return unquote(text, errors="surrogateescape")
 
 
+def _any_search(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:
+    for pattern in patterns:
+        if pattern.search(text) is not None:
+            return True
+    return False
+
+
+# The subject is made once per check, not once per pattern: the built-in
+# ``manager`` acl alone has two groups (-i and +i) and runs on every request.
 def compile_url_regex(lines: list[Values], label: str, problems: Problems) -> Matcher:
     patterns = tuple(_regex_list(lines, label, problems))
-    return lambda ctx: any(p.search(_decoded(ctx.url)) for p in patterns)
+    return lambda ctx: _any_search(patterns, _decoded(ctx.url))
 
 
 def compile_urlpath_regex(lines: list[Values], label: str, problems: Problems) -> Matcher:
     patterns = tuple(_regex_list(lines, label, problems))
-    return lambda ctx: any(p.search(_decoded(ctx.path)) for p in patterns)
+    return lambda ctx: _any_search(patterns, _decoded(ctx.path))
 
 
 def compile_dstdom_regex(lines: list[Values], label: str, problems: Problems) -> Matcher:
     patterns = tuple(_regex_list(lines, label, problems))
-    return lambda ctx: any(p.search(ctx.host.lower()) for p in patterns)
+    return lambda ctx: _any_search(patterns, ctx.host.lower())
