@@ -73,7 +73,13 @@ class Paused(metaclass=_Sentinel):
     """
 
 
-@dataclass(slots=True)
+# The four message events write their own __init__ (init=False): these are
+# made for every message, and in the compiled build a hand-written __init__
+# is compiled with the module, where the one dataclass generates would run in
+# the interpreter.  A ``headers`` of None means a fresh empty ``Headers``.
+
+
+@dataclass(slots=True, init=False)
 class Request:
     """A request head.  The reader also reports what it had to work out anyway
     to frame the message, so the proxy need not parse it twice: ``framing``
@@ -92,8 +98,21 @@ class Request:
     # The Connection field values, () when there are none.
     connection: list[bytes] | tuple[()] | None = field(default=None, compare=False, repr=False)
 
+    def __init__(self, method: bytes, target: bytes, http_version: bytes = b"1.1",
+                 headers: Headers | None = None, framing: int | str | None = None,
+                 parsed_target: Target | None = None, keep_alive: bool | None = None,
+                 connection: list[bytes] | tuple[()] | None = None) -> None:
+        self.method = method
+        self.target = target
+        self.http_version = http_version
+        self.headers = Headers() if headers is None else headers
+        self.framing = framing
+        self.parsed_target = parsed_target
+        self.keep_alive = keep_alive
+        self.connection = connection
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Response:
     """A final response (status >= 200) or an informational 1xx one."""
 
@@ -106,15 +125,33 @@ class Response:
     keep_alive: bool | None = field(default=None, compare=False, repr=False)
     connection: list[bytes] | tuple[()] | None = field(default=None, compare=False, repr=False)
 
+    def __init__(self, status: int, reason: bytes = b"", http_version: bytes = b"1.1",
+                 headers: Headers | None = None, framing: int | str | None = None,
+                 keep_alive: bool | None = None,
+                 connection: list[bytes] | tuple[()] | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.http_version = http_version
+        self.headers = Headers() if headers is None else headers
+        self.framing = framing
+        self.keep_alive = keep_alive
+        self.connection = connection
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Data:
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class EndOfMessage:
     trailers: Headers = field(default_factory=Headers)
+
+    def __init__(self, trailers: Headers | None = None) -> None:
+        self.trailers = Headers() if trailers is None else trailers
 
 
 @dataclass(slots=True)
