@@ -184,6 +184,16 @@ def test_method_is_case_sensitive() -> None:
     assert matches(["m method GET POST"], method="PUT") is False
 
 
+def test_method_values_squid_knows_count_in_any_case() -> None:
+    """squid reads its own method names in any case, in acl values as in
+    requests (whose methods reach the acls in upper case); an extension
+    method stays case-sensitive."""
+    assert matches(["m method get"], method="GET") is True
+    assert matches(["m method Version-Control"], method="VERSION-CONTROL") is True
+    assert matches(["m method patch"], method="patch") is True
+    assert matches(["m method patch"], method="PATCH") is False
+
+
 def test_proto_uses_squid_scheme_names() -> None:
     assert matches(["p proto HTTP FTP"], proto="HTTP") is True
     assert matches(["p proto http"], proto="HTTP") is True

@@ -12,8 +12,11 @@ from labsquid.http import (
     LocalProtocolError,
     NeedData,
     Paused,
+    ProtocolError,
     Request,
     RequestReader,
+    Response,
+    ResponseReader,
     keep_alive,
 )
 from support.http_feed import bytewise, pump
@@ -153,9 +156,14 @@ def test_transfer_coding_names_are_case_insensitive() -> None:
 @pytest.mark.parametrize(
     "line,host_required",
     [
+        # HTTP/1.1 needs Host only when the target names no authority: an
+        # absolute URI or CONNECT's host:port is what a proxy routes by (squid
+        # 5.7 serves those without Host, and Host is written from the URI).
         (b"OPTIONS * HTTP/1.1", True),
-        (b"GET http://[2001:db8::1]:8080/ HTTP/1.1", True),
-        (b"GET http://user:pw@example.com/ HTTP/1.1", True),
+        (b"GET / HTTP/1.1", True),
+        (b"GET http://[2001:db8::1]:8080/ HTTP/1.1", False),
+        (b"GET http://user:pw@example.com/ HTTP/1.1", False),
+        (b"CONNECT example.com:443 HTTP/1.1", False),
         (b"GET / HTTP/1.0", False),
         (b"GET http://example.com HTTP/1.0", False),
     ],
@@ -163,8 +171,36 @@ def test_transfer_coding_names_are_case_insensitive() -> None:
 def test_target_forms_and_host_rules(line: bytes, host_required: bool) -> None:
     events = pump([line + b"\r\nHost: example.com\r\n\r\n"])
     assert events[0].target == line.split(b" ")[1]
-    if not host_required:
+    if host_required:
+        with pytest.raises(ProtocolError, match="without Host"):
+            pump([line + b"\r\n\r\n"])
+    else:
         assert type(pump([line + b"\r\n\r\n"])[0]) is Request
+
+
+@pytest.mark.parametrize("sent, read", [
+    (b"GET", b"GET"),
+    (b"get", b"GET"),
+    (b"hEaD", b"HEAD"),
+    (b"version-control", b"VERSION-CONTROL"),
+    (b"Purge", b"PURGE"),
+    # not among squid 5.7's methods: extension tokens, kept as sent
+    (b"patch", b"patch"),
+    (b"mkcalendar", b"mkcalendar"),
+    (b"X-Get", b"X-Get"),
+])
+def test_squids_known_methods_are_read_in_any_case(sent: bytes, read: bytes) -> None:
+    events = pump([sent + b" http://h/ HTTP/1.1\r\nHost: h\r\n\r\n"])
+    assert events[0].method == read
+
+
+def test_a_lowercase_head_is_framed_as_head() -> None:
+    """The reply to "head" has no body, whatever its Content-Length says."""
+    request = pump([b"head http://h/ HTTP/1.1\r\nHost: h\r\n\r\n"])[0]
+    reader = ResponseReader(request.method)
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert type(reader.next_event()) is Response
+    assert type(reader.next_event()) is EndOfMessage
 
 
 def test_long_leading_crlf_run_is_skipped() -> None:

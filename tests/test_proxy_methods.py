@@ -111,6 +111,20 @@ def test_head_has_no_body(labsquid, origin):
         assert resp.status == 200 and resp.body == b"xxxxx"
 
 
+def test_a_lowercase_head_typed_into_telnet_is_a_head(labsquid, origin):
+    """As squid reads it: "head" is HEAD (its relaxed parser), sent on in upper
+    case, and an absolute URI needs no Host field: Host is written from it."""
+    with RawClient(labsquid.port) as c:
+        c.send(f"head {origin.url('/bytes/1000')} HTTP/1.1\r\n\r\n".encode())
+        resp = c.read_response("HEAD")
+        assert resp.status == 200 and resp.body == b""
+        assert origin.heads[-1].startswith("HEAD /bytes/1000 HTTP/1.1\r\n")
+        assert f"Host: 127.0.0.1:{origin.port}" in origin.heads[-1].splitlines()
+        c.send(f"GET {origin.url('/bytes/5')} HTTP/1.1\r\n\r\n".encode())
+        resp = c.read_response()
+        assert resp.status == 200 and resp.body == b"xxxxx"
+
+
 def test_http10_client_gets_until_close_body_from_chunked_origin(labsquid, origin):
     with RawClient(labsquid.port) as c:
         c.send(f"GET {origin.url('/chunked/30000')} HTTP/1.0\r\n\r\n".encode())

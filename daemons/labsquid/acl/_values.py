@@ -6,8 +6,9 @@ Each ``compile_*`` takes every line of one acl (squid appends same-named lines)
 and returns a matcher closing over a structure built once for speed:
 
 * ``port``/``localport``: a frozenset of single ports plus a few ranges.
-* ``method``: a frozenset; methods are case-sensitive (RFC 9110 §9.1), so
-  ``get`` is an extension method, not GET.  A value must be an HTTP token.
+* ``method``: a frozenset.  A value must be an HTTP token; one of squid's
+  known methods counts in any case (``get`` is GET), as the request's own
+  method does (``http.canonical_method``), any other is case-sensitive.
 * ``proto``: a frozenset of squid's upper-case scheme names.  Squid ignores an
   unknown name with a warning; we refuse it, since a typo there silently
   changes what a rule matches.
@@ -31,6 +32,7 @@ from functools import lru_cache
 from urllib.parse import unquote
 
 from labsquid.acl._base import AccessContext, Matcher, Problems, Values
+from labsquid.http import canonical_method
 
 # squid 5's AnyP::ProtocolType names (PROTO_ prefix dropped)
 PROTOCOLS = frozenset({
@@ -96,7 +98,7 @@ def compile_method(lines: list[Values], label: str, problems: Problems) -> Match
     for values in lines:
         for token in values.values:
             if _TOKEN.fullmatch(token):
-                methods.add(token)
+                methods.add(canonical_method(token.encode("latin-1")).decode("latin-1"))
             else:
                 problems.error(values.where, f"{label}: bad method '{token}'")
     frozen = frozenset(methods)

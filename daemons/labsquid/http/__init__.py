@@ -43,6 +43,7 @@ from ._framing import (
     request_framing,
     response_framing,
 )
+from ._head import KNOWN_METHODS, canonical_method
 from ._headers import HOP_BY_HOP, Headers
 from ._readers import RequestReader, ResponseReader
 from ._target import (
@@ -81,6 +82,7 @@ __all__ = [
     "ERR_UNSUP_HTTPVERSION",
     "ERR_UNSUP_REQ",
     "HOP_BY_HOP",
+    "KNOWN_METHODS",
     "KEEP_ALIVE_ONLY",
     "ORIGIN",
     "TUNNEL",
@@ -103,6 +105,7 @@ __all__ = [
     "Target",
     "UntilCloseWriter",
     "body_writer",
+    "canonical_method",
     "classify_target",
     "format_authority",
     "content_length",

@@ -107,6 +107,29 @@ def _version_error(version: bytes, line: bytes) -> ProtocolError:
     return ProtocolError(f"malformed HTTP version {version!r}")
 
 
+# squid 5.7's known methods (src/http/MethodType.h as Debian builds it: no
+# PATCH, no MKCALENDAR; "_" in the enum names is "-").  With its default
+# relaxed_header_parser, squid recognises these in any case and uses the
+# upper-case name from then on: in acls, in its log, upstream.  So does
+# labsquid, which also keeps an origin that ignores case from reading a
+# "head" request as HEAD while the proxy frames its reply as a GET's.  Any
+# other token is an extension method and stays as sent (RFC 9110 §9.1).
+KNOWN_METHODS = frozenset({
+    b"GET", b"POST", b"PUT", b"HEAD", b"CONNECT", b"TRACE", b"OPTIONS", b"DELETE",
+    b"CHECKOUT", b"CHECKIN", b"UNCHECKOUT", b"MKWORKSPACE", b"VERSION-CONTROL", b"REPORT",
+    b"UPDATE", b"LABEL", b"MERGE", b"BASELINE-CONTROL", b"MKACTIVITY", b"PROPFIND",
+    b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK", b"SEARCH", b"PRI", b"PURGE",
+})
+
+
+def canonical_method(method: bytes) -> bytes:
+    """A known method in upper case, whatever case it came in; others as sent."""
+    if method in KNOWN_METHODS:  # nearly always: the one set lookup
+        return method
+    upper = method.upper()
+    return upper if upper in KNOWN_METHODS else method
+
+
 def logged_method(start: bytes) -> bytes:
     """The method a refused head's log line names, as squid's does: the token
     its start line begins with, at most ``MAX_METHOD`` characters (``hello``
@@ -115,7 +138,7 @@ def logged_method(start: bytes) -> bytes:
     end = 0
     while end < len(token) and token[end] in _TCHAR_BYTES:
         end += 1
-    return token[:end]
+    return canonical_method(token[:end])
 
 
 def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
@@ -126,6 +149,7 @@ def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
         # Same verdict as check_request_prefix: no method, no HTTP (telnet,
         # a TLS ClientHello...); squid answers ERR_PROTOCOL_UNKNOWN.
         raise ProtocolError("not an HTTP request", 400, ERR_PROTOCOL_UNKNOWN)
+    method = canonical_method(method)
     if len(line.translate(None, _CONTROLS)) + len(parts) - 1 != len(line):
         # squid reads the line left to right: a control byte after the method
         # ends it there, whatever follows (a version, more spaces).

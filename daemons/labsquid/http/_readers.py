@@ -291,7 +291,11 @@ class RequestReader(_Reader):
             raise ProtocolError("more than one Host header")
         if hosts:
             validate_host_header(hosts[0], required=parsed.form == ORIGIN)
-        elif http_version == b"1.1":
+        elif http_version == b"1.1" and parsed.host is None:
+            # RFC 9112 §3.2 wants a 400 for any HTTP/1.1 request without Host,
+            # but a proxy routes by the target's authority when it has one
+            # and writes Host from it (§3.2.2).  squid serves such a request
+            # (telnet's "GET http://host/ HTTP/1.1" and a blank line), so do we.
             raise ProtocolError("HTTP/1.1 request without Host header")
         framing = request.framing = request_framing(request, fields)
         connection = request.connection = fields.get(b"connection", ())
