@@ -139,6 +139,8 @@ def test_content_length_writer_enforces_the_count() -> None:
         Request(b"GET", b"/ HTTP/1.1\r\nX:", b"1.1", Headers([(b"Host", b"a")])),
         Request(b"G T", b"/", b"1.1", Headers([(b"Host", b"a")])),
         Request(b"GET", b"/", b"1.1", Headers()),
+        Request(b"OPTIONS", b"*", b"1.1", Headers()),
+        Request(b"GET", b"http://a/", b"1.1", Headers([(b"Host", b"a"), (b"Host", b"a")])),
         Request(b"GET", b"/", b"2", Headers([(b"Host", b"a")])),
         Request(
             b"POST",
@@ -157,6 +159,14 @@ def test_content_length_writer_enforces_the_count() -> None:
 def test_write_head_refuses_what_a_peer_could_misread(event: Request | Response) -> None:
     with pytest.raises(LocalProtocolError):
         write_head(event)
+
+
+@pytest.mark.parametrize("target", [b"http://a/x", b"a:443"])
+def test_a_target_that_names_the_origin_needs_no_host(target: bytes) -> None:
+    """What the reader accepts (squid's reading), the writer writes."""
+    method = b"CONNECT" if b"//" not in target else b"GET"
+    assert write_head(Request(method, target, b"1.1", Headers())) == (
+        b"%s %s HTTP/1.1\r\n\r\n" % (method, target))
 
 
 def test_body_writer_choice() -> None:

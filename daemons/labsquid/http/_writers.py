@@ -47,7 +47,11 @@ def write_head(event: Request | Response) -> bytes:
             raise LocalProtocolError(f"invalid method {method[:32]!r}")
         if not target or target.translate(None, VCHAR):
             raise LocalProtocolError("invalid request-target")
-        if event.http_version == b"1.1" and event.headers.count(b"host") != 1:
+        # As the reader has it: one Host, or none when the target itself
+        # names the origin (absolute-form, CONNECT's authority-form).
+        hosts = event.headers.count(b"host")
+        if event.http_version == b"1.1" and (
+                hosts > 1 or (hosts == 0 and target[:1] in (b"/", b"*"))):
             raise LocalProtocolError("HTTP/1.1 request needs exactly one Host header")
         out = [b"%s %s %s\r\n" % (method, target, version)]
     else:
