@@ -194,6 +194,18 @@ def test_method_values_squid_knows_count_in_any_case() -> None:
     assert matches(["m method patch"], method="PATCH") is False
 
 
+@pytest.mark.parametrize("lines, enabled", [
+    ([], False),
+    (["m method GET POST"], False),
+    (["p method PURGE"], True),
+    (["p method purge"], True),  # squid's own method name, in any case
+    (["m method GET", "m method PURGE"], True),  # a later line of the same acl
+    (["u url_regex PURGE"], False),  # only a method acl turns it on
+])
+def test_purge_is_enabled_by_a_method_acl_naming_it(lines, enabled) -> None:
+    assert compile_acls([acl(line) for line in lines]).purge_enabled is enabled
+
+
 def test_proto_uses_squid_scheme_names() -> None:
     assert matches(["p proto HTTP FTP"], proto="HTTP") is True
     assert matches(["p proto http"], proto="HTTP") is True

@@ -43,6 +43,7 @@ acl badport port {ports['blocked']}
 acl second localport {ports['second']}
 acl isproto proto HTTP
 acl protopath urlpath_regex ^/proto-check
+acl purgers method purge
 http_access deny !Safe_ports
 http_access deny CONNECT !SSL_ports
 http_access allow localhost manager
@@ -139,6 +140,24 @@ def test_denied_requests_never_reach_the_origin(labsquid, origin):
     fields = parse_squid_line(line)
     assert (fields["client"], fields["tag"], fields["status"]) == \
         ("127.0.0.2", "TCP_DENIED", "403")
+
+
+def test_purge_is_answered_by_the_proxy_and_never_sent_on(labsquid, origin):
+    """A method acl naming PURGE (any case) turns squid's PURGE on; once
+    http_access allows it, the proxy answers it itself.  labsquid caches
+    nothing, so it answers as squid 5.7 does for an object it does not have."""
+    before = len(origin.heads)
+    resp = ask(labsquid.port, "PURGE", origin.url("/id/purged"))
+    assert resp.status == 404 and resp.body == b""
+    assert resp.header("Content-Length") == "0"
+    assert resp.header("X-Cache-Lookup").startswith("NONE from ")
+    assert resp.header("Via").startswith("1.1 ")
+    assert len(origin.heads) == before
+    line = wait_for(lambda: [x for x in labsquid.access_lines() if "/id/purged" in x],
+                    timeout=5)[-1]
+    fields = parse_squid_line(line)
+    assert (fields["tag"], fields["status"], fields["method"], fields["hier"], fields["mime"]) \
+        == ("TCP_MISS", "404", "PURGE", "HIER_NONE", "-")
 
 
 @pytest.mark.parametrize("action, expect", [

@@ -16,8 +16,10 @@ from support.origin import (
     manager_page,
     module_labsquid,
     module_origin,
+    parse_squid_line,
     proxy_conn,
 )
+from support.service import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +125,25 @@ def test_a_lowercase_head_typed_into_telnet_is_a_head(labsquid, origin):
         c.send(f"GET {origin.url('/bytes/5')} HTTP/1.1\r\n\r\n".encode())
         resp = c.read_response()
         assert resp.status == 200 and resp.body == b"xxxxx"
+
+
+def test_purge_without_a_purge_acl_is_refused_and_never_sent_on(labsquid, origin):
+    """squid's default: PURGE is a cache command, refused (403) unless a
+    method acl names it; an origin never sees it (Varnish would act on it)."""
+    before = len(origin.heads)
+    with RawClient(labsquid.port) as c:
+        c.send(f"purge {origin.url('/bytes/7')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        resp = c.read_response("PURGE")
+        assert resp.status == 403
+        assert resp.header("X-Squid-Error") == "ERR_ACCESS_DENIED 0"
+        # a refusal of a request that was understood keeps the connection
+        c.send(f"GET {origin.url('/bytes/5')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert c.read_response().status == 200
+    assert len(origin.heads) == before + 1 and origin.heads[-1].startswith("GET ")
+    line = wait_for(lambda: [x for x in labsquid.access_lines() if "/bytes/7" in x],
+                    timeout=5)[-1]
+    fields = parse_squid_line(line)
+    assert (fields["tag"], fields["status"], fields["method"]) == ("TCP_DENIED", "403", "PURGE")
 
 
 def test_http10_client_gets_until_close_body_from_chunked_origin(labsquid, origin):

@@ -78,9 +78,13 @@ class Acl:
 class AclSet:
     """Every acl of a configuration, built-ins included, looked up by name."""
 
-    def __init__(self, acls: dict[str, Acl], warnings: list[AclWarning]) -> None:
+    def __init__(self, acls: dict[str, Acl], warnings: list[AclWarning],
+                 purge_enabled: bool = False) -> None:
         self._acls = acls  # keyed by casefolded name
         self.warnings: tuple[AclWarning, ...] = tuple(warnings)
+        # squid answers PURGE itself only when some ``method`` acl names it
+        # (whether or not a rule uses that acl); otherwise PURGE is refused.
+        self.purge_enabled = purge_enabled
 
     def get(self, name: str) -> Acl | None:
         return self._acls.get(name.casefold())
@@ -147,7 +151,8 @@ def compile_acls(lines: list[AclLine]) -> AclSet:
     defs = [(name, kind, args, None) for name, kind, args in BUILTIN_ACLS]
     defs += [(line.name, line.type, tuple(line.args), line.where) for line in lines]
     acls: dict[str, Acl] = {}
-    for folded, item in _gather(defs, problems).items():
+    pending = _gather(defs, problems)
+    for folded, item in pending.items():
         compiler, _options = _TYPES[item.type]
         matcher = compiler(item.lines, f"acl '{item.name}' {item.type}", problems)
         if not any(values.values for values in item.lines):
@@ -155,4 +160,8 @@ def compile_acls(lines: list[AclLine]) -> AclSet:
                                       "nothing")
         acls[folded] = Acl(item.name, item.type, matcher, item.type in _NEEDS_DST)
     problems.raise_if_any()
-    return AclSet(acls, problems.warnings)
+    purge_enabled = any(
+        token.upper() == "PURGE"
+        for item in pending.values() if item.type == "method"
+        for values in item.lines for token in values.values)
+    return AclSet(acls, problems.warnings, purge_enabled)

@@ -19,6 +19,7 @@ cdef class ServeContext:
     cdef public bint _log_blocked
     cdef public object config
     cdef public object access
+    cdef public bint purge_enabled
     cdef public object hostname
     cdef public object version
     cdef public object policy

@@ -54,6 +54,7 @@ class ServeContext:
         self.config = config
         acls = acl.compile_acls(list(config.acls))
         self.access = acl.compile_access(list(config.http_access), acls)
+        self.purge_enabled = acls.purge_enabled
         self.hostname = config.visible_hostname or socket.gethostname()
         self.version = None if config.httpd_suppress_version_string else f"labsquid/{__version__}"
         self.policy = ForwardPolicy(self.hostname, self.version, config.via,

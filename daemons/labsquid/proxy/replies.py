@@ -126,12 +126,17 @@ def reply_timeout(txn: Transaction) -> None:
 
 
 def reply_local(txn: Transaction, status: int, reason: bytes, body: bytes, ctype: bytes | None,
-                extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = Headers(extra or [])
+                extra: list[tuple[bytes, bytes]] | None = None, via: bool = False) -> None:
+    headers = Headers()
     if ctype:
         headers.add(b"Content-Type", ctype)
     headers.add(b"Content-Length", str(len(body)).encode())
     headers.add(b"Date", forward.http_date())
+    for name, value in extra or ():
+        headers.add(name, value)
+    policy = txn.ctx.policy
+    if via and policy.via:
+        headers.add(b"Via", policy.via_for(b"1.1"))
     keep = _reusable(txn)
     headers.add(b"Connection", b"keep-alive" if keep else b"close")
     txn.status = status
@@ -141,6 +146,23 @@ def reply_local(txn: Transaction, status: int, reason: bytes, body: bytes, ctype
                    + _body_for(txn, body))
     txn.wants_body = False
     txn.finish(keep)
+
+
+def reply_purge(txn: Transaction) -> None:
+    """PURGE, squid's method for dropping an object from its cache, which
+    squid answers itself and never forwards (an origin such as Varnish could
+    act on it).  As squid 5.7 answers it once http_access allowed it: a 403
+    when no ``method`` acl names PURGE, else "nothing was purged" (404 with
+    no body), since labsquid caches nothing."""
+    if not txn.ctx.purge_enabled:
+        txn.log_tag = "TCP_DENIED"
+        reply_error(txn, "ERR_ACCESS_DENIED", 403, keep=True)
+        return
+    host, port = txn.ctx.hostname, txn.ctx.policy.http_port
+    reply_local(txn, 404, b"Not Found", b"", None, extra=[
+        (b"X-Cache", b"MISS from %s" % host.encode()),
+        (b"X-Cache-Lookup", b"NONE from %s:%d" % (host.encode(), port)),
+    ], via=True)
 
 
 def reply_manager(txn: Transaction) -> None:

@@ -93,6 +93,7 @@ class Transaction:
     reply_timeout = replies.reply_timeout
     reply_local = replies.reply_local
     reply_manager = replies.reply_manager
+    reply_purge = replies.reply_purge
     _connect_timeout = failures.connect_timeout
     upstream_failed = failures.upstream_failed
     _closed_before_reply = failures.closed_before_reply
@@ -205,6 +206,9 @@ class Transaction:
             return
         if self.is_manager():
             self.reply_manager()
+            return
+        if self.method == "PURGE":  # squid's cache method: never sent on
+            self.reply_purge()
             return
         if self.max_forwards_reached():
             return
