@@ -16,6 +16,8 @@ Squid's rules for the ``acl`` directive, as this module applies them:
   warning, since ``manager`` is built in (squid does the same).
 * ``myport`` is squid's old name for ``localport`` and is accepted as such.
 * An acl with no values matches nothing, with a warning (squid: "empty ACL").
+* A ``method`` acl naming PURGE, used or not, turns squid's PURGE on
+  (``AclSet.purge_enabled``): without one, squid refuses every PURGE.
 
 Every problem in every line is collected before one ``AclError`` is raised,
 so ``-k parse`` can show them all.
