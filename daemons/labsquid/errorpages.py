@@ -31,7 +31,7 @@ import re
 from importlib import resources
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_STATUS", "render_error"]
+__all__ = ["DEFAULT_STATUS", "cache_fields", "render_error"]
 
 # The status squid uses for each page by default; callers may override.
 DEFAULT_STATUS: dict[str, int] = {
@@ -113,6 +113,19 @@ def _header_safe(name: str, value: str) -> str:
     return value
 
 
+def cache_fields(hostname: str, http_port: int | None,
+                 lookup: str) -> list[tuple[bytes, bytes]]:
+    """squid's ``X-Cache`` and, given the port (the first ``http_port``),
+    ``X-Cache-Lookup``.  labsquid caches nothing, so the one is always a MISS;
+    ``lookup`` is ``MISS`` once a request went its way to the origin, ``NONE``
+    for one answered before that.  Relayed replies, error pages and the
+    PURGE reply all carry them."""
+    fields = [(b"X-Cache", f"MISS from {hostname}".encode())]
+    if http_port is not None:
+        fields.append((b"X-Cache-Lookup", f"{lookup} from {hostname}:{http_port}".encode()))
+    return fields
+
+
 def render_error(
     code: str,
     *,
@@ -174,12 +187,7 @@ def render_error(
         (b"X-Squid-Error", f"{code} {errno}".encode()),
         (b"Vary", b"Accept-Language"),
         (b"Content-Language", b"en"),
-        (b"X-Cache", f"MISS from {hostname}".encode()),
-    ]
-    if http_port is not None:
-        lookup = "MISS" if looked_up else "NONE"
-        headers.append((b"X-Cache-Lookup", f"{lookup} from {hostname}:{http_port}".encode()))
-    headers += [
+        *cache_fields(hostname, http_port, "MISS" if looked_up else "NONE"),
         (b"Via", f"1.1 {hostname} ({app})".encode()),
         (b"Connection", b"keep-alive" if keep_alive else b"close"),
     ]

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
+from labsquid.errorpages import cache_fields
 from labsquid.http import HOP_BY_HOP, KEEP_ALIVE_ONLY, Headers, Request, Response
 
 UPSTREAM_VERSION = b"HTTP/1.1"
@@ -85,8 +86,8 @@ class ForwardPolicy:
     @functools.cached_property
     def cache_headers(self) -> bytes:
         """squid's pair for a response it forwarded after a cache lookup."""
-        return (b"X-Cache: MISS from %s\r\nX-Cache-Lookup: MISS from %s:%d"
-                % (self.hostname.encode(), self.hostname.encode(), self.http_port))
+        fields = cache_fields(self.hostname, self.http_port, "MISS")
+        return b"\r\n".join(b"%s: %s" % field for field in fields)
 
     @functools.cached_property
     def via_value(self) -> bytes:

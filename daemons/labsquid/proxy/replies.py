@@ -18,7 +18,7 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from labsquid.errorpages import render_error
+from labsquid.errorpages import cache_fields, render_error
 from labsquid.http import ERR_TOO_BIG, Headers, ProtocolError
 from labsquid.proxy import forward, mgr
 
@@ -158,11 +158,8 @@ def reply_purge(txn: Transaction) -> None:
         txn.log_tag = "TCP_DENIED"
         reply_error(txn, "ERR_ACCESS_DENIED", 403, keep=True)
         return
-    host, port = txn.ctx.hostname, txn.ctx.policy.http_port
-    reply_local(txn, 404, b"Not Found", b"", None, extra=[
-        (b"X-Cache", b"MISS from %s" % host.encode()),
-        (b"X-Cache-Lookup", b"NONE from %s:%d" % (host.encode(), port)),
-    ], via=True)
+    reply_local(txn, 404, b"Not Found", b"", None, via=True,
+                extra=cache_fields(txn.ctx.hostname, txn.ctx.policy.http_port, "NONE"))
 
 
 def reply_manager(txn: Transaction) -> None:
