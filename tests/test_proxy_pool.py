@@ -282,18 +282,20 @@ def test_manager_figures_are_the_pools_and_survive_a_reload(make_labsquid, origi
 
 def test_a_request_that_starts_while_draining_is_answered_with_connection_close(
         make_labsquid, origin):
-    """Two connections accepted before a reload, each with half a request
-    head: the old child still answers them (they are not idle), a forwarded
+    """Two connections accepted before a shutdown, each with half a request
+    head: the child still answers them (they are not idle), a forwarded
     response and one of its own error pages, and both say ``Connection:
-    close``: the connection ends with that answer."""
+    close``: the connection ends with that answer.  (A reload moves such
+    connections on instead: test_proxy_reload_connections.py.)"""
     ls = started(make_labsquid(dispatch="notify", pool_size=1))
-    forwarded, denied = origin.url("/id/after-the-reload"), "http://127.0.0.1:9/denied"
+    forwarded, denied = origin.url("/id/after-the-stop"), "http://127.0.0.1:9/denied"
     with RawClient(ls.port) as fwd, RawClient(ls.port) as deny:
         fwd.send(f"GET {forwarded} HTTP/1.1\r\n".encode())
         deny.send(f"GET {denied} HTTP/1.1\r\n".encode())
         time.sleep(0.3)  # both accepted and read by the child
-        ls.signal(signal.SIGHUP)
-        wait_for(lambda: '"reconfigured"' in ls.stderr_text(), timeout=5, what="the reload")
+        ls.signal(signal.SIGTERM)
+        wait_for(lambda: "shutdown_started" in ls.stderr_text(), timeout=5,
+                 what="the shutdown")
         fwd.send(b"Host: h\r\n\r\n")
         deny.send(b"Host: h\r\n\r\n")
         for client, status in ((fwd, 200), (deny, 403)):
@@ -303,16 +305,18 @@ def test_a_request_that_starts_while_draining_is_answered_with_connection_close(
 
 
 def test_a_response_finished_while_draining_says_connection_close(make_labsquid, origin):
-    """A keep-alive client whose request is in flight at a reload: its old
+    """A keep-alive client whose request is in flight at a shutdown: its
     child answers, and says ``Connection: close`` so that the client does not
-    send its next request into a connection about to close."""
+    send its next request into a connection about to close.  (At a reload the
+    answer stays keep-alive and the connection moves on.)"""
     ls = started(make_labsquid(dispatch="notify", pool_size=2))
     with RawClient(ls.port) as c:
-        c.send(f"GET {origin.url('/slow/2')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-        wait_for(lambda: any("/slow/2" in h for h in origin.heads), timeout=5,
+        c.send(f"GET {origin.url('/slow/1')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        wait_for(lambda: any("/slow/1" in h for h in origin.heads), timeout=5,
                  what="the slow request at the origin")
-        ls.signal(signal.SIGHUP)
-        wait_for(lambda: '"reconfigured"' in ls.stderr_text(), timeout=5, what="the reload")
+        ls.signal(signal.SIGTERM)
+        wait_for(lambda: "shutdown_started" in ls.stderr_text(), timeout=5,
+                 what="the shutdown")
         resp = c.read_response()
         assert (resp.status, resp.header("Connection")) == (200, "close")
         assert c.closed_by_peer()

@@ -72,11 +72,15 @@ class Kind:
     PONG = b"p"
     STATUS = b"S"  # kid → master: JSON figures for sd_notify STATUS= and readiness
     ACCEPT = b"A"  # kid → pool child (notify mode): accept until EAGAIN
-    CONN = b"C"  # kid → pool child (passfd mode): one client socket attached
-    STOP = b"Q"  # kid → pool child: stop accepting, finish, exit
+    CONN = b"C"  # kid → pool child: one client socket (passfd; or moved, payload: its requests)
+    STOP = b"Q"  # kid → pool child: stop accepting, finish, exit (payload STOP_MOVE: a reload)
     READY = b"R"  # pool child → kid: started and serving (again: room, descriptors)
     NOFDS = b"N"  # pool child → kid (passfd): out of descriptors, send no CONN until READY
     LOGS = b"W"  # pool child → kid: access-log lines wait on its LogStream (a wake-up)
+    MOVE = b"M"  # old pool child → kid: a client connection for the new generation
+
+
+STOP_MOVE = b"move"  # STOP's payload on a reload: hand client connections over, never close
 
 
 OnMessage = Callable[[bytes, bytes, list[int]], None]  # kind, payload, received fds

@@ -29,7 +29,11 @@ log lines to the kid, which alone feeds the logfile daemon.
 A child that dies is replaced (with a growing delay if it keeps dying young).
 On reconfigure a new generation is forked with the new config; the old one is
 told to ``STOP``: it stops accepting, finishes its requests and exits.  No
-listening socket is closed at any point.
+listening socket is closed at any point, and no client connection either:
+the old children send each one back (``MOVE``) as soon as it is between
+requests, and the kid passes it on (``CONN``) to the least loaded child of
+the newest generation, holding it until one is ready.  squid keeps its
+connections over a reconfigure too (it reconfigures in place).
 """
 
 from __future__ import annotations
@@ -48,7 +52,15 @@ import structlog
 from labsquid import process
 from labsquid.config import Config
 from labsquid.eventloop import NO_DESCRIPTORS, READ, Timer
-from labsquid.ipc import PASSFD_SNDBUF, Channel, Kind, LogStream, channel_pair, log_stream_pair
+from labsquid.ipc import (
+    PASSFD_SNDBUF,
+    STOP_MOVE,
+    Channel,
+    Kind,
+    LogStream,
+    channel_pair,
+    log_stream_pair,
+)
 from labsquid.listeners import PortSpec, address_of, stop_listening
 from labsquid.settings import pool_size
 from labsquid.stats import STATE_PARENT, STATE_SERVING, STATE_STARTING
@@ -198,6 +210,9 @@ class PoolEngine:
         self._logs_due = False
         self._last_collect = 0.0  # loop time of the last log collection
         self._log_turn = 0  # which child's log stream is read first
+        # Connections moved out of old children, waiting for a ready new one:
+        # (fd, payload of the CONN that will carry it).
+        self._moved: list[tuple[int, bytes]] = []
         self._on_drained: Callable[[], None] | None = None
         self._drain_timer: Timer | None = None
         self._announced = False
@@ -365,8 +380,12 @@ class PoolEngine:
     # -- messages from children ---------------------------------------------
     def _on_child_message(self, child: Child, kind: bytes, payload: bytes,
                           fds: list[int]) -> None:
+        if kind == Kind.MOVE:
+            self._moved.extend((fd, payload) for fd in fds)
+            self._place_moved()
+            return
         for fd in fds:
-            os.close(fd)  # children never send fds; do not leak any
+            os.close(fd)  # only MOVE carries any; do not leak them
         if kind == Kind.LOGS:
             if payload:  # urgent: its log stream is full and it holds clients back
                 self._read_logs([child])
@@ -383,6 +402,7 @@ class PoolEngine:
         elif kind == Kind.READY:
             child.ready = True
             child.out_of_fds = False
+            self._place_moved()
             if self.mode == "passfd":
                 self._hold(False)
             if self.mode == "notify":
@@ -473,14 +493,33 @@ class PoolEngine:
         for slot in range(1, pool_size(config) + 1):
             self.spawn(slot)
         for child in old:
-            self._stop_child(child)
+            self._stop_child(child, move=True)
 
-    def _stop_child(self, child: Child) -> None:
+    def _stop_child(self, child: Child, move: bool = False) -> None:
         child.stopping = True
-        child.channel.send(Kind.STOP)
+        child.channel.send(Kind.STOP, STOP_MOVE if move else b"")
+
+    def _place_moved(self) -> None:
+        """Hand the connections old children gave back to the newest ones."""
+        if self.stopping:
+            self._close_moved()
+            return
+        targets = [c for c in self._serving() if not c.out_of_fds]
+        while self._moved and targets:
+            fd, payload = self._moved.pop(0)
+            target = min(targets, key=self._load)
+            if not target.channel.send(Kind.CONN, payload, [fd]):
+                os.close(fd)  # its client sees the close it would have seen before
+                log.warning("moved_connection_lost", worker=target.slot)
+
+    def _close_moved(self) -> None:
+        for fd, _payload in self._moved:
+            os.close(fd)
+        self._moved.clear()
 
     def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:
         self.stopping = True
+        self._close_moved()
         self._on_drained = on_drained
         stop_listening(self.kid.loop, self.kid.listeners)
         for timer in self._respawns.values():
@@ -496,6 +535,7 @@ class PoolEngine:
     def abort(self, on_done: Callable[[], None]) -> None:
         """Children close everything now (SIGINT) but still send their last log lines."""
         self.stopping = True
+        self._close_moved()
         self._on_drained = on_done
         for sock in self.kid.listeners:
             self.loop.remove(sock.fileno())

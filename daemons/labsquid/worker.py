@@ -10,6 +10,9 @@ loop and serves connections the way ``pool_dispatch`` says (see
 Signals: TERM — stop accepting, finish in-flight requests (``shutdown_lifetime``),
 exit; INT — close everything now.  Either way the access-log lines already
 produced reach the kid before exit.  HUP and USR1 are the kid's business.
+A reload's ``STOP`` is TERM without the closing: each client connection goes
+back to the kid (``MOVE``), socket and all, as soon as it is between
+requests, for the new generation to serve.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import structlog
 
 from labsquid import log as logsetup
 from labsquid.eventloop import EventLoop, bind_signal_handlers
-from labsquid.ipc import PASSFD_IN_FLIGHT, Channel, Kind, LogStream
+from labsquid.ipc import PASSFD_IN_FLIGHT, STOP_MOVE, Channel, Kind, LogStream
 from labsquid.listeners import stop_listening
 from labsquid.pacing import Pacer
 from labsquid.process import set_title
@@ -65,6 +68,7 @@ class Worker:
             # Room for a full window of passed sockets, and for serving one more.
             self.server.fd_reserve = PASSFD_IN_FLIGHT + FD_HEADROOM
         self.stopping = False
+        self.moving = False  # stopping for a reload: connections move on (MOVE)
         self.lifetime = kid.config.shutdown_lifetime
 
     def run(self) -> int:
@@ -138,13 +142,19 @@ class Worker:
             if not self.stopping and index < len(self.socks):
                 self.server.accept_burst(self.socks[index])
         elif kind == Kind.CONN:
+            # A new connection (passfd), or one moved from an old child (its
+            # request count as payload).
+            requests = int(payload) if payload else 0
             for fd in fds:
-                if self.stopping:
+                if self.moving:  # a reload came meanwhile: on to the newest children
+                    if not self._move_out(fd, requests):
+                        os.close(fd)
+                elif self.stopping:
                     os.close(fd)
                 else:
-                    self.server.adopt_passed(socket.socket(fileno=fd))
+                    self._adopt(fd, requests)
         elif kind == Kind.STOP:
-            self.handle_term(signal.SIGTERM)
+            self._stop(move=payload == STOP_MOVE)
         else:
             for fd in fds:
                 os.close(fd)
@@ -167,12 +177,28 @@ class Worker:
         logsetup.reopen_cache_log()
 
     def handle_term(self, _signum: int) -> None:
+        self._stop(move=False)
+
+    def _stop(self, move: bool) -> None:
         if self.stopping:
             return
         self.stopping = True
+        self.moving = move
         self.stats_row.set("state", STATE_STOPPING)
-        self.server.drain(self.lifetime, self.loop.stop)
+        self.server.drain(self.lifetime, self.loop.stop, self._move_out if move else None)
         stop_listening(self.loop, self.socks)
+
+    def _move_out(self, fd: int, requests: int) -> bool:
+        """A client connection for the next generation, through the kid."""
+        return self.channel.send(Kind.MOVE, b"%d" % requests, [fd])
+
+    def _adopt(self, fd: int, requests: int) -> None:
+        sock = socket.socket(fileno=fd)
+        try:
+            self.server.adopt_passed(sock, requests)
+        except OSError as exc:  # reset meanwhile: getpeername finds no peer
+            sock.close()
+            log.debug("passed_connection_gone", error=exc.strerror)
 
     def handle_int(self, _signum: int) -> None:
         self.stopping = True

@@ -26,6 +26,8 @@ cdef class ClientConnection:
     cdef public Py_ssize_t bytes_in
     cdef public object _on_closed
     cdef public bint _shutdown
+    cdef public object _hand_over
+    cdef public bint _moving
     cdef public Deadline timeout
     cdef public object _lifetime
     cdef public object on_drain

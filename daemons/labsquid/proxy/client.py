@@ -14,6 +14,13 @@ Timeouts, squid's names: ``request_timeout`` for a complete request head
 (from the first byte or from the end of the previous response), idle
 keep-alive connections close after ``client_idle_pconn_timeout`` (2 minutes),
 and every connection ends at ``client_lifetime``.
+
+Moving on a reload: an old pool child told to stop with a successor waiting
+(``shutdown_when_idle`` with ``hand_over``) does not close its keep-alive
+connections.  Each one, once it is between requests with nothing unread in
+its reader, stops reading (what the client sends next stays in the kernel)
+and is handed over as a socket, with its request count, to be adopted by a
+child of the new generation.  Its client never sees a close.
 """
 
 from __future__ import annotations
@@ -72,6 +79,10 @@ class ClientConnection:
         self.bytes_in = 0
         self._on_closed = on_closed
         self._shutdown = False
+        # Set while stopping for a reload: takes this connection's socket to
+        # the next generation of children; True when it did (see close).
+        self._hand_over: Callable[[ClientConnection], bool] | None = None
+        self._moving = False
         # One re-armable deadline for the whole connection: request_timeout or
         # the idle timeout between requests, and the transaction's connect and
         # read timeouts while one runs (the two never overlap).
@@ -81,9 +92,13 @@ class ClientConnection:
 
     # -- start and events ---------------------------------------------------
     def start(self) -> None:
+        cfg = self.ctx.config
         self.loop.add(self.fd, READ, self._on_event)
-        self._lifetime = self.loop.call_later(self.ctx.config.client_lifetime, self._lifetime_up)
-        self._arm(self.ctx.config.request_timeout, self._request_timeout)
+        self._lifetime = self.loop.call_later(cfg.client_lifetime, self._lifetime_up)
+        # A connection moved here between requests (requests > 0) is an idle
+        # keep-alive one; a new one has its first request head to send.
+        self._arm(cfg.client_idle_pconn_timeout if self.requests else cfg.request_timeout,
+                  self._request_timeout)
 
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
         self.timeout.set(delay, callback)
@@ -234,6 +249,8 @@ class ClientConnection:
         if self.reader.has_trailing_data():  # a pipelined request is waiting
             self._arm(self.ctx.config.request_timeout, self._request_timeout)
             self.loop.call_soon(self.process)
+        elif self._hand_over is not None:  # stopping for a reload: idle, so it moves now
+            self._move()
         else:  # the next bytes that arrive start the next request
             self._arm(self.ctx.config.client_idle_pconn_timeout, self._request_timeout)
 
@@ -291,18 +308,30 @@ class ClientConnection:
 
     def _lifetime_up(self) -> None:
         self._lifetime = None
+        self._moving = False
         log.info("client_lifetime_expired", client=f"{self.peer_ip}:{self.peer_port}")
         if self.txn is not None:
             self.txn.abort("client_lifetime")
         self.close()
 
-    def shutdown_when_idle(self) -> None:
+    def shutdown_when_idle(self,
+                           hand_over: Callable[[ClientConnection], bool] | None = None) -> None:
         """Close after the current exchange; idle keep-alive connections at once.
 
         A connection that has not yet sent its first request is not idle: it
         was accepted, so its client is about to speak and gets its answer
         (``shutdown_lifetime`` bounds the wait).
+
+        With ``hand_over`` (a reload), nothing is closed: each connection
+        moves to the next generation as soon as it is between requests with
+        nothing unread, a new one that has sent nothing yet included.
         """
+        if hand_over is not None:
+            self._hand_over = hand_over
+            # Not one whose last answer said close and is still going out.
+            if self.txn is None and not self.closing and not self.reader.has_trailing_data():
+                self._move()
+            return
         self._shutdown = True
         if self.txn is not None:
             # Its answer says close, before the client sends again; one
@@ -318,7 +347,15 @@ class ClientConnection:
         else:
             self.close()
 
+    def _move(self) -> None:
+        """Leave the socket to the next generation once our replies are out."""
+        self._moving = True
+        self._disarm()
+        self.pause_reading(True)  # its next bytes are the new owner's to read
+        self.close_when_flushed()
+
     def abort(self, reason: str) -> None:
+        self._moving = False
         if self.txn is not None:
             self.txn.abort(reason)
         self.close()
@@ -334,8 +371,10 @@ class ClientConnection:
             txn, self.txn = self.txn, None
             txn.abort("client closed")
         self.loop.remove(self.fd)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        # A client that half-closed has nothing more to say: no point moving it.
+        if not (self._moving and not self.eof and self._hand_over(self)):  # type: ignore[misc]
+            try:
+                self.sock.close()
+            except OSError:
+                pass
         self._on_closed(self)

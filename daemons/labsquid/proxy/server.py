@@ -9,7 +9,8 @@ ways, matching the pool's dispatch modes:
 * ``accept_burst(sock)`` — woken by the kid (notify): accept **until EAGAIN**.
   One accept per wake-up is the notes' experiment-7 bug: connections that
   arrive together leave all but one stranded in the backlog;
-* ``adopt(sock)`` — a connected socket received with ``SCM_RIGHTS`` (passfd).
+* ``adopt(sock)`` — a connected socket received with ``SCM_RIGHTS`` (passfd; or,
+  in any mode, one an old child handed over at a reload, see ``drain``).
 
 Out of file descriptors (``DescriptorShortage``): when accept fails with
 EMFILE and the like, accepting pauses for ``FD_PAUSE`` instead of spinning
@@ -204,9 +205,9 @@ class ProxyServer:
         return accepted
 
     # -- passfd: sockets passed by the kid -----------------------------------
-    def adopt_passed(self, conn: socket.socket) -> None:
+    def adopt_passed(self, conn: socket.socket, requests: int = 0) -> None:
         """A socket the kid passed arrived whole."""
-        self.adopt(conn)
+        self.adopt(conn, requests=requests)
         self.fds.succeeded()
 
     def can_receive_passed(self) -> bool:
@@ -242,10 +243,13 @@ class ProxyServer:
         if self.fds.fail(error, len(self.connections)) and self.on_fd_shortage is not None:
             self.on_fd_shortage(True)  # the kid holds new ones back until our READY
 
-    def adopt(self, conn: socket.socket, addr: tuple | None = None) -> None:
+    def adopt(self, conn: socket.socket, addr: tuple | None = None, requests: int = 0) -> None:
+        """Serve a connected socket; ``requests``: how many it carried before it
+        was moved here by a reload (0: a new connection)."""
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = ClientConnection(self.ctx, conn, addr or conn.getpeername(), self._closed)
+        client.requests = requests
         self.connections.add(client)
         self.ctx.stats.add("active", 1)
         if len(self.connections) >= self.ctx.config.pool_max_connections:
@@ -323,12 +327,26 @@ class ProxyServer:
             self.loop.remove(sock.fileno())
         self.listening.clear()
 
-    def drain(self, lifetime: float, on_drained: Callable[[], None]) -> None:
-        """Let in-flight requests finish (idle connections close now), then call back."""
+    def drain(self, lifetime: float, on_drained: Callable[[], None],
+              hand_over: Callable[[int, int], bool] | None = None) -> None:
+        """Let in-flight requests finish (idle connections close now), then call back.
+
+        With ``hand_over(fd, requests)`` (a reload), connections are not closed
+        but handed over, each when it is between requests (``ClientConnection``);
+        it returns False when the socket could not go, which then closes.
+        """
         self.stop_accepting()
         self._drain_cb = on_drained
+        move = None
+        if hand_over is not None:
+            def move(client: ClientConnection) -> bool:
+                fd = client.sock.detach()
+                if hand_over(fd, client.requests):
+                    return True
+                os.close(fd)
+                return False
         for client in list(self.connections):
-            client.shutdown_when_idle()
+            client.shutdown_when_idle(move)
         if not self.connections:
             self.loop.call_soon(self._finish_drain)
         else:

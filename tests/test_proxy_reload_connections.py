@@ -1,0 +1,260 @@
+"""A reload closes no client connection: keep-alive connections move to the new workers.
+
+squid reconfigures in place and keeps its client connections.  labsquid starts
+a new generation of pool children instead; the old ones hand every client
+connection back to the kid as soon as it is between requests, and the kid
+passes it to a new child.  A keep-alive client never sees a close, so it never
+has to retry (or lose) a request sent just as the old child was leaving.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+
+from support.chaos import holder_of
+from support.origin import RawClient
+from support.service import wait_for
+
+pytestmark = pytest.mark.slow
+
+POOL_MODES = ["notify", "passfd", "shared", "reuseport"]
+
+
+def _get(client: RawClient, url: str, close: bool = False):
+    extra = "Connection: close\r\n" if close else ""
+    client.send(f"GET {url} HTTP/1.1\r\nHost: h\r\n{extra}\r\n".encode())
+    return client.read_response()
+
+
+def _reload(ls) -> set[int]:
+    """SIGHUP, then wait until only a new generation of workers is left; its pids."""
+    old = {w.pid for w in ls.workers()}
+    ls.signal(signal.SIGHUP)
+
+    def new_generation() -> set[int]:
+        pids = {w.pid for w in ls.workers()}
+        return pids if len(pids) == ls.pool_size and not pids & old else set()
+    return wait_for(new_generation, timeout=10, what="only new workers")
+
+
+def _port(client: RawClient) -> int:
+    return client.sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("dispatch", POOL_MODES)
+def test_idle_keep_alive_connections_survive_reloads(make_labsquid, origin, dispatch):
+    ls = make_labsquid(dispatch=dispatch, pool_size=2).start()
+    clients = [RawClient(ls.port) for _ in range(4)]
+    try:
+        for i, c in enumerate(clients):
+            resp = _get(c, origin.url(f"/id/before-{i}"))
+            assert resp.status == 200 and resp.body == f"path /id/before-{i}\n".encode()
+            assert resp.header("Connection") != "close"
+        for round_ in range(2):  # moved once, then moved again
+            new = _reload(ls)
+            for i, c in enumerate(clients):
+                # The same socket, served by a child of the new generation.
+                holder = wait_for(lambda c=c: holder_of(ls, _port(c)), timeout=5,
+                                  what="a worker holding the connection")
+                assert holder.pid in new
+                resp = _get(c, origin.url(f"/id/after-{round_}-{i}"))
+                assert resp.status == 200
+                assert resp.body == f"path /id/after-{round_}-{i}\n".encode()
+                assert resp.header("Connection") != "close"
+    finally:
+        for c in clients:
+            c.close()
+    wanted = {origin.url(f"/id/{r}-{i}") for r in ("before", "after-0", "after-1")
+              for i in range(4)}
+    wait_for(lambda: wanted <= {line.split()[6] for line in ls.access_lines()}, timeout=5,
+             what="a line for every request")
+    assert ls.stop() == 0
+
+
+@pytest.mark.parametrize("dispatch", ["notify", "passfd"])
+def test_a_request_in_flight_over_a_reload_is_answered_and_its_connection_kept(
+        make_labsquid, origin, dispatch):
+    """The old child answers it (keep-alive, as asked), then hands the connection over."""
+    ls = make_labsquid(dispatch=dispatch, pool_size=2).start()
+    with RawClient(ls.port) as c:
+        c.send(f"GET {origin.url('/slow/1')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        time.sleep(0.3)  # at the origin now
+        old_holder = holder_of(ls, _port(c))
+        assert old_holder is not None
+        new = _reload_while_old_serves(ls, old_holder.pid)
+        resp = c.read_response()
+        assert resp.status == 200
+        assert resp.header("Connection") != "close"
+        wait_for(lambda: _gone(old_holder), timeout=10, what="the old worker to exit")
+        resp = _get(c, origin.url("/id/next"))
+        assert resp.status == 200 and resp.body == b"path /id/next\n"
+        assert holder_of(ls, _port(c)).pid in new
+    assert ls.stop() == 0
+
+
+def test_a_head_half_sent_at_a_reload_is_answered_and_its_connection_moved(
+        make_labsquid, origin):
+    """Accepted before the reload with half a request head: the old child
+    answers it (keep-alive), then the connection moves on."""
+    ls = make_labsquid(dispatch="notify", pool_size=1).start()
+    with RawClient(ls.port) as c:
+        c.send(f"GET {origin.url('/id/half')} HTTP/1.1\r\n".encode())
+        time.sleep(0.3)  # accepted and read by the child
+        old = {w.pid for w in ls.workers()}
+        ls.signal(signal.SIGHUP)
+        wait_for(lambda: '"reconfigured"' in ls.stderr_text(), timeout=5, what="the reload")
+        c.send(b"Host: h\r\n\r\n")
+        resp = c.read_response()
+        assert resp.status == 200 and resp.header("Connection") == "keep-alive"
+        resp = _get(c, origin.url("/id/next"))
+        assert resp.status == 200 and resp.body == b"path /id/next\n"
+        holder = holder_of(ls, _port(c))
+        assert holder is not None and holder.pid not in old
+    assert ls.stop() == 0
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _reload_while_old_serves(ls, old_pid: int) -> set[int]:
+    """SIGHUP; the new workers' pids once they are up (the old one is still busy)."""
+    ls.signal(signal.SIGHUP)
+
+    def new_workers() -> set[int]:
+        pids = {w.pid for w in ls.workers() if "worker-" in " ".join(w.cmdline())}
+        fresh = pids - {old_pid}
+        return fresh if len(fresh) >= ls.pool_size and old_pid in pids else set()
+    return wait_for(new_workers, timeout=10, what="the new generation beside the old worker")
+
+
+def test_a_moved_connection_keeps_the_idle_timeout_of_a_kept_alive_one(make_labsquid, origin):
+    """Moved between requests, it waits client_idle_pconn_timeout, not request_timeout."""
+    ls = make_labsquid(dispatch="notify", pool_size=2,
+                       extra="client_idle_pconn_timeout 1 second\nrequest_timeout 1 minute\n")
+    ls.start()
+    with RawClient(ls.port) as c:
+        assert _get(c, origin.url("/id/one")).status == 200
+        _reload(ls)
+        wait_for(lambda: holder_of(ls, _port(c)), timeout=5, what="the new holder")
+        t0 = time.monotonic()
+        assert c.closed_by_peer()
+        assert time.monotonic() - t0 < 5
+    assert ls.stop() == 0
+
+
+def test_a_connection_that_asked_to_close_is_closed_not_moved(make_labsquid, origin):
+    ls = make_labsquid(dispatch="notify", pool_size=2).start()
+    with RawClient(ls.port) as c:
+        c.send(f"GET {origin.url('/slow/1')} HTTP/1.1\r\nHost: h\r\n"
+               "Connection: close\r\n\r\n".encode())
+        time.sleep(0.3)
+        ls.signal(signal.SIGHUP)
+        resp = c.read_response()
+        assert resp.status == 200 and resp.header("Connection") == "close"
+        assert c.closed_by_peer()
+    assert ls.stop() == 0
+
+
+@pytest.mark.parametrize("dispatch", ["notify", "reuseport"])
+def test_reloads_under_keep_alive_load_close_no_connection(make_labsquid, origin, dispatch):
+    """Four clients, each sending request after request on one connection,
+    through ten reloads: every request is answered on the connection it was
+    sent on, including those sent just as an old worker was handing it over."""
+    ls = make_labsquid(dispatch=dispatch, pool_size=2).start()
+    stop = threading.Event()
+    answered = [0] * 4
+    failures: list[str] = []
+
+    def client(index: int) -> None:
+        with RawClient(ls.port) as c:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    resp = _get(c, origin.url(f"/id/{index}-{n}"))
+                except OSError as exc:  # EOFError too: the proxy closed it
+                    failures.append(f"client {index} request {n}: {exc!r}")
+                    return
+                if resp.status != 200 or resp.body != f"path /id/{index}-{n}\n".encode():
+                    failures.append(f"client {index} request {n}: {resp.status}")
+                    return
+                answered[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: min(answered) > 10, timeout=10, what="traffic on every connection")
+        for _ in range(10):
+            _reload(ls)
+            before = list(answered)
+            wait_for(lambda b=before: failures or all(a > b[i] + 5 for i, a in enumerate(answered)),
+                     timeout=10, what="every connection to be served after the reload")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert failures == []
+    assert min(answered) > 60
+    assert ls.stop() == 0
+
+
+def _slow_reader(port: int, url: str) -> socket.socket:
+    """A connection with a tiny receive window that asked for ``url`` with
+    ``Connection: close`` and reads nothing yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {url} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+    return sock
+
+
+def _kernel_holds(proxy_port: int, client: socket.socket) -> int:
+    """How many reply bytes the kernel has taken from the proxy for ``client``
+    (the proxy's Send-Q, as ``ss`` shows it, and the client's Recv-Q)."""
+    client_port = client.getsockname()[1]
+    out = subprocess.run(["ss", "-tnH", f"( sport = :{proxy_port} and dport = :{client_port} ) "
+                          f"or ( sport = :{client_port} and dport = :{proxy_port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(f[1]) + int(f[2]) for f in (line.split() for line in out.splitlines()))
+
+
+def test_an_answer_still_going_out_at_a_reload_closes_as_it_said(make_labsquid, origin):
+    """A reply that says ``Connection: close``, read whole from the origin but
+    still in the proxy's buffer when the reload comes (its client reads
+    slowly): once it is out, the connection closes, as announced.  Moved
+    instead, it would wait for a request its client will never send."""
+    ls = make_labsquid(dispatch="notify", pool_size=2).start()
+    # How much the kernel buffers for a reader this slow: the reply must be a
+    # little more (below the proxy's HIGH_WATER), so that its end waits in the
+    # proxy after the whole reply was read from the origin.
+    with _slow_reader(ls.port, origin.url("/bytes/8000000")) as probe:
+        time.sleep(0.5)
+        capacity = _kernel_holds(ls.port, probe)
+    assert capacity > 0
+    size = capacity + 128 * 1024
+    with _slow_reader(ls.port, origin.url(f"/bytes/{size}")) as sock:
+        time.sleep(0.5)  # the whole reply is read from the origin, its end waits in the proxy
+        assert _kernel_holds(ls.port, sock) < size
+        ls.signal(signal.SIGHUP)
+        wait_for(lambda: '"reconfigured"' in ls.stderr_text(), timeout=5, what="the reload")
+        time.sleep(0.3)  # the old child has its STOP
+        received = b""
+        while chunk := sock.recv(65536):  # a timeout here: never closed
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    assert len(body) == size
+    assert ls.stop() == 0
