@@ -16,7 +16,10 @@ the hard limit for both labsquid and this client.  Then:
    the 200 and its body, and keeps every connection open and idle;
 3. after ``--settle`` seconds, reads memory again: *after*; checks every
    connection is still open (a non-blocking ``MSG_PEEK`` that would block);
-4. sends a second request on ``--sample`` random connections: all must get 200.
+4. with ``--reload``: sends SIGHUP and times how long the old pool children
+   take to hand every connection over to the new ones and exit; checks again
+   that every connection is still open (a reload closes none);
+5. sends a second request on ``--sample`` random connections: all must get 200.
 
 Memory is RSS and USS (``psutil.memory_full_info``: pages only that process
 holds, so what the forked children share with the kid is not counted twice),
@@ -296,13 +299,16 @@ class Result:
     uss_per_conn: float
     connections_per_process: list[int]
     open_seconds: float  # time to open and serve all of them
+    reload_seconds: float | None  # --reload: SIGHUP until only new pool children are left
+    open_after_reload: int | None  # --reload: connections still open then
+    connections_per_new_process: list[int] | None  # --reload: as moved to the new children
     total_seconds: float
     origin_requests: int
     proxy_exit: int
 
 
 def run(count: int, batch: int, sample: int, settle: float, dispatch: str, pool_size: int,
-        python: str = sys.executable) -> Result:
+        python: str = sys.executable, reload: bool = False) -> Result:
     began = time.monotonic()
     hard = raise_nofile()
     if hard < count + 200:
@@ -354,7 +360,15 @@ def run(count: int, batch: int, sample: int, settle: float, dispatch: str, pool_
         log(f"after {settle:.0f}s idle: {open_now} still open, RSS {rss_after / 2**20:.1f} MiB, "
             f"USS {uss_after / 2**20:.1f} MiB; tcp sockets per pool child {per_process}")
 
-        # 4. a second request on a sample
+        # 4. a reload: every connection moves to the new generation
+        reload_seconds = open_after_reload = per_new = None
+        if reload:
+            reload_seconds, per_new = reload_and_wait(proxy, count)
+            open_after_reload = sum(1 for c in conns if still_open(c.sock))
+            log(f"reload: done after {reload_seconds} s, {open_after_reload} still open; "
+                f"tcp sockets per new pool child {per_new}")
+
+        # 5. a second request on a sample
         picked = random.Random(1).sample(conns, min(sample, len(conns)))
         exchange(picked, [url(f"again{i}") for i in range(len(picked))], None, 30)
         sample_served = sum(1 for c in picked if c.status == 200 and c.body_ok)
@@ -370,8 +384,42 @@ def run(count: int, batch: int, sample: int, settle: float, dispatch: str, pool_
         rss_before=rss_before, rss_after=rss_after, uss_before=uss_before,
         uss_after=uss_after, rss_per_conn=(rss_after - rss_before) / count,
         uss_per_conn=(uss_after - uss_before) / count, connections_per_process=per_process,
-        open_seconds=round(open_seconds, 2), total_seconds=round(time.monotonic() - began, 2),
+        open_seconds=round(open_seconds, 2), reload_seconds=reload_seconds,
+        open_after_reload=open_after_reload, connections_per_new_process=per_new,
+        total_seconds=round(time.monotonic() - began, 2),
         origin_requests=origin.requests, proxy_exit=code)
+
+
+def reload_and_wait(proxy: Proxy, count: int, timeout: float = 30.0
+                    ) -> tuple[float | None, list[int]]:
+    """SIGHUP; (seconds until only new pool children are left and they hold
+    ``count`` connections, or None if that did not happen within ``timeout``;
+    the connections each new child holds then)."""
+    kid = proxy.kid()
+    assert kid is not None
+    old = {p.pid for p in proxy.workers(kid)}
+    log_file = proxy.folder / "stderr.log"
+    reloads = log_file.read_text(errors="replace").count('"reconfigured"')
+    began = time.monotonic()
+    proxy.proc.send_signal(signal.SIGHUP)
+    while not proxy.pool_size:  # serial: the kid reconfigures in place
+        if log_file.read_text(errors="replace").count('"reconfigured"') > reloads:
+            return round(time.monotonic() - began, 2), [proxy.clients_of(kid)]
+        if time.monotonic() - began > timeout:
+            return None, [proxy.clients_of(kid)]
+        time.sleep(0.02)
+    while True:
+        pids = [p for p in proxy.workers(kid) if p.pid not in old]
+        left = [p for p in proxy.workers(kid) if p.pid in old]
+        if not left and len(pids) >= proxy.pool_size:
+            held = [proxy.clients_of(p) for p in pids]
+            if sum(held) >= count:
+                return round(time.monotonic() - began, 2), held
+        if time.monotonic() - began > timeout:  # reported as not done: None
+            log(f"after {timeout:.0f}s: old children {[p.pid for p in left]} still there, "
+                f"new ones hold {[proxy.clients_of(p) for p in pids]}")
+            return None, [proxy.clients_of(p) for p in pids]
+        time.sleep(0.02)
 
 
 def main() -> int:
@@ -385,11 +433,13 @@ def main() -> int:
     parser.add_argument("--pool-size", type=int, default=2)
     parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--reload", action="store_true",
+                        help="reload while they are idle: every one must stay open")
     args = parser.parse_args()
     if not os.path.exists(args.python):
         args.python = sys.executable
     result = run(args.count, args.batch, args.sample, args.settle, args.dispatch,
-                 args.pool_size, args.python)
+                 args.pool_size, args.python, args.reload)
     if args.json:
         print(json.dumps(asdict(result)))
     else:
@@ -399,8 +449,15 @@ def main() -> int:
               f"USS {result.uss_per_conn / 1024:.1f} KiB ({result.dispatch}, kid + "
               f"{result.pool_size} pool children: RSS {result.rss_before / 2**20:.1f} -> "
               f"{result.rss_after / 2**20:.1f} MiB); {result.total_seconds:.0f}s")
+        if result.reload_seconds is not None:
+            where = ("kept by the kid, which reconfigures in place" if not result.pool_size
+                     else f"moved to the new pool children {result.connections_per_new_process}")
+            print(f"reload: {result.open_after_reload}/{result.count} still open, {where}, "
+                  f"in {result.reload_seconds} s")
     ok = (result.served == result.count == result.still_open
-          and result.sample_served == result.sample)
+          and result.sample_served == result.sample
+          and result.open_after_reload in (None, result.count)
+          and (result.reload_seconds is not None or result.open_after_reload is None))
     return 0 if ok else 1
 
 

@@ -620,6 +620,32 @@ def test_ten_thousand_idle_keepalive_connections():
     assert result["proxy_exit"] == 0, result
 
 
+def test_ten_thousand_idle_keepalive_connections_move_over_a_reload():
+    """A reload with 10,000 idle keep-alive connections: the old pool children
+    hand every one over (thousands at once through the kid), none is closed."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    count = 10_000 if hard >= 10_500 else max(500, hard - 500)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "idle_conns.py"), "--count", str(count),
+         "--settle", "1", "--reload", "--json"],
+        capture_output=True, text=True, timeout=150)
+    assert run.returncode in (0, 1), run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    lost = (count - result["open_after_reload"]) + (result["sample"] - result["sample_served"])
+    record(area="fault", case=f"SIGHUP with {count:,} idle keep-alive connections",
+           tried=count, lost=lost, unit="connections closed or not served after",
+           detail=f"every connection moved to the new pool children "
+                  f"{result['connections_per_new_process']} in {result['reload_seconds']} s; "
+                  f"second request on {result['sample']} of them")
+    print(run.stderr)
+    assert result["served"] == result["still_open"] == count, result
+    assert result["reload_seconds"] is not None, result  # the old children left in time
+    assert result["open_after_reload"] == count, result
+    assert sum(result["connections_per_new_process"]) == count, result
+    assert result["sample_served"] == result["sample"], result
+    assert result["proxy_exit"] == 0, result
+
+
 IDLE_TIMEOUT = 1.0  # client_idle_pconn_timeout below
 
 

@@ -144,11 +144,17 @@ class Channel:
         self._on_message = _ignore_message
         self._on_close = _ignore_close
 
-    def send(self, kind: bytes, payload: bytes = b"", fds: list[int] | None = None) -> bool:
-        """Queue one message; False when the channel is closed or its queue is full."""
+    def send(self, kind: bytes, payload: bytes = b"", fds: list[int] | None = None,
+             bounded: bool = True) -> bool:
+        """Queue one message; False when the channel is closed or its queue is full.
+
+        ``bounded=False`` queues past ``max_queue``: for a socket handed over at a
+        reload, whose descriptor is held either way and which a full queue
+        would otherwise close (thousands of them go at once).
+        """
         if self.closed or self.broken:
             return False
-        if len(self._queue) >= self._max_queue:
+        if bounded and len(self._queue) >= self._max_queue:
             self.dropped += 1
             return False
         self._queue.append((kind + payload, fds or []))

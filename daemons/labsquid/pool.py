@@ -27,13 +27,14 @@ row of counters in the shared-memory segment.  They send finished requests'
 log lines to the kid, which alone feeds the logfile daemon.
 
 A child that dies is replaced (with a growing delay if it keeps dying young).
-On reconfigure a new generation is forked with the new config; the old one is
-told to ``STOP``: it stops accepting, finishes its requests and exits.  No
+On reconfigure a new generation is forked with the new config; once all of
+it is ready (so that some child serves at every moment), the old one is told
+to ``STOP``: it stops accepting, finishes its requests and exits.  No
 listening socket is closed at any point, and no client connection either:
 the old children send each one back (``MOVE``) as soon as it is between
 requests, and the kid passes it on (``CONN``) to the least loaded child of
-the newest generation, holding it until one is ready.  squid keeps its
-connections over a reconfigure too (it reconfigures in place).
+the newest generation.  (squid 5.7 keeps an idle connection over a
+reconfigure too, but closes it after its next answer.)
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ class PoolEngine:
         # Connections moved out of old children, waiting for a ready new one:
         # (fd, payload of the CONN that will carry it).
         self._moved: list[tuple[int, bytes]] = []
+        self._retiring: list[Child] = []  # older generations, stopped once the newest is ready
         self._on_drained: Callable[[], None] | None = None
         self._drain_timer: Timer | None = None
         self._announced = False
@@ -402,6 +404,7 @@ class PoolEngine:
         elif kind == Kind.READY:
             child.ready = True
             child.out_of_fds = False
+            self._retire_old()
             self._place_moved()
             if self.mode == "passfd":
                 self._hold(False)
@@ -469,6 +472,10 @@ class PoolEngine:
             self._check_drained()
             return True
         lived = time.monotonic() - child.started
+        if child.generation < self.generation:  # retiring: its successor is starting
+            log.warning("worker_died", worker=child.slot, worker_pid=pid, status=text,
+                        lived=round(lived, 3), respawn_in=None)
+            return True
         deaths = self._deaths.get(child.slot, 0) + 1 if lived < YOUNG_DEATH else 0
         self._deaths[child.slot] = deaths
         delay = min(RESPAWN_MAX, RESPAWN_MIN * (2 ** deaths)) if deaths else 0.0
@@ -492,8 +499,20 @@ class PoolEngine:
         self._respawns.clear()
         for slot in range(1, pool_size(config) + 1):
             self.spawn(slot)
-        for child in old:
-            self._stop_child(child, move=True)
+        self._retiring += old
+
+    def _retire_old(self) -> None:
+        """Stop the older generations once every child of the newest is ready:
+        until then they serve on (in notify and passfd modes the kid sends new
+        connections only to the newest, and holds them in the backlog)."""
+        newest = [c for c in self.children.values() if c.generation == self.generation]
+        if not self._retiring or len(newest) < pool_size(self.kid.config) \
+                or not all(c.ready for c in newest):
+            return
+        for child in self._retiring:
+            if not child.stopping and child.pid in self.children:
+                self._stop_child(child, move=True)
+        self._retiring.clear()
 
     def _stop_child(self, child: Child, move: bool = False) -> None:
         child.stopping = True
@@ -508,7 +527,7 @@ class PoolEngine:
         while self._moved and targets:
             fd, payload = self._moved.pop(0)
             target = min(targets, key=self._load)
-            if not target.channel.send(Kind.CONN, payload, [fd]):
+            if not target.channel.send(Kind.CONN, payload, [fd], bounded=False):
                 os.close(fd)  # its client sees the close it would have seen before
                 log.warning("moved_connection_lost", worker=target.slot)
 
@@ -520,6 +539,7 @@ class PoolEngine:
     def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:
         self.stopping = True
         self._close_moved()
+        self._retiring.clear()  # stopped below with the rest
         self._on_drained = on_drained
         stop_listening(self.kid.loop, self.kid.listeners)
         for timer in self._respawns.values():

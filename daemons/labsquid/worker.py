@@ -190,7 +190,7 @@ class Worker:
 
     def _move_out(self, fd: int, requests: int) -> bool:
         """A client connection for the next generation, through the kid."""
-        return self.channel.send(Kind.MOVE, b"%d" % requests, [fd])
+        return self.channel.send(Kind.MOVE, b"%d" % requests, [fd], bounded=False)
 
     def _adopt(self, fd: int, requests: int) -> None:
         sock = socket.socket(fileno=fd)
