@@ -71,6 +71,27 @@ for t in threads:
 print(json.dumps({"ok": ok, "failed": failed}))
 '''
 
+# A keep-alive client inside the container: one request, then (once /tmp/go exists) another
+# on the same connection; prints each status line, or EOF when the proxy closed it.
+KEEPALIVE = r'''
+import os, socket, sys, time
+s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+def exchange(tag):
+    s.sendall(f"GET http://127.0.0.1:8080/hello.txt?{tag} HTTP/1.1\r\n"
+              "Host: 127.0.0.1:8080\r\n\r\n".encode())
+    data = b""
+    while not data.endswith(b"hello\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            return "EOF"
+        data += chunk
+    return data.split(b"\r\n", 1)[0].decode()
+print(exchange("keepalive-1"), flush=True)
+while not os.path.exists("/tmp/go"):
+    time.sleep(0.05)
+print(exchange("keepalive-2"), flush=True)
+'''
+
 
 # -- on the host --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -126,6 +147,7 @@ def box(deb):
         container.write_file("/srv/origin/hello.txt", "hello\n")
         container.write_file("/etc/systemd/system/lab-origin.service", ORIGIN_UNIT)
         container.write_file("/usr/local/lib/labsquid-test/load.py", LOAD)
+        container.write_file("/usr/local/lib/labsquid-test/keepalive.py", KEEPALIVE)
         container.systemctl("daemon-reload")
         container.systemctl("start", "lab-origin.service")
         wait_for(lambda: container.exec("curl", "-sf", f"{ORIGIN}/hello.txt").stdout == "hello\n",
@@ -275,6 +297,30 @@ def test_reload_under_load_fails_no_request(box):
     reconfigured = [e for e in events(box, since) if e["LABSQUID_EVENT"] == "reconfigured"]
     assert len(reconfigured) == 3
     assert "Reloaded labsquid.service" in box.journal("-u", UNIT, "--since", since)
+
+
+def test_reload_keeps_a_keep_alive_connection(box):
+    """``systemctl reload`` replaces the pool children; the keep-alive connection of a
+    client between two requests moves to a new one instead of being closed."""
+    ensure_active(box)
+
+    def workers() -> set[str]:
+        return set(box.exec("pgrep", "-f", "worker-").stdout.split())
+
+    box.exec("rm", "-f", "/tmp/go")
+    client = box.popen("python3", "/usr/local/lib/labsquid-test/keepalive.py")
+    try:
+        assert client.stdout.readline().strip() == "HTTP/1.1 200 OK"
+        old = workers()
+        box.systemctl("reload", UNIT)
+        wait_for(lambda: workers() and not workers() & old, 15, interval=0.05,
+                 what="only new pool children")
+        box.exec("touch", "/tmp/go")
+        out, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert out.strip() == "HTTP/1.1 200 OK", (out, err)
 
 
 def test_logrotate_rotates_without_losing_a_line(box):
