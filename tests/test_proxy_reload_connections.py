@@ -139,6 +139,44 @@ def _reload_while_old_serves(ls, old_pid: int) -> set[int]:
     return wait_for(new_workers, timeout=10, what="the new generation beside the old worker")
 
 
+def test_a_reload_cuts_no_request_that_outlasts_shutdown_lifetime(make_labsquid, origin):
+    """squid's reconfigure lets a request in flight finish however long it takes
+    (checked: 6 s with ``shutdown_lifetime 2 seconds``); so does a reload here.
+    The old child answers it whole, then hands its connection over."""
+    ls = make_labsquid(dispatch="notify", pool_size=2).start()  # shutdown_lifetime 2 seconds
+    with RawClient(ls.port, timeout=15) as c:
+        c.send(f"GET {origin.url('/slow/4')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        wait_for(lambda: any("/slow/4" in h for h in origin.heads), timeout=5,
+                 what="the slow request at the origin")
+        old = holder_of(ls, _port(c))
+        assert old is not None
+        ls.signal(signal.SIGHUP)
+        resp = c.read_response()
+        assert resp.status == 200 and resp.header("Connection") == "keep-alive"
+        wait_for(lambda: _gone(old), timeout=10, what="the old worker to exit")
+        assert _get(c, origin.url("/id/after")).status == 200
+    assert any("/slow/4" in line.split()[6] and "TCP_MISS/200" in line
+               for line in ls.access_lines())
+    assert ls.stop() == 0
+
+
+def test_a_shutdown_during_a_reloads_drain_still_ends_in_shutdown_lifetime(
+        make_labsquid, origin):
+    """The reload put no bound on the old child's request; the shutdown that
+    follows does: labsquid exits within shutdown_lifetime (2 s) and a little."""
+    ls = make_labsquid(dispatch="notify", pool_size=2).start()
+    with RawClient(ls.port, timeout=30) as c:
+        c.send(f"GET {origin.url('/slow/20')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        wait_for(lambda: any("/slow/20" in h for h in origin.heads), timeout=5,
+                 what="the slow request at the origin")
+        old = holder_of(ls, _port(c))
+        assert old is not None
+        _reload_while_old_serves(ls, old.pid)
+        began = time.monotonic()
+        assert ls.stop() == 0
+        assert time.monotonic() - began < 6, "the old child's request was not cut in time"
+
+
 def test_a_moved_connection_keeps_the_idle_timeout_of_a_kept_alive_one(make_labsquid, origin):
     """Moved between requests, it waits client_idle_pconn_timeout, not request_timeout."""
     ls = make_labsquid(dispatch="notify", pool_size=2,

@@ -180,12 +180,18 @@ class Worker:
         self._stop(move=False)
 
     def _stop(self, move: bool) -> None:
+        """A reload's STOP (``move``): requests in flight finish however long they
+        take, as over squid's reconfigure (each still has its own timeouts and
+        ``client_lifetime``); a shutdown cuts them at ``shutdown_lifetime``."""
         if self.stopping:
+            if not move:  # TERM after a reload's STOP: the shutdown's bound applies
+                self.server.bound_drain(self.lifetime)
             return
         self.stopping = True
         self.moving = move
         self.stats_row.set("state", STATE_STOPPING)
-        self.server.drain(self.lifetime, self.loop.stop, self._move_out if move else None)
+        self.server.drain(None if move else self.lifetime, self.loop.stop,
+                          self._move_out if move else None)
         stop_listening(self.loop, self.socks)
 
     def _move_out(self, fd: int, requests: int) -> bool:

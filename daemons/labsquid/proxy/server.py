@@ -327,9 +327,10 @@ class ProxyServer:
             self.loop.remove(sock.fileno())
         self.listening.clear()
 
-    def drain(self, lifetime: float, on_drained: Callable[[], None],
+    def drain(self, lifetime: float | None, on_drained: Callable[[], None],
               hand_over: Callable[[int, int], bool] | None = None) -> None:
-        """Let in-flight requests finish (idle connections close now), then call back.
+        """Let in-flight requests finish (idle connections close now), then call back;
+        what is still open after ``lifetime`` seconds is cut (None: no bound).
 
         With ``hand_over(fd, requests)`` (a reload), connections are not closed
         but handed over, each when it is between requests (``ClientConnection``);
@@ -349,7 +350,12 @@ class ProxyServer:
             client.shutdown_when_idle(move)
         if not self.connections:
             self.loop.call_soon(self._finish_drain)
-        else:
+        elif lifetime is not None:
+            self._drain_timer = self.loop.call_later(lifetime, self._drain_expired)
+
+    def bound_drain(self, lifetime: float) -> None:
+        """A drain without a bound (a reload's) gets one: a shutdown came meanwhile."""
+        if self._drain_cb is not None and self._drain_timer is None and self.connections:
             self._drain_timer = self.loop.call_later(lifetime, self._drain_expired)
 
     def _drain_expired(self) -> None:
