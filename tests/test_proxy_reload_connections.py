@@ -1,10 +1,12 @@
-"""A reload closes no client connection: keep-alive connections move to the new workers.
+"""A reload closes no client connection and cuts no request: connections move to the new workers.
 
-squid reconfigures in place and keeps its client connections.  labsquid starts
-a new generation of pool children instead; the old ones hand every client
-connection back to the kid as soon as it is between requests, and the kid
-passes it to a new child.  A keep-alive client never sees a close, so it never
-has to retry (or lose) a request sent just as the old child was leaving.
+squid reconfigures in place: requests in flight finish, and an idle connection
+stays open (until squid's next answer on it, which says close).  labsquid starts
+a new generation of pool children instead; the old ones finish what they
+serve, hand every client connection back to the kid as soon as it is between
+requests, and the kid passes it to a new child.  A keep-alive client never
+sees a close, so it never has to retry (or lose) a request sent just as the
+old child was leaving.
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ pytestmark = pytest.mark.slow
 POOL_MODES = ["notify", "passfd", "shared", "reuseport"]
 
 
-def _get(client: RawClient, url: str, close: bool = False):
-    extra = "Connection: close\r\n" if close else ""
-    client.send(f"GET {url} HTTP/1.1\r\nHost: h\r\n{extra}\r\n".encode())
+def _get(client: RawClient, url: str):
+    client.send(f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
     return client.read_response()
 
 
