@@ -109,6 +109,34 @@ def test_a_relative_config_path_still_reloads(make_labsquid):
     assert ls.stop() == 0
 
 
+def test_relative_file_names_in_the_config_keep_their_folder_over_a_reload(
+        make_labsquid, origin):
+    """``access_log daemon:rel/access.log`` means the starting folder's rel/ at
+    start and after a reload alike (the reload used to read it from ``/``,
+    where the kid works, and moved the log to /rel/access.log)."""
+    ls = make_labsquid(dispatch="notify")
+    text = ls.config_text().replace(f"daemon:{ls.access_log}", "daemon:rel/access.log")
+    assert "daemon:rel/access.log" in text
+    ls.write_config(text=text)
+    (ls.folder / "rel").mkdir()
+    ls.start()
+    log = ls.folder / "rel" / "access.log"
+    assert _fetch(ls.port, origin.url("/id/before")) == 200
+    wait_for(lambda: log.exists() and "/id/before" in log.read_text(), what="the first line")
+    ls.signal(signal.SIGHUP)
+    wait_for(lambda: '"reconfigured"' in ls.stderr_text(), what="the reload")
+    assert _fetch(ls.port, origin.url("/id/after")) == 200
+    wait_for(lambda: "/id/after" in log.read_text(), what="the line after the reload")
+    assert not Path("/rel/access.log").exists()
+    assert ls.stop() == 0
+
+
+def _fetch(port: int, url: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET {url} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+        return int(s.recv(64).split()[1])
+
+
 def test_stale_pid_file_is_taken_over(make_labsquid):
     ls = make_labsquid()
     ls.pidfile.write_text("999999\n")

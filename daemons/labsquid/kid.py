@@ -51,6 +51,9 @@ class Kid:
                  config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        # Relative names in the config mean this folder, on a reload too (run()
+        # leaves it for /).
+        self.start_folder = os.getcwd()
         self.name = name
         self.listeners = listeners
         self.loop = EventLoop()
@@ -150,7 +153,7 @@ class Kid:
         if self.stopping:
             return
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, base=self.start_folder)
         except ConfigError as exc:
             log.error("reconfigure_refused", problems=[str(p) for p in exc.problems])
             self.send_status(reconfigured=False)

@@ -26,19 +26,22 @@ def config_path(explicit: str | None) -> str | None:
     return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
 
 
-def load_config(path: str | None) -> Config:
+def load_config(path: str | None, base: str | None = None) -> Config:
+    """The config at ``path`` (None: the embedded default), its relative file
+    names made absolute against ``base`` (default: the current folder)."""
     config = load(path) if path else parse_text(EMBEDDED_DEFAULT, "<embedded default>")
-    return absolute_paths(config)
+    return absolute_paths(config, base or os.getcwd())
 
 
-def absolute_paths(config: Config) -> Config:
-    """Relative file names, resolved once against the starting folder.
+def absolute_paths(config: Config, base: str) -> Config:
+    """Relative file names, resolved against the starting folder ``base``.
 
     The kid works from ``/`` (an unprivileged user may not be able to enter
-    the folder it was started from), so nothing may depend on the cwd later.
+    the folder it was started from), so nothing may depend on the cwd later:
+    on a reload it passes the folder it started in.
     """
     def fix(path: str | None) -> str | None:
-        return os.path.abspath(path) if path else path
+        return os.path.normpath(os.path.join(base, path)) if path else path
 
     logs = tuple(dataclasses.replace(e, path=fix(e.path)) for e in config.access_log)
     return dataclasses.replace(
