@@ -140,17 +140,24 @@ def _reload_while_old_serves(ls, old_pid: int) -> set[int]:
     return wait_for(new_workers, timeout=10, what="the new generation beside the old worker")
 
 
+def _slow_request(ls, origin, client: RawClient, path: str) -> psutil.Process:
+    """Send a request for ``path`` (``/slow/S``); once the origin has it, the
+    pool child serving it."""
+    client.send(f"GET {origin.url(path)} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    wait_for(lambda: any(path in h for h in origin.heads), timeout=5,
+             what="the slow request at the origin")
+    holder = holder_of(ls, _port(client))
+    assert holder is not None
+    return holder
+
+
 def test_a_reload_cuts_no_request_that_outlasts_shutdown_lifetime(make_labsquid, origin):
     """squid's reconfigure lets a request in flight finish however long it takes
     (checked: 6 s with ``shutdown_lifetime 2 seconds``); so does a reload here.
     The old child answers it whole, then hands its connection over."""
     ls = make_labsquid(dispatch="notify", pool_size=2).start()  # shutdown_lifetime 2 seconds
     with RawClient(ls.port, timeout=15) as c:
-        c.send(f"GET {origin.url('/slow/4')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-        wait_for(lambda: any("/slow/4" in h for h in origin.heads), timeout=5,
-                 what="the slow request at the origin")
-        old = holder_of(ls, _port(c))
-        assert old is not None
+        old = _slow_request(ls, origin, c, "/slow/4")
         ls.signal(signal.SIGHUP)
         resp = c.read_response()
         assert resp.status == 200 and resp.header("Connection") == "keep-alive"
@@ -167,11 +174,7 @@ def test_a_shutdown_during_a_reloads_drain_still_ends_in_shutdown_lifetime(
     follows does: labsquid exits within shutdown_lifetime (2 s) and a little."""
     ls = make_labsquid(dispatch="notify", pool_size=2).start()
     with RawClient(ls.port, timeout=30) as c:
-        c.send(f"GET {origin.url('/slow/20')} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-        wait_for(lambda: any("/slow/20" in h for h in origin.heads), timeout=5,
-                 what="the slow request at the origin")
-        old = holder_of(ls, _port(c))
-        assert old is not None
+        old = _slow_request(ls, origin, c, "/slow/20")
         _reload_while_old_serves(ls, old.pid)
         began = time.monotonic()
         assert ls.stop() == 0
