@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from labsquid.acl import _addresses, _values
 from labsquid.acl._base import AclWarning, Matcher, Problems, Values, split_options
+from labsquid.http import canonical_method
 
 if TYPE_CHECKING:
     from labsquid.config import AclLine, Where
@@ -163,7 +164,7 @@ def compile_acls(lines: list[AclLine]) -> AclSet:
         acls[folded] = Acl(item.name, item.type, matcher, item.type in _NEEDS_DST)
     problems.raise_if_any()
     purge_enabled = any(
-        token.upper() == "PURGE"
+        canonical_method(token.encode("latin-1")) == b"PURGE"
         for item in pending.values() if item.type == "method"
         for values in item.lines for token in values.values)
     return AclSet(acls, problems.warnings, purge_enabled)
