@@ -591,17 +591,23 @@ def test_many_slowloris_clients(short_timeouts, origin):
 # 4. 10,000 idle keep-alive connections (bench/idle_conns.py)
 # =============================================================================
 
-def test_ten_thousand_idle_keepalive_connections():
+def idle_conns(*args: str, timeout: float) -> tuple[int, dict, str]:
+    """Run bench/idle_conns.py with as many connections as this machine allows
+    (10,000); (that count, its JSON result, its stderr)."""
     # Each side needs a descriptor per connection; an unprivileged process may go
     # up to its hard limit (bench/idle_conns.py raises the soft one).
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     count = 10_000 if hard >= 10_500 else max(500, hard - 500)
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "idle_conns.py"), "--count", str(count),
-         "--settle", "1", "--json"],
-        capture_output=True, text=True, timeout=100)
+         "--settle", "1", *args, "--json"],
+        capture_output=True, text=True, timeout=timeout)
     assert run.returncode in (0, 1), run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    return count, json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
+
+
+def test_ten_thousand_idle_keepalive_connections():
+    count, result, stderr = idle_conns(timeout=100)
     lost = (count - result["served"]) + (count - result["still_open"]) \
         + (result["sample"] - result["sample_served"])
     record(area="fault", case=f"{count:,} idle keep-alive connections",
@@ -610,7 +616,7 @@ def test_ten_thousand_idle_keepalive_connections():
                   f"{result['sample']}; memory per idle connection RSS "
                   f"{result['rss_per_conn'] / 1024:.1f} KiB, USS "
                   f"{result['uss_per_conn'] / 1024:.1f} KiB (kid + pool children)")
-    print(run.stderr)
+    print(stderr)
     assert result["served"] == count, result
     assert result["still_open"] == count, result
     assert result["sample_served"] == result["sample"], result
@@ -623,21 +629,14 @@ def test_ten_thousand_idle_keepalive_connections():
 def test_ten_thousand_idle_keepalive_connections_move_over_a_reload():
     """A reload with 10,000 idle keep-alive connections: the old pool children
     hand every one over (thousands at once through the kid), none is closed."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    count = 10_000 if hard >= 10_500 else max(500, hard - 500)
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "idle_conns.py"), "--count", str(count),
-         "--settle", "1", "--reload", "--json"],
-        capture_output=True, text=True, timeout=150)
-    assert run.returncode in (0, 1), run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    count, result, stderr = idle_conns("--reload", timeout=150)
     lost = (count - result["open_after_reload"]) + (result["sample"] - result["sample_served"])
     record(area="fault", case=f"SIGHUP with {count:,} idle keep-alive connections",
            tried=count, lost=lost, unit="connections closed or not served after",
            detail=f"every connection moved to the new pool children "
                   f"{result['connections_per_new_process']} in {result['reload_seconds']} s; "
                   f"second request on {result['sample']} of them")
-    print(run.stderr)
+    print(stderr)
     assert result["served"] == result["still_open"] == count, result
     assert result["reload_seconds"] is not None, result  # the old children left in time
     assert result["open_after_reload"] == count, result
