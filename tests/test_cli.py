@@ -291,7 +291,7 @@ def test_rotate_moves_cache_log_and_every_process_follows(make_labsquid, user):
 def test_no_daemon_mode_is_one_process(make_labsquid):
     ls = make_labsquid()
     ls.start("-N", wait=False)
-    wait_for(ls.answers, what="the port")
+    wait_for(ls.listening, what="the port")
     with socket.create_connection(("127.0.0.1", ls.port)) as s:
         s.sendall(b"hello\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400")
@@ -372,7 +372,7 @@ def test_logs_are_json_off_a_terminal_and_readable_on_one(make_labsquid):
     cmd = " ".join(ls2.command("--foreground"))
     proc = subprocess.Popen(["script", "-qfec", cmd, "/dev/null"], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ls2.folder)
-    wait_for(lambda: ls2.pidfile.exists() and ls2.answers(), what="the terminal instance")
+    wait_for(lambda: ls2.pidfile.exists() and ls2.listening(), what="the terminal instance")
     time.sleep(0.5)
     os.kill(int(ls2.pidfile.read_text()), signal.SIGTERM)
     out = proc.communicate(timeout=20)[0].decode(errors="replace")

@@ -243,7 +243,7 @@ def test_a_logfile_daemon_without_acknowledgements_gets_every_line(make_labsquid
     what is given up, and the exit does not wait for acknowledgements."""
     ls = make_labsquid(dispatch="notify", extra=f"logfile_daemon {program}\n")
     ls.start(wait=False)  # (wait_ready looks for our daemon's title)
-    wait_for(lambda: ls.answers() and '"service_ready"' in ls.stderr_text(), what="ready")
+    wait_for(lambda: ls.listening() and '"service_ready"' in ls.stderr_text(), what="ready")
     for _ in range(30):
         hello(ls.port)
     wait_for(lambda: len(ls.access_lines()) == 30, timeout=10, what="30 lines on disk")

@@ -149,12 +149,11 @@ class Labsquid:
         except psutil.Error:
             return False
 
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-        except OSError:
-            return False
+    def listening(self) -> bool:
+        """Whether the port listens.  Asked of ``ss``, not by connecting: a
+        probe that connects and sends nothing is a client squid logs (as
+        ``error:transaction-end-before-headers``), and so does labsquid."""
+        return bool(listening_sockets(self.port))
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         def ready() -> bool:
@@ -162,8 +161,8 @@ class Labsquid:
             if self.proc.poll() is not None:
                 raise AssertionError(f"labsquid exited with {self.proc.returncode}:\n"
                                      + self.stderr_text())
-            return self.answers() and self.tree_complete() and "service_ready" in \
-                self.stderr_text()
+            return "service_ready" in self.stderr_text() and self.tree_complete() \
+                and self.listening()
         wait_for(ready, timeout, what="labsquid to be ready")
 
     def stderr_text(self) -> str:
