@@ -445,6 +445,44 @@ def test_default_config_manager_only_from_localhost(default_rules) -> None:
     assert default_rules.check(ctx(src=ipaddress.ip_address("10.1.2.3"), **mgr)).allowed is False
 
 
+# -- has ------------------------------------------------------------------------------
+
+# What squid 5.7 put where, here, with `has request` and `has response` acls on
+# its access_log lines: a 400 for telnet's hello has both, a line for a
+# connection that ended before its head has neither, an aborted request that
+# was never answered has a request only.
+@pytest.mark.parametrize(("has_request", "has_response"),
+                         [(True, True), (False, False), (True, False)],
+                         ids=["answered", "ended before headers", "aborted unanswered"])
+def test_has_matches_the_parts_the_transaction_has(has_request: bool, has_response: bool) -> None:
+    facts = {"has_request": has_request, "has_response": has_response}
+    assert matches(["r has request"], **facts) is has_request
+    assert matches(["r has response"], **facts) is has_response
+    assert matches(["r has ALE"], **facts) is True  # every transaction has its log entry
+    # Two lines with one name: either component (squid ORs them).
+    assert matches(["r has request", "r has response"], **facts) is (has_request or
+                                                                       has_response)
+
+
+def test_has_in_http_access_sees_a_request_and_no_response_yet() -> None:
+    rules = access(["r has request", "s has response"], ["deny s", "allow r"])
+    assert rules.check(ctx()).allowed is True
+
+
+def test_has_request_keeps_connections_without_a_request_out_of_a_file() -> None:
+    """squid's own example (cf.data.pre, acl has): one file for transactions
+    with a request, another for the rest."""
+    from labsquid.acl import compile_log_targets
+    from labsquid.config import parse_text
+
+    config = parse_text("acl hasRequest has request\n"
+                        "access_log daemon:/l/a squid hasRequest\n"
+                        "access_log daemon:/l/b squid !hasRequest\n", "t.conf")
+    targets = compile_log_targets(list(config.access_log), compile_acls(list(config.acls)))
+    assert targets.choose(ctx()) == [0]
+    assert targets.choose(ctx(has_request=False)) == [1]
+
+
 # -- errors ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -467,6 +505,13 @@ def test_default_config_manager_only_from_localhost(default_rules) -> None:
     ("x proto GOPHERS", "acl 'x' proto: unknown protocol 'GOPHERS'"),
     ("x dstdomain a/b", "acl 'x' dstdomain: bad domain 'a/b'"),
     ("x port -i 80", "acl 'x' port: unsupported option '-i'"),
+    # squid 5.7 refuses these three too ("unsupported component 'Request' for
+    # 'has' acl", "multiple components not supported", "argument missing").
+    ("x has Request", "acl 'x' has: unsupported component 'Request' (one of request, "
+                      "response, ALE)"),
+    ("x has request response", "acl 'x' has: multiple components not supported; give each "
+                               "its own line with the same acl name"),
+    ("x has", "acl 'x' has: argument missing (one of request, response, ALE)"),
     ("x" * 64 + " src all", f"ACL name '{'x' * 64}' too long, max 63 characters supported"),
 ])
 def test_error_messages(line: str, message: str) -> None:

@@ -50,6 +50,7 @@ _TYPES: dict[str, tuple[Compiler, frozenset[str]]] = {
     "dstdom_regex": (_values.compile_dstdom_regex, frozenset({"-n", "-i"})),
     "url_regex": (_values.compile_url_regex, frozenset({"-i"})),
     "urlpath_regex": (_values.compile_urlpath_regex, frozenset({"-i"})),
+    "has": (_values.compile_has, frozenset()),
 }
 _ALIASES = {"myport": "localport"}
 _NEEDS_DST = frozenset({"dst"})

@@ -30,6 +30,10 @@ class AccessContext:
     case (``HTTP``, ``HTTPS``, ``FTP``...; squid leaves a CONNECT request's
     scheme as ``NONE``).  ``dst`` is the resolved addresses of ``host``, or
     None while nobody has resolved it; an IP-literal host never needs it.
+    ``has_request``/``has_response`` are what squid's ``has`` acl asks: every
+    transaction has a request but one logged for a connection that ended
+    before a request head; a response, once one was made (never yet while
+    ``http_access`` is checked).
     """
 
     src: IPAddress
@@ -41,6 +45,8 @@ class AccessContext:
     url: str
     path: str
     dst: tuple[IPAddress, ...] | None = None
+    has_request: bool = True
+    has_response: bool = False
 
     def resolved(self, addresses: tuple[IPAddress, ...]) -> AccessContext:
         """The same request once ``host`` resolved (empty tuple: lookup failed)."""

@@ -17,6 +17,11 @@ and returns a matcher closing over a structure built once for speed:
   on the host is dropped (``example.com.`` is the same site, and must not slip
   past a deny).  An IP-literal host is compared as text: squid would try a
   reverse lookup next, we never do (as with squid's ``-n``).
+* ``has``: which parts the transaction has (``request``, ``response``,
+  ``ALE``), spelt exactly so, one per line; same-name lines are ORed.  As in
+  squid, another word, two on a line, or none is an error.  It is for
+  ``access_log`` lines: ``acl hasRequest has request`` keeps connections that
+  never sent a request out of a file.
 * ``*_regex``: squid's ``-i``/``+i`` switch case-sensitivity for the patterns
   that follow, on that line only.  Patterns of one case are joined into one
   alternation when that is safe, so a check is one ``search`` per group.
@@ -214,3 +219,29 @@ def compile_urlpath_regex(lines: list[Values], label: str, problems: Problems) -
 def compile_dstdom_regex(lines: list[Values], label: str, problems: Problems) -> Matcher:
     patterns = tuple(_regex_list(lines, label, problems))
     return lambda ctx: _any_search(patterns, ctx.host.lower())
+
+
+# -- transaction components -------------------------------------------------------
+
+HAS_COMPONENTS = ("request", "response", "ALE")  # squid 5's names, case and all
+
+
+def compile_has(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    wanted: set[str] = set()
+    for values in lines:
+        if not values.values:
+            problems.error(values.where, f"{label}: argument missing (one of "
+                                         f"{', '.join(HAS_COMPONENTS)})")
+        elif len(values.values) > 1:
+            problems.error(values.where, f"{label}: multiple components not supported; "
+                                         "give each its own line with the same acl name")
+        elif values.values[0] not in HAS_COMPONENTS:
+            problems.error(values.where, f"{label}: unsupported component "
+                                         f"'{values.values[0]}' (one of "
+                                         f"{', '.join(HAS_COMPONENTS)})")
+        else:
+            wanted.add(values.values[0])
+    if "ALE" in wanted:  # every transaction has its access-log entry
+        return lambda ctx: True
+    request, response = "request" in wanted, "response" in wanted
+    return lambda ctx: (request and ctx.has_request) or (response and ctx.has_response)

@@ -89,13 +89,18 @@ def client_aborted(txn: Transaction) -> None:
     txn.client.close()
 
 
+# The URL squid logs for a connection that ended without a request head; its
+# transaction is the one that does not match ``acl ... has request``.
+ENDED_BEFORE_HEADERS = "error:transaction-end-before-headers"
+
+
 def ended_before_headers(txn: Transaction) -> None:
-    """The client closed inside a request head: nobody to answer, and no
-    request.  squid logs it all the same, as
+    """The connection ended inside a request head, or before its first byte:
+    nobody to answer, and no request.  squid logs it all the same, as
     ``NONE_NONE/000 0 - error:transaction-end-before-headers``."""
     txn.log_tag = "NONE_NONE"
     txn.method = "-"
-    txn.url = "error:transaction-end-before-headers"
+    txn.url = ENDED_BEFORE_HEADERS
     txn.finish(False)
 
 

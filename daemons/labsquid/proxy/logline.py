@@ -13,6 +13,7 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from labsquid.accesslog import AccessRecord
+from labsquid.proxy.failures import ENDED_BEFORE_HEADERS
 
 if TYPE_CHECKING:
     from labsquid.http import Request
@@ -24,7 +25,10 @@ def log_to_chosen(txn: Transaction, duration_ms: int, counted: bool) -> None:
     its acls choose."""
     ctx = txn.ctx
     ctx.log(None, duration_ms, txn.status, counted)
-    for index in ctx.log_targets.choose(txn.access_context(_known_addresses(txn))):
+    access = txn.access_context(_known_addresses(txn))
+    access.has_request = txn.url != ENDED_BEFORE_HEADERS
+    access.has_response = txn.status != 0
+    for index in ctx.log_targets.choose(access):
         ctx.log_line(txn._line(ctx.log_formats[index], duration_ms), index)
 
 
