@@ -7,6 +7,8 @@ none``.  Each file has its own logfile daemon, rotated once per file.
 
 from __future__ import annotations
 
+import socket
+
 import psutil
 import pytest
 
@@ -227,6 +229,37 @@ def test_a_dst_acl_on_access_log_sees_the_addresses_a_name_had(tmp_path, origin)
         wait_lines(ls, "in.log", by_name)
         assert [x.split()[6] for x in lines_of(ls, "in.log")] == [by_name]
         assert [x.split()[6] for x in lines_of(ls, "out.log")] == [nowhere]
+    finally:
+        assert ls.stop() == 0
+
+
+def test_has_request_keeps_connections_that_sent_nothing_out_of_a_file(tmp_path, origin):
+    """squid's remedy for lines of TCP health checks (cf.data.pre's example for
+    ``acl has``): every transaction with a request goes to one file, the
+    connections that sent none, and hello's 400 that has one, where squid 5.7
+    put them here."""
+    ls = Labsquid(tmp_path, dispatch="notify", pool_size=1)  # one child: one order
+    ls.write_config(text=with_logs(ls, "acl hasRequest has request\n"
+                                       "access_log daemon:{logs}/req.log squid hasRequest\n"
+                                       "access_log daemon:{logs}/noreq.log squid !hasRequest\n"))
+    ls.start()
+    try:
+        for _ in range(3):  # three health checks
+            with socket.create_connection(("127.0.0.1", ls.port), timeout=5) as probe:
+                probe.shutdown(socket.SHUT_WR)
+                assert probe.recv(100) == b""
+        with RawClient(ls.port) as c:
+            c.send(b"hello\r\n\r\n")
+            assert c.read_until_close().startswith(b"HTTP/1.1 400")
+        get = origin.url("/id/with-request")
+        request(ls, "GET", get)
+        wait_lines(ls, "req.log", get)
+        wait_lines(ls, "noreq.log", "error:transaction-end-before-headers", count=3)
+        assert [x.split()[5:7] for x in lines_of(ls, "req.log")] == [
+            ["hello", "error:invalid-request"], ["GET", get]]
+        assert [x.split()[3:] for x in lines_of(ls, "noreq.log")] == [
+            ["NONE_NONE/000", "0", "-", "error:transaction-end-before-headers", "-",
+             "HIER_NONE/-", "-"]] * 3
     finally:
         assert ls.stop() == 0
 

@@ -434,15 +434,23 @@ def test_a_connection_reset_inside_a_head_is_logged(labsquid, origin):
     assert new[0].split()[3:] == ENDED_BEFORE_HEADERS
 
 
-def test_a_connection_that_sent_nothing_is_not_logged(labsquid, origin):
-    """Where labsquid differs from squid 5.7, which logs it as above: a TCP
-    health check would write a line each time."""
-    before = _lines_so_far(labsquid, origin, "before-nothing")
-    with socket.create_connection(("127.0.0.1", labsquid.port), timeout=5) as sock:
+@pytest.mark.parametrize("ending", ["close", "reset"])
+def test_a_connection_that_sent_nothing_is_logged_as_squid_logs_it(labsquid, origin, ending):
+    """squid 5.7 logs a connection that ends without a byte (a TCP health
+    check, a client that gave up) as one that ended inside a head; an
+    ``acl ... has request`` on access_log keeps such lines out of a file."""
+    before = _lines_so_far(labsquid, origin, f"before-nothing-{ending}")
+    sock = socket.create_connection(("127.0.0.1", labsquid.port), timeout=5)
+    if ending == "close":
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(65536) == b""
-    after = _lines_so_far(labsquid, origin, "after-nothing")
-    assert after == before + 1, labsquid.access_lines()[before:]  # the marker's line only
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    new = _new_lines(labsquid, before)
+    after = _lines_so_far(labsquid, origin, f"after-nothing-{ending}")
+    assert after == before + 2, labsquid.access_lines()[before:]  # its line, the marker's
+    assert new[0].split()[3:] == ENDED_BEFORE_HEADERS
 
 
 def test_a_connection_closed_after_its_request_adds_no_line(labsquid, origin):

@@ -49,12 +49,19 @@ def test_request_timeout_half_sent_head(timeouts, origin):
     assert origin.heads == []
 
 
-def test_request_timeout_idle_connection_closed_silently(timeouts):
+def test_request_timeout_new_connection_that_sends_nothing(timeouts):
+    """Closed unanswered, and logged as squid 5.7 logs it when its
+    request_start_timeout closes such a connection."""
     ls = timeouts
+    before = len(ls.access_lines())
     with RawClient(ls.port, timeout=4) as c:
         t0 = time.monotonic()
         assert c.closed_by_peer()
         assert 0.8 <= time.monotonic() - t0 < 3
+    new = wait_for(lambda: ls.access_lines()[before:], timeout=5, what="its line")
+    assert [line.split()[3:] for line in new] == [
+        ["NONE_NONE/000", "0", "-", "error:transaction-end-before-headers", "-", "HIER_NONE/-",
+         "-"]]
 
 
 def test_request_timeout_trickled_head(timeouts, origin):

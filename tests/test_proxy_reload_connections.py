@@ -196,6 +196,37 @@ def test_a_moved_connection_keeps_the_idle_timeout_of_a_kept_alive_one(make_labs
     assert ls.stop() == 0
 
 
+def test_a_moved_connection_that_never_sent_a_request_is_logged_once(make_labsquid, origin):
+    """Its new holder logs it when it ends, as squid logs a connection that
+    sent nothing; the old one, which handed it over, does not.  One moved
+    after its request adds no line."""
+    ls = make_labsquid(dispatch="notify", pool_size=2).start()
+    silent = socket.create_connection(("127.0.0.1", ls.port), timeout=5)
+    served = RawClient(ls.port)
+    assert _get(served, origin.url("/id/served")).status == 200
+    wait_for(lambda: holder_of(ls, silent.getsockname()[1]), timeout=5, what="its first holder")
+    new = _reload(ls)
+    for port in (silent.getsockname()[1], _port(served)):
+        holder = wait_for(lambda p=port: holder_of(ls, p), timeout=5, what="the new holder")
+        assert holder.pid in new
+    silent.close()
+    served.close()
+    marker = origin.url("/id/marker")
+    with RawClient(ls.port) as c:
+        assert _get(c, marker).status == 200
+    lines = wait_for(lambda: (found := ls.access_lines())
+                     and sum("transaction-end-before-headers" in x for x in found) >= 1
+                     and any(marker in x for x in found) and found,
+                     timeout=5, what="the silent connection's line and the marker's")
+    # Had the old holder logged it too, on handing it over, that line would
+    # be in already: it came before the marker was asked for.
+    urls = [line.split()[6] for line in ls.access_lines()]
+    assert urls.count("error:transaction-end-before-headers") == 1, lines
+    assert sorted(urls) == sorted([origin.url("/id/served"), marker,
+                                   "error:transaction-end-before-headers"])
+    assert ls.stop() == 0
+
+
 def test_a_connection_that_asked_to_close_is_closed_not_moved(make_labsquid, origin):
     ls = make_labsquid(dispatch="notify", pool_size=2).start()
     with RawClient(ls.port) as c:

@@ -77,6 +77,9 @@ class ClientConnection:
         self.txn: Transaction | None = None
         self.requests = 0
         self.bytes_in = 0
+        # Whether a transaction started here (a request, or a line logged for
+        # one that never came): a connection that ends with none is logged.
+        self.had_transaction = False
         self._on_closed = on_closed
         self._shutdown = False
         # Set while stopping for a reload: takes this connection's socket to
@@ -160,11 +163,14 @@ class ClientConnection:
         return self.txn is None and not self.closing and self.reader.has_trailing_data()
 
     def _ended_inside_a_head(self) -> None:
-        """Logged as squid does, not answered.  A connection that sent nothing
-        is not logged, where squid logs one that never sent a request: TCP
-        health checks and readiness probes would fill the log."""
-        self.txn = Transaction(self, None)
-        self.txn.ended_before_headers()
+        """Logged as squid does, not answered: also for a connection that
+        ended without sending a byte (see ``close``)."""
+        self._begin(None).ended_before_headers()
+
+    def _begin(self, request: Request | None) -> Transaction:
+        self.had_transaction = True
+        txn = self.txn = Transaction(self, request)
+        return txn
 
     # -- requests -----------------------------------------------------------
     def process(self) -> None:
@@ -186,8 +192,7 @@ class ClientConnection:
             if type(event) is Request:
                 self._disarm()
                 self.requests += 1
-                self.txn = Transaction(self, event)
-                self.txn.start()
+                self._begin(event).start()
             elif type(event) is Data:
                 if self.txn is None:  # answered early, and kept: cannot happen
                     self.close_when_flushed()  # (see transaction_done), but never forward it
@@ -207,8 +212,7 @@ class ClientConnection:
             # Broken request body mid-transaction: nothing more can be trusted.
             self.txn.client_protocol_error(exc)
             return
-        self.txn = Transaction(self, None)
-        self.txn.reply_protocol_error(exc)
+        self._begin(None).reply_protocol_error(exc)
 
     def transaction_done(self, txn: Transaction, keep_alive: bool) -> None:
         if txn is not self.txn:
@@ -301,10 +305,11 @@ class ClientConnection:
         if self.txn is not None:
             return
         if self.reader.has_trailing_data():
-            self.txn = Transaction(self, None)
-            self.txn.reply_timeout()
+            self._begin(None).reply_timeout()
         else:
-            self.close()  # idle keep-alive connection: squid closes it silently
+            # An idle keep-alive connection: squid closes it silently.  One
+            # that never sent a byte is logged as it closes.
+            self.close()
 
     def _lifetime_up(self) -> None:
         self._lifetime = None
@@ -372,9 +377,16 @@ class ClientConnection:
             txn.abort("client closed")
         self.loop.remove(self.fd)
         # A client that half-closed has nothing more to say: no point moving it.
-        if not (self._moving and not self.eof and self._hand_over(self)):  # type: ignore[misc]
+        moved = self._moving and not self.eof and self._hand_over(self)  # type: ignore[misc]
+        if not moved:
             try:
                 self.sock.close()
             except OSError:
                 pass
+            if not (self.requests or self.had_transaction):
+                # It ends without having sent a request, and nothing was
+                # logged for it: squid 5.7 logs it as ending before headers
+                # (a TCP health check, a client that gave up), whatever
+                # closed it.  (Moved, it is the next process's to log.)
+                self._ended_inside_a_head()
         self._on_closed(self)
