@@ -212,3 +212,11 @@ def test_log_stream_drain_after_the_worker_died_drops_only_a_torn_line():
     kid.drain()
     assert chunks == [b"answered 1\nanswered 2\n"]
     assert kid.closed
+
+
+
+def test_a_moved_connection_payload_round_trips() -> None:
+    from labsquid.ipc import moved_payload, parse_moved
+
+    assert parse_moved(moved_payload(7, 12345.678901)) == (7, 12345.678901)
+    assert parse_moved(b"") == (0, None)  # passfd: a new connection

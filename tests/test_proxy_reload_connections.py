@@ -196,6 +196,25 @@ def test_a_moved_connection_keeps_the_idle_timeout_of_a_kept_alive_one(make_labs
     assert ls.stop() == 0
 
 
+def test_a_moved_connection_keeps_its_client_lifetime(make_labsquid, origin):
+    """client_lifetime counts from the accept, not from the move: a reload
+    does not give a connection a new lease of life."""
+    ls = make_labsquid(dispatch="passfd", pool_size=2, extra="client_lifetime 4 seconds\n")
+    ls.start()
+    with RawClient(ls.port, timeout=10) as c:
+        opened = time.monotonic()
+        assert _get(c, origin.url("/id/one")).status == 200
+        time.sleep(2)
+        new = _reload(ls)
+        holder = wait_for(lambda: holder_of(ls, _port(c)), timeout=5, what="the new holder")
+        assert holder.pid in new
+        assert c.closed_by_peer()
+        lasted = time.monotonic() - opened
+    # From the move it would be 6 s or more.
+    assert 3.5 < lasted < 5.3, f"closed {lasted:.1f}s after it was opened"
+    assert ls.stop() == 0
+
+
 def test_a_moved_connection_that_never_sent_a_request_is_logged_once(make_labsquid, origin):
     """Its new holder logs it when it ends, as squid logs a connection that
     sent nothing; the old one, which handed it over, does not.  One moved

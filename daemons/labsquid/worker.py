@@ -27,7 +27,15 @@ import structlog
 
 from labsquid import log as logsetup
 from labsquid.eventloop import EventLoop, bind_signal_handlers
-from labsquid.ipc import PASSFD_IN_FLIGHT, STOP_MOVE, Channel, Kind, LogStream
+from labsquid.ipc import (
+    PASSFD_IN_FLIGHT,
+    STOP_MOVE,
+    Channel,
+    Kind,
+    LogStream,
+    moved_payload,
+    parse_moved,
+)
 from labsquid.listeners import stop_listening
 from labsquid.pacing import Pacer
 from labsquid.process import set_title
@@ -142,17 +150,16 @@ class Worker:
             if not self.stopping and index < len(self.socks):
                 self.server.accept_burst(self.socks[index])
         elif kind == Kind.CONN:
-            # A new connection (passfd), or one moved from an old child (its
-            # request count as payload).
-            requests = int(payload) if payload else 0
+            # A new connection (passfd), or one moved from an old child.
+            requests, opened = parse_moved(payload)
             for fd in fds:
                 if self.moving:  # a reload came meanwhile: on to the newest children
-                    if not self._move_out(fd, requests):
+                    if not self._move_out(fd, requests, opened):
                         os.close(fd)
                 elif self.stopping:
                     os.close(fd)
                 else:
-                    self._adopt(fd, requests)
+                    self._adopt(fd, requests, opened)
         elif kind == Kind.STOP:
             self._stop(move=payload == STOP_MOVE)
         else:
@@ -194,14 +201,15 @@ class Worker:
                           self._move_out if move else None)
         stop_listening(self.loop, self.socks)
 
-    def _move_out(self, fd: int, requests: int) -> bool:
+    def _move_out(self, fd: int, requests: int, opened: float | None) -> bool:
         """A client connection for the next generation, through the kid."""
-        return self.channel.send(Kind.MOVE, b"%d" % requests, [fd], bounded=False)
+        payload = moved_payload(requests, self.loop.now if opened is None else opened)
+        return self.channel.send(Kind.MOVE, payload, [fd], bounded=False)
 
-    def _adopt(self, fd: int, requests: int) -> None:
+    def _adopt(self, fd: int, requests: int, opened: float | None) -> None:
         sock = socket.socket(fileno=fd)
         try:
-            self.server.adopt_passed(sock, requests)
+            self.server.adopt_passed(sock, requests, opened)
         except OSError as exc:  # reset meanwhile: getpeername finds no peer
             sock.close()
             log.debug("passed_connection_gone", error=exc.strerror)

@@ -25,6 +25,7 @@ cdef class ClientConnection:
     cdef public Py_ssize_t requests
     cdef public Py_ssize_t bytes_in
     cdef public bint had_transaction
+    cdef public double opened
     cdef public object _on_closed
     cdef public bint _shutdown
     cdef public object _hand_over

@@ -77,6 +77,7 @@ class ClientConnection:
         self.txn: Transaction | None = None
         self.requests = 0
         self.bytes_in = 0
+        self.opened = self.loop.now  # when accepted; a moved connection keeps its own
         # Whether a transaction started here (a request, or a line logged for
         # one that never came): a connection that ends with none is logged.
         self.had_transaction = False
@@ -97,7 +98,9 @@ class ClientConnection:
     def start(self) -> None:
         cfg = self.ctx.config
         self.loop.add(self.fd, READ, self._on_event)
-        self._lifetime = self.loop.call_later(cfg.client_lifetime, self._lifetime_up)
+        # client_lifetime counts from the accept, in whichever process that was.
+        remaining = self.opened + cfg.client_lifetime - self.loop.now
+        self._lifetime = self.loop.call_later(max(0.0, remaining), self._lifetime_up)
         # A connection moved here between requests (requests > 0) is an idle
         # keep-alive one; a new one has its first request head to send.
         self._arm(cfg.client_idle_pconn_timeout if self.requests else cfg.request_timeout,

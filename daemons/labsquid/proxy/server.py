@@ -205,9 +205,10 @@ class ProxyServer:
         return accepted
 
     # -- passfd: sockets passed by the kid -----------------------------------
-    def adopt_passed(self, conn: socket.socket, requests: int = 0) -> None:
+    def adopt_passed(self, conn: socket.socket, requests: int = 0,
+                     opened: float | None = None) -> None:
         """A socket the kid passed arrived whole."""
-        self.adopt(conn, requests=requests)
+        self.adopt(conn, requests=requests, opened=opened)
         self.fds.succeeded()
 
     def can_receive_passed(self) -> bool:
@@ -243,13 +244,17 @@ class ProxyServer:
         if self.fds.fail(error, len(self.connections)) and self.on_fd_shortage is not None:
             self.on_fd_shortage(True)  # the kid holds new ones back until our READY
 
-    def adopt(self, conn: socket.socket, addr: tuple | None = None, requests: int = 0) -> None:
+    def adopt(self, conn: socket.socket, addr: tuple | None = None, requests: int = 0,
+              opened: float | None = None) -> None:
         """Serve a connected socket; ``requests``: how many it carried before it
-        was moved here by a reload (0: a new connection)."""
+        was moved here by a reload (0: a new connection), and ``opened``: when
+        it was accepted (``loop.now``'s clock; None: now)."""
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = ClientConnection(self.ctx, conn, addr or conn.getpeername(), self._closed)
         client.requests = requests
+        if opened is not None:
+            client.opened = opened
         self.connections.add(client)
         self.ctx.stats.add("active", 1)
         if len(self.connections) >= self.ctx.config.pool_max_connections:
@@ -328,11 +333,11 @@ class ProxyServer:
         self.listening.clear()
 
     def drain(self, lifetime: float | None, on_drained: Callable[[], None],
-              hand_over: Callable[[int, int], bool] | None = None) -> None:
+              hand_over: Callable[[int, int, float], bool] | None = None) -> None:
         """Let in-flight requests finish (idle connections close now), then call back;
         what is still open after ``lifetime`` seconds is cut (None: no bound).
 
-        With ``hand_over(fd, requests)`` (a reload), connections are not closed
+        With ``hand_over(fd, requests, opened)`` (a reload), connections are not closed
         but handed over, each when it is between requests (``ClientConnection``);
         it returns False when the socket could not go, which then closes.
         """
@@ -342,7 +347,7 @@ class ProxyServer:
         if hand_over is not None:
             def move(client: ClientConnection) -> bool:
                 fd = client.sock.detach()
-                if hand_over(fd, client.requests):
+                if hand_over(fd, client.requests, client.opened):
                     return True
                 os.close(fd)
                 return False
