@@ -445,6 +445,99 @@ def test_default_config_manager_only_from_localhost(default_rules) -> None:
     assert default_rules.check(ctx(src=ipaddress.ip_address("10.1.2.3"), **mgr)).allowed is False
 
 
+# -- time ------------------------------------------------------------------------------
+
+def time_spans(*lines: str):
+    from labsquid.acl._base import Problems, Values
+    from labsquid.acl._time import _spans_of
+
+    problems = Problems()
+    spans = [span for text in lines
+             for span in _spans_of(Values(None, frozenset(), tuple(text.split())), "t",
+                                   problems)]
+    return tuple(spans), problems
+
+
+MON, SAT, SUN = 0, 5, 6
+
+
+# What squid 5.7 answered here (a Saturday, 09:07) for `http_access allow x`:
+# each range takes the days before it, or every day; days after the last
+# range are whole days; both ends of a range are included, to the minute.
+@pytest.mark.parametrize(("spec", "allowed"), [
+    ("A", True), ("M", False), ("D", False), ("SA 09:00-10:00", True),
+    ("A 00:00-01:00", False), ("A 09:00-10:00", True), ("09:00-10:00", True),
+    ("M 00:00-01:00 A", True), ("00:00-01:00 A", True), ("A 09:00-10:00 M", True),
+    ("M 00:00-01:00 09:00-10:00", True), ("A-M", True),
+    ("A 08:00-09:07", True), ("A 09:07-23:00", True), ("A 08:00-09:06", False),
+])
+def test_time_reads_days_and_ranges_as_squid(spec: str, allowed: bool) -> None:
+    from labsquid.acl._time import span_matches
+
+    spans, problems = time_spans(spec)
+    assert not problems.errors
+    assert span_matches(spans, SAT, 9 * 60 + 7) is allowed
+
+
+def test_time_a_range_to_midnight_and_lines_ored() -> None:
+    from labsquid.acl._time import span_matches
+
+    spans, _ = time_spans("S 22:00-24:00", "M 00:00-01:00")
+    assert span_matches(spans, SUN, 23 * 60 + 59)
+    assert span_matches(spans, MON, 30)
+    assert not span_matches(spans, MON, 23 * 60)
+
+
+def test_time_warns_when_a_range_falls_back_to_every_day() -> None:
+    _, problems = time_spans("MTWHF 08:00-12:00 13:00-17:00")
+    assert [w.message for w in problems.warnings] == [
+        "t: the range '13:00-17:00' has no days of its own, so it applies to every day "
+        "(as in squid); put days before it to limit it"]
+    _, quiet = time_spans("08:00-12:00 13:00-17:00")  # no days at all: nothing to miss
+    assert quiet.warnings == []
+
+
+def test_time_matches_the_local_clock_now() -> None:
+    import time
+
+    letter = "MTWHFAS"[time.localtime().tm_wday]
+    assert matches([f"t time {letter}"]) is True
+    others = "MTWHFAS".replace(letter, "")
+    # (a day later only if midnight passed between the two reads)
+    assert matches([f"t time {others}"]) is ("MTWHFAS"[time.localtime().tm_wday] != letter)
+
+
+# -- request headers and reply status -------------------------------------------------
+
+def test_browser_matches_the_user_agent() -> None:
+    from labsquid.http import Headers
+
+    agent = Headers([(b"User-Agent", b"Mozilla/5.0 Firefox/128")])
+    assert matches(["b browser -i firefox"], headers=agent) is True
+    assert matches(["b browser firefox"], headers=agent) is False  # case counts without -i
+    assert matches(["b browser ."], headers=Headers([(b"Accept", b"*/*")])) is False
+    assert matches(["b browser ."], headers=None) is False  # no request head
+
+
+def test_req_header_names_its_header_first() -> None:
+    from labsquid.http import Headers
+
+    headers = Headers([(b"X-Team", b"Blue"), (b"x-team", b"red")])
+    assert matches(["h req_header X-Team -i ^blue, red$"], headers=headers) is True
+    assert matches(["h req_header x-team ^blue"], headers=headers) is False
+    # Lines with the same name: any of their headers.
+    assert matches(["h req_header X-Other .", "h req_header X-Team red"],
+                   headers=headers) is True
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    (0, False), (200, False), (403, True), (404, True), (499, False), (500, True),
+    (599, True),
+])
+def test_http_status_codes_and_ranges(status: int, expected: bool) -> None:
+    assert matches(["s http_status 400-404 500-"], status=status) is expected
+
+
 # -- has ------------------------------------------------------------------------------
 
 # What squid 5.7 put where, here, with `has request` and `has response` acls on
@@ -512,6 +605,17 @@ def test_has_request_keeps_connections_without_a_request_out_of_a_file() -> None
     ("x has request response", "acl 'x' has: multiple components not supported; give each "
                                "its own line with the same acl name"),
     ("x has", "acl 'x' has: argument missing (one of request, response, ALE)"),
+    ("x time MTWHX", "acl 'x' time: bad day 'X' in 'MTWHX' (S M T W H F A, or D for M-F)"),
+    ("x time 17:00-08:00", "acl 'x' time: reversed time range '17:00-08:00'"),
+    ("x time 08:00", "acl 'x' time: bad time range '08:00' (h1:m1-h2:m2, 00:00 to 24:00)"),
+    ("x time 08:00-24:30", "acl 'x' time: bad time range '08:00-24:30' (h1:m1-h2:m2, "
+                           "00:00 to 24:00)"),
+    ("x time -", "acl 'x' time: no day and no time range"),
+    ("x req_header", "acl 'x' req_header: missing header name"),
+    ("x http_status abc", "acl 'x' http_status: bad status code 'abc' (100-999, a range "
+                          "such as 400-403, or 500-)"),
+    ("x http_status 404-400", "acl 'x' http_status: bad status code '404-400' (100-999, a "
+                              "range such as 400-403, or 500-)"),
     ("x" * 64 + " src all", f"ACL name '{'x' * 64}' too long, max 63 characters supported"),
 ])
 def test_error_messages(line: str, message: str) -> None:

@@ -236,12 +236,14 @@ def test_a_dst_acl_on_access_log_sees_the_addresses_a_name_had(tmp_path, origin)
 def test_has_request_keeps_connections_that_sent_nothing_out_of_a_file(tmp_path, origin):
     """squid's remedy for lines of TCP health checks (cf.data.pre's example for
     ``acl has``): every transaction with a request goes to one file, the
-    connections that sent none, and hello's 400 that has one, where squid 5.7
-    put them here."""
+    connections that sent none to another, and hello's 400, which has one,
+    where squid 5.7 put it here.  An ``http_status`` acl picks the errors."""
     ls = Labsquid(tmp_path, dispatch="notify", pool_size=1)  # one child: one order
     ls.write_config(text=with_logs(ls, "acl hasRequest has request\n"
+                                       "acl failed http_status 400-\n"
                                        "access_log daemon:{logs}/req.log squid hasRequest\n"
-                                       "access_log daemon:{logs}/noreq.log squid !hasRequest\n"))
+                                       "access_log daemon:{logs}/noreq.log squid !hasRequest\n"
+                                       "access_log daemon:{logs}/failed.log squid failed\n"))
     ls.start()
     try:
         for _ in range(3):  # three health checks
@@ -254,12 +256,15 @@ def test_has_request_keeps_connections_that_sent_nothing_out_of_a_file(tmp_path,
         get = origin.url("/id/with-request")
         request(ls, "GET", get)
         wait_lines(ls, "req.log", get)
+        wait_lines(ls, "failed.log", "error:invalid-request")
         wait_lines(ls, "noreq.log", "error:transaction-end-before-headers", count=3)
         assert [x.split()[5:7] for x in lines_of(ls, "req.log")] == [
             ["hello", "error:invalid-request"], ["GET", get]]
         assert [x.split()[3:] for x in lines_of(ls, "noreq.log")] == [
             ["NONE_NONE/000", "0", "-", "error:transaction-end-before-headers", "-",
              "HIER_NONE/-", "-"]] * 3
+        # http_status sees the reply's status: only the 400 has one from 400 up.
+        assert [x.split()[3] for x in lines_of(ls, "failed.log")] == ["NONE_NONE/400"]
     finally:
         assert ls.stop() == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import psutil
 import pytest
@@ -22,6 +23,14 @@ def origin():
 @pytest.fixture(scope="module")
 def ports():
     return {"second": free_port(), "blocked": free_port()}
+
+
+# squid's day letters, by time.localtime's tm_wday (Monday 0)
+DAY_LETTERS = "MTWHFAS"
+
+
+def today_letter() -> str:
+    return DAY_LETTERS[time.localtime().tm_wday]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +53,12 @@ acl second localport {ports['second']}
 acl isproto proto HTTP
 acl protopath urlpath_regex ^/proto-check
 acl purgers method purge
+acl badagent browser -i ^evilbot
+acl blockheader req_header X-Block -i ^yes$
+acl timetoday urlpath_regex ^/id/time-today
+acl timeother urlpath_regex ^/id/time-other
+acl today time {today_letter()} 00:00-24:00
+acl otherdays time {DAY_LETTERS.replace(today_letter(), "")}
 http_access deny !Safe_ports
 http_access deny CONNECT !SSL_ports
 http_access allow localhost manager
@@ -56,18 +71,24 @@ http_access deny badport
 http_access deny second
 http_access deny isproto protopath
 http_access deny baddst
+http_access deny badagent
+http_access deny blockheader
+http_access deny timetoday today
+http_access deny timeother otherdays
 http_access allow localhost
 http_access allow goodsrc
 http_access deny all
 """
     extra = f"http_port 127.0.0.1:{ports['second']}\nhosts_file {hosts}\n"
     instance = Labsquid(folder, rules=rules, extra=extra).start()
+    instance.config_day = today_letter()  # what its time acls were written for
     yield instance
     if instance.proc is not None and instance.proc.poll() is None:
         instance.kill_tree()
 
 
-def ask(port: int, method: str, url: str, source: str = "127.0.0.1", body: bytes = b""):
+def ask(port: int, method: str, url: str, source: str = "127.0.0.1", body: bytes = b"",
+        headers: str = ""):
     sock = socket.socket()
     sock.settimeout(5)
     sock.bind((source, 0))
@@ -76,7 +97,7 @@ def ask(port: int, method: str, url: str, source: str = "127.0.0.1", body: bytes
     c.sock, c.buf = sock, b""
     with c:
         length = f"Content-Length: {len(body)}\r\n" if body else ""
-        c.send(f"{method} {url} HTTP/1.1\r\nHost: h\r\n{length}\r\n".encode() + body)
+        c.send(f"{method} {url} HTTP/1.1\r\nHost: h\r\n{headers}{length}\r\n".encode() + body)
         return c.read_response(method)
 
 
@@ -125,6 +146,32 @@ def test_dst_by_address_and_by_name(labsquid, origin):
     assert denied(ask(labsquid.port, "GET", f"http://dsthost.test:{origin.port}/id/d"))
     resp = ask(labsquid.port, "GET", f"http://okhost.test:{origin.port}/id/ok")
     assert resp.status == 200 and resp.body == b"path /id/ok\n"
+
+
+def test_browser(labsquid, origin):
+    url = origin.url("/id/agent")
+    assert denied(ask(labsquid.port, "GET", url, headers="User-Agent: EvilBot/2.0\r\n"))
+    assert ask(labsquid.port, "GET", url, headers="User-Agent: curl/7.88\r\n").status == 200
+    assert ask(labsquid.port, "GET", url).status == 200  # no User-Agent: no match
+
+
+def test_req_header(labsquid, origin):
+    url = origin.url("/id/header")
+    assert denied(ask(labsquid.port, "GET", url, headers="x-block: YES\r\n"))
+    assert ask(labsquid.port, "GET", url, headers="X-Block: no\r\n").status == 200
+    # squid's getByName joins a header's fields with ", ": "yes, no" is not ^yes$.
+    two = "X-Block: yes\r\nX-Block: no\r\n"
+    assert ask(labsquid.port, "GET", url, headers=two).status == 200
+
+
+def test_time_on_the_local_clock(labsquid, origin):
+    """``today`` names this day of the week, ``otherdays`` the other six."""
+    on_today = ask(labsquid.port, "GET", origin.url("/id/time-today"))
+    on_other = ask(labsquid.port, "GET", origin.url("/id/time-other"))
+    if today_letter() != labsquid.config_day:
+        pytest.skip("midnight passed since the instance started")
+    assert denied(on_today)
+    assert on_other.status == 200
 
 
 def test_denied_requests_never_reach_the_origin(labsquid, origin):

@@ -17,7 +17,8 @@ Nothing here does I/O: when a ``dst`` acl needs the destination's addresses the
 decision says ``needs_dst`` and the caller resolves and asks again.
 
 The modules: ``_base`` (context, errors), ``_addresses`` (src/dst),
-``_values`` (ports, methods, protocols, domains, regexes), ``_acls`` (the
+``_values`` (ports, methods, protocols, domains, regexes, request headers,
+reply status, transaction components), ``_time`` (days and hours), ``_acls`` (the
 ``acl`` directive), ``_access`` (the ``http_access`` evaluation).
 """
 

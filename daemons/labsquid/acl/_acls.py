@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from labsquid.acl import _addresses, _values
+from labsquid.acl import _addresses, _time, _values
 from labsquid.acl._base import AclWarning, Matcher, Problems, Values, split_options
 from labsquid.http import canonical_method
 
@@ -51,6 +51,10 @@ _TYPES: dict[str, tuple[Compiler, frozenset[str]]] = {
     "url_regex": (_values.compile_url_regex, frozenset({"-i"})),
     "urlpath_regex": (_values.compile_urlpath_regex, frozenset({"-i"})),
     "has": (_values.compile_has, frozenset()),
+    "time": (_time.compile_time, frozenset()),
+    "browser": (_values.compile_browser, frozenset({"-i"})),
+    "req_header": (_values.compile_req_header, frozenset()),
+    "http_status": (_values.compile_http_status, frozenset()),
 }
 _ALIASES = {"myport": "localport"}
 _NEEDS_DST = frozenset({"dst"})

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only attributes are read at run time: no import cycle with config
     from labsquid.config import Where
+    from labsquid.http import Headers
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -30,10 +31,11 @@ class AccessContext:
     case (``HTTP``, ``HTTPS``, ``FTP``...; squid leaves a CONNECT request's
     scheme as ``NONE``).  ``dst`` is the resolved addresses of ``host``, or
     None while nobody has resolved it; an IP-literal host never needs it.
+    ``headers`` are the request's (None: no request head was parsed).
     ``has_request``/``has_response`` are what squid's ``has`` acl asks: every
     transaction has a request but one logged for a connection that ended
     before a request head; a response, once one was made (never yet while
-    ``http_access`` is checked).
+    ``http_access`` is checked).  ``status`` is the response's (0: none yet).
     """
 
     src: IPAddress
@@ -45,8 +47,10 @@ class AccessContext:
     url: str
     path: str
     dst: tuple[IPAddress, ...] | None = None
+    headers: Headers | None = None
     has_request: bool = True
     has_response: bool = False
+    status: int = 0
 
     def resolved(self, addresses: tuple[IPAddress, ...]) -> AccessContext:
         """The same request once ``host`` resolved (empty tuple: lookup failed)."""

@@ -22,6 +22,13 @@ and returns a matcher closing over a structure built once for speed:
   squid, another word, two on a line, or none is an error.  It is for
   ``access_log`` lines: ``acl hasRequest has request`` keeps connections that
   never sent a request out of a file.
+* ``browser``: a regex on User-Agent; ``req_header NAME [-i] REGEX ...``: on
+  the named request header (its fields joined with ", ", as squid's
+  ``getByName``).  A request without that header does not match.
+* ``http_status``: reply status codes and ranges (``404``, ``400-403``,
+  ``500-`` for 500 and above).  It sees a status only where there is one, on
+  ``access_log`` lines; in ``http_access`` it never matches.  squid reads a
+  non-number as 0; we refuse it, and anything outside 100-999.
 * ``*_regex``: squid's ``-i``/``+i`` switch case-sensitivity for the patterns
   that follow, on that line only.  Patterns of one case are joined into one
   alternation when that is safe, so a check is one ``search`` per group.
@@ -219,6 +226,82 @@ def compile_urlpath_regex(lines: list[Values], label: str, problems: Problems) -
 def compile_dstdom_regex(lines: list[Values], label: str, problems: Problems) -> Matcher:
     patterns = tuple(_regex_list(lines, label, problems))
     return lambda ctx: _any_search(patterns, ctx.host.lower())
+
+
+# -- request headers ----------------------------------------------------------------
+
+def _header_text(ctx: AccessContext, lname: bytes) -> str | None:
+    if ctx.headers is None:
+        return None
+    fields = ctx.headers.get_all(lname)
+    return b", ".join(fields).decode("latin-1") if fields else None
+
+
+def compile_browser(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    patterns = tuple(_regex_list(lines, label, problems))
+
+    def match(ctx: AccessContext) -> bool:
+        agent = _header_text(ctx, b"user-agent")
+        return agent is not None and _any_search(patterns, agent)
+
+    return match
+
+
+def compile_req_header(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    """``req_header NAME [-i] REGEX ...``: the header name comes first, its
+    regex options after it."""
+    by_name: dict[bytes, list[Values]] = {}
+    for values in lines:
+        if not values.values:
+            problems.error(values.where, f"{label}: missing header name")
+            continue
+        name, *rest = values.values
+        if not _TOKEN.fullmatch(name):
+            problems.error(values.where, f"{label}: bad header name '{name}'")
+            continue
+        by_name.setdefault(name.lower().encode("latin-1"), []).append(
+            Values(values.where, values.options, tuple(rest)))
+    checks = tuple((name, tuple(_regex_list(group, label, problems)))
+                   for name, group in by_name.items())
+
+    def match(ctx: AccessContext) -> bool:
+        for name, patterns in checks:
+            text = _header_text(ctx, name)
+            if text is not None and _any_search(patterns, text):
+                return True
+        return False
+
+    return match
+
+
+# -- reply status ---------------------------------------------------------------------
+
+_STATUS = re.compile(r"(\d{3})(?:(-)(\d{3})?)?")
+
+
+def compile_http_status(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    spans: list[tuple[int, int]] = []
+    for values in lines:
+        for token in values.values:
+            found = _STATUS.fullmatch(token)
+            low = int(found.group(1)) if found else 0
+            high = (int(found.group(3)) if found.group(3) else 999) if found and found.group(2) \
+                else low
+            if not found or not 100 <= low <= high <= 999:
+                problems.error(values.where, f"{label}: bad status code '{token}' "
+                                             "(100-999, a range such as 400-403, or 500-)")
+            else:
+                spans.append((low, high))
+    frozen = tuple(spans)
+
+    def match(ctx: AccessContext) -> bool:
+        status = ctx.status
+        for low, high in frozen:
+            if low <= status <= high:
+                return True
+        return False
+
+    return match
 
 
 # -- transaction components -------------------------------------------------------

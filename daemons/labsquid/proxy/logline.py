@@ -28,6 +28,7 @@ def log_to_chosen(txn: Transaction, duration_ms: int, counted: bool) -> None:
     access = txn.access_context(_known_addresses(txn))
     access.has_request = txn.url != ENDED_BEFORE_HEADERS
     access.has_response = txn.status != 0
+    access.status = txn.status
     for index in ctx.log_targets.choose(access):
         ctx.log_line(txn._line(ctx.log_formats[index], duration_ms), index)
 

@@ -193,7 +193,8 @@ class Transaction:
         # Positional: this runs per request, and keywords cost more.
         return AccessContext(client.peer_address, client.local_port, method,
                              "NONE" if method == "CONNECT" else "HTTP", self.host, self.port,
-                             self.url, self.path.decode("latin-1"), dst)
+                             self.url, self.path.decode("latin-1"), dst,
+                             None if self.req is None else self.req.headers)
 
     def authorize(self, dst: tuple | None) -> None:
         decision = self.ctx.access.check(self.access_context(dst))
