@@ -218,5 +218,7 @@ def test_log_stream_drain_after_the_worker_died_drops_only_a_torn_line():
 def test_a_moved_connection_payload_round_trips() -> None:
     from labsquid.ipc import moved_payload, parse_moved
 
-    assert parse_moved(moved_payload(7, 12345.678901)) == (7, 12345.678901)
-    assert parse_moved(b"") == (0, None)  # passfd: a new connection
+    state = {"requests": 7, "opened": 12345.678901,
+             "tunnel": {"head": ["h:443", "1.1", [["Host", "h:443"]]], "to_client": 39}}
+    assert parse_moved(moved_payload(state)) == state
+    assert parse_moved(b"") == {}  # passfd: a new connection

@@ -11,6 +11,8 @@ old child was leaving.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal
 import socket
 import subprocess
@@ -22,7 +24,7 @@ import pytest
 
 from support import proof
 from support.chaos import holder_of
-from support.origin import RawClient
+from support.origin import EchoServer, RawClient, parse_squid_line
 from support.service import wait_for
 
 pytestmark = pytest.mark.slow
@@ -354,4 +356,116 @@ def test_an_answer_still_going_out_at_a_reload_closes_as_it_said(make_labsquid, 
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
     assert len(body) == size
+    assert ls.stop() == 0
+
+
+# -- CONNECT tunnels ----------------------------------------------------------------
+
+@pytest.fixture
+def echo():
+    with EchoServer() as server:
+        yield server
+
+
+def _open_tunnel(ls, echo) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", ls.port), timeout=10)
+    target = f"127.0.0.1:{echo.port}"
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: t/1\r\n\r\n"
+                 .encode())
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        data = sock.recv(1)
+        assert data, head
+        head += data
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return sock
+
+
+def _echoed(sock: socket.socket, message: bytes) -> bytes:
+    sock.sendall(message)
+    got = b""
+    while len(got) < len(message):
+        data = sock.recv(65536)
+        assert data, f"EOF after {len(got)} bytes"
+        got += data
+    return got
+
+
+def _tunnel_lines(ls, echo) -> list[dict[str, str]]:
+    return [parse_squid_line(x) for x in ls.access_lines()
+            if f" CONNECT 127.0.0.1:{echo.port} " in x]
+
+
+REPLY_200 = len(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+
+@pytest.mark.parametrize("dispatch", ["notify", "passfd"])
+def test_a_tunnel_moves_to_the_new_workers_and_goes_on(make_labsquid, echo, dispatch):
+    """The old child hands a quiet tunnel over, both sockets, and exits
+    (before, it stayed for as long as the tunnel lasted: `_reload` waits for
+    the old ones to be gone).  The new holder writes its one line, with every
+    byte sent to the client on both sides of the reload."""
+    ls = make_labsquid(dispatch=dispatch, pool_size=2, extra=f"acl SSL_ports port {echo.port}\n")
+    ls.start()
+    with _open_tunnel(ls, echo) as sock:
+        assert _echoed(sock, b"before the reload\n") == b"before the reload\n"
+        time.sleep(0.5)
+        for round_ in range(2):
+            new = _reload(ls)
+            holder = wait_for(lambda: holder_of(ls, sock.getsockname()[1]), timeout=5,
+                              what="the tunnel's new holder")
+            assert holder.pid in new
+            message = f"after reload {round_}\n".encode()
+            assert _echoed(sock, message) == message
+        assert _tunnel_lines(ls, echo) == [], "logged before it ended"
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(10) == b""
+    lines = wait_for(lambda: _tunnel_lines(ls, echo), timeout=5, what="the tunnel's line")
+    assert len(lines) == 1, lines
+    sent = REPLY_200 + len(b"before the reload\n") + 2 * len(b"after reload 0\n")
+    assert (lines[0]["tag"], lines[0]["status"], lines[0]["size"], lines[0]["hier"],
+            lines[0]["peer"]) == ("TCP_TUNNEL", "200", str(sent), "HIER_DIRECT", "127.0.0.1")
+    # Its time counts from the CONNECT, not from the last move.
+    assert int(lines[0]["elapsed"]) >= 500, lines[0]
+    assert ls.stop() == 0
+
+
+def test_a_tunnel_streaming_through_a_reload_loses_no_byte(make_labsquid, echo):
+    """Bytes keep flowing both ways while the tunnel moves: what waited in the
+    old child's pipes reaches its side first, what comes next waits in the
+    kernel for the new holder."""
+    ls = make_labsquid(dispatch="notify", pool_size=2, extra=f"acl SSL_ports port {echo.port}\n")
+    ls.start()
+    payload = os.urandom(4 * 1024 * 1024)
+    received = bytearray()
+    with _open_tunnel(ls, echo) as sock:
+        def reader() -> None:
+            while len(received) < len(payload):
+                data = sock.recv(262144)
+                if not data:
+                    return
+                received.extend(data)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        reloaded = threading.Event()
+
+        def reload_midway() -> None:
+            _reload(ls)
+            reloaded.set()
+
+        for offset in range(0, len(payload), 65536):
+            sock.sendall(payload[offset:offset + 65536])
+            if offset == len(payload) // 4:
+                threading.Thread(target=reload_midway).start()
+            time.sleep(0.002)
+        assert reloaded.wait(15), "the old workers did not leave"
+        thread.join(timeout=20)
+        assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest(), \
+            f"{len(received)} of {len(payload)} bytes came back"
+        holder = wait_for(lambda: holder_of(ls, sock.getsockname()[1]), timeout=5,
+                          what="the tunnel's holder")
+        assert holder.pid in {w.pid for w in ls.workers()}
+    lines = wait_for(lambda: _tunnel_lines(ls, echo), timeout=5, what="the tunnel's line")
+    assert [x["size"] for x in lines] == [str(REPLY_200 + len(payload))]
     assert ls.stop() == 0

@@ -38,12 +38,14 @@ from __future__ import annotations
 import array
 import fcntl
 import functools
+import json
 import os
 import select
 import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -72,7 +74,7 @@ class Kind:
     PONG = b"p"
     STATUS = b"S"  # kid → master: JSON figures for sd_notify STATUS= and readiness
     ACCEPT = b"A"  # kid → pool child (notify mode): accept until EAGAIN
-    CONN = b"C"  # kid → pool child: one client socket (passfd; or moved, see moved_payload)
+    CONN = b"C"  # kid → pool child: a client socket (passfd), or a moved one (moved_payload)
     STOP = b"Q"  # kid → pool child: stop accepting, finish, exit (payload STOP_MOVE: a reload)
     READY = b"R"  # pool child → kid: started and serving (again: room, descriptors)
     NOFDS = b"N"  # pool child → kid (passfd): out of descriptors, send no CONN until READY
@@ -83,19 +85,19 @@ class Kind:
 STOP_MOVE = b"move"  # STOP's payload on a reload: hand client connections over, never close
 
 
-def moved_payload(requests: int, opened: float) -> bytes:
-    """What a moved client connection carries (``MOVE``, then ``CONN``): how
-    many requests it served, and when it was accepted, on ``time.monotonic()``
-    (one clock for every process), so that its ``client_lifetime`` runs on."""
-    return b"%d %.6f" % (requests, opened)
+def moved_payload(state: dict[str, Any]) -> bytes:
+    """What a moved client connection carries (``MOVE``, then ``CONN``), as
+    JSON: ``requests`` it served; ``opened``, when it was accepted, on
+    ``time.monotonic()`` (one clock for every process), so that its
+    ``client_lifetime`` runs on; and for a CONNECT tunnel, ``tunnel``, what
+    its next holder needs to go on and log it (``proxy.tunnel``).  A tunnel's
+    message carries two descriptors, the client's and the origin's."""
+    return json.dumps(state, separators=(",", ":")).encode()
 
 
-def parse_moved(payload: bytes) -> tuple[int, float | None]:
-    """``(requests, opened)`` from a ``CONN``; a new connection's is empty."""
-    if not payload:
-        return 0, None
-    requests, _, opened = payload.partition(b" ")
-    return int(requests), float(opened) if opened else None
+def parse_moved(payload: bytes) -> dict[str, Any]:
+    """The state ``moved_payload`` wrote; ``{}`` for a new connection (passfd)."""
+    return json.loads(payload) if payload else {}
 
 
 OnMessage = Callable[[bytes, bytes, list[int]], None]  # kind, payload, received fds

@@ -32,7 +32,8 @@ it is ready (so that some child serves at every moment), the old one is told
 to ``STOP``: it stops accepting, finishes its requests and exits.  No
 listening socket is closed at any point, and no client connection either:
 the old children send each one back (``MOVE``) as soon as it is between
-requests, and the kid passes it on (``CONN``) to the least loaded child of
+requests (a CONNECT tunnel with its origin socket, once its pipes are
+empty), and the kid passes it on (``CONN``) to the least loaded child of
 the newest generation.  (squid 5.7 keeps an idle connection over a
 reconfigure too, but closes it after its next answer.)
 """
@@ -44,6 +45,7 @@ import os
 import select
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -146,8 +148,9 @@ class PoolEngine:
         self._last_collect = 0.0  # loop time of the last log collection
         self._log_turn = 0  # which child's log stream is read first
         # Connections moved out of old children, waiting for a ready new one:
-        # (fd, payload of the CONN that will carry it).
-        self._moved: list[tuple[int, bytes]] = []
+        # (fds, payload of the CONN that will carry them: one socket, or a
+        # tunnel's two).
+        self._moved: deque[tuple[list[int], bytes]] = deque()
         self._retiring: list[Child] = []  # older generations, stopped once the newest is ready
         self._on_drained: Callable[[], None] | None = None
         self._drain_timer: Timer | None = None
@@ -317,7 +320,8 @@ class PoolEngine:
     def _on_child_message(self, child: Child, kind: bytes, payload: bytes,
                           fds: list[int]) -> None:
         if kind == Kind.MOVE:
-            self._moved.extend((fd, payload) for fd in fds)
+            if fds:
+                self._moved.append((fds, payload))
             self._place_moved()
             return
         for fd in fds:
@@ -459,15 +463,17 @@ class PoolEngine:
             return
         targets = [c for c in self._serving() if not c.out_of_fds]
         while self._moved and targets:
-            fd, payload = self._moved.pop(0)
+            fds, payload = self._moved.popleft()
             target = min(targets, key=self._load)
-            if not target.channel.send(Kind.CONN, payload, [fd], bounded=False):
-                os.close(fd)  # its client sees the close it would have seen before
+            if not target.channel.send(Kind.CONN, payload, fds, bounded=False):
+                for fd in fds:
+                    os.close(fd)  # its client sees the close it would have seen before
                 log.warning("moved_connection_lost", worker=target.slot)
 
     def _close_moved(self) -> None:
-        for fd, _payload in self._moved:
-            os.close(fd)
+        for fds, _payload in self._moved:
+            for fd in fds:
+                os.close(fd)
         self._moved.clear()
 
     def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:

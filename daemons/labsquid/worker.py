@@ -12,7 +12,8 @@ exit; INT — close everything now.  Either way the access-log lines already
 produced reach the kid before exit.  HUP and USR1 are the kid's business.
 A reload's ``STOP`` is TERM without the closing: each client connection goes
 back to the kid (``MOVE``), socket and all, as soon as it is between
-requests, for the new generation to serve.
+requests, for the new generation to serve; a CONNECT tunnel goes with its
+origin socket once nothing of it waits in our pipes.
 """
 
 from __future__ import annotations
@@ -151,15 +152,19 @@ class Worker:
                 self.server.accept_burst(self.socks[index])
         elif kind == Kind.CONN:
             # A new connection (passfd), or one moved from an old child.
-            requests, opened = parse_moved(payload)
-            for fd in fds:
-                if self.moving:  # a reload came meanwhile: on to the newest children
-                    if not self._move_out(fd, requests, opened):
+            moved = parse_moved(payload)
+            if self.moving:  # a reload came meanwhile: on to the newest children
+                if not self._move_out(fds, moved):
+                    for fd in fds:
                         os.close(fd)
-                elif self.stopping:
+            elif self.stopping:
+                for fd in fds:
                     os.close(fd)
-                else:
-                    self._adopt(fd, requests, opened)
+            elif "tunnel" in moved:
+                self._adopt_tunnel(fds, moved)
+            else:
+                for fd in fds:
+                    self._adopt(fd, moved)
         elif kind == Kind.STOP:
             self._stop(move=payload == STOP_MOVE)
         else:
@@ -201,17 +206,31 @@ class Worker:
                           self._move_out if move else None)
         stop_listening(self.loop, self.socks)
 
-    def _move_out(self, fd: int, requests: int, opened: float | None) -> bool:
-        """A client connection for the next generation, through the kid."""
-        payload = moved_payload(requests, self.loop.now if opened is None else opened)
-        return self.channel.send(Kind.MOVE, payload, [fd], bounded=False)
+    def _move_out(self, fds: list[int], moved: dict) -> bool:
+        """A client connection (or a tunnel's two sockets) for the next
+        generation, through the kid."""
+        moved.setdefault("opened", self.loop.now)
+        return self.channel.send(Kind.MOVE, moved_payload(moved), fds, bounded=False)
 
-    def _adopt(self, fd: int, requests: int, opened: float | None) -> None:
+    def _adopt(self, fd: int, moved: dict) -> None:
         sock = socket.socket(fileno=fd)
         try:
-            self.server.adopt_passed(sock, requests, opened)
+            self.server.adopt_passed(sock, moved.get("requests", 0), moved.get("opened"))
         except OSError as exc:  # reset meanwhile: getpeername finds no peer
             sock.close()
+            log.debug("passed_connection_gone", error=exc.strerror)
+
+    def _adopt_tunnel(self, fds: list[int], moved: dict) -> None:
+        if len(fds) != 2:  # the kernel dropped one (MSG_CTRUNC): nothing to go on with
+            for fd in fds:
+                os.close(fd)
+            return
+        client, origin = (socket.socket(fileno=fd) for fd in fds)
+        try:
+            self.server.adopt_tunnel(client, origin, moved)
+        except OSError as exc:  # reset meanwhile
+            client.close()
+            origin.close()
             log.debug("passed_connection_gone", error=exc.strerror)
 
     def handle_int(self, _signum: int) -> None:

@@ -339,6 +339,8 @@ class ClientConnection:
             # Not one whose last answer said close and is still going out.
             if self.txn is None and not self.closing and not self.reader.has_trailing_data():
                 self._move()
+            elif self.txn is not None and self.txn.tunnel is not None:
+                self.txn.tunnel.move_when_quiet()
             return
         self._shutdown = True
         if self.txn is not None:

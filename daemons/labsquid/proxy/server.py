@@ -33,12 +33,14 @@ import select
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from labsquid.eventloop import NO_DESCRIPTORS, EventLoop, Timer
 from labsquid.proxy.client import ClientConnection
 from labsquid.proxy.context import ServeContext
+from labsquid.proxy.tunnel import resume_tunnel
 
 log = structlog.get_logger()
 
@@ -245,7 +247,7 @@ class ProxyServer:
             self.on_fd_shortage(True)  # the kid holds new ones back until our READY
 
     def adopt(self, conn: socket.socket, addr: tuple | None = None, requests: int = 0,
-              opened: float | None = None) -> None:
+              opened: float | None = None) -> ClientConnection:
         """Serve a connected socket; ``requests``: how many it carried before it
         was moved here by a reload (0: a new connection), and ``opened``: when
         it was accepted (``loop.now``'s clock; None: now)."""
@@ -260,6 +262,14 @@ class ProxyServer:
         if len(self.connections) >= self.ctx.config.pool_max_connections:
             self._pause_for_capacity()  # (passfd: also marks us full, so we report room later)
         client.start()
+        return client
+
+    def adopt_tunnel(self, conn: socket.socket, origin: socket.socket,
+                     moved: dict[str, Any]) -> None:
+        """A CONNECT tunnel an old child handed over on a reload: its client
+        connection, its origin socket, and its state (``Tunnel.hand_over``)."""
+        client = self.adopt(conn, requests=moved["requests"], opened=moved["opened"])
+        resume_tunnel(client, origin, moved["tunnel"])
 
     def _pause_for_capacity(self) -> None:
         """At ``pool_max_connections``: stop watching the listeners (level-triggered
@@ -333,23 +343,29 @@ class ProxyServer:
         self.listening.clear()
 
     def drain(self, lifetime: float | None, on_drained: Callable[[], None],
-              hand_over: Callable[[int, int, float], bool] | None = None) -> None:
+              hand_over: Callable[[list[int], dict[str, Any]], bool] | None = None) -> None:
         """Let in-flight requests finish (idle connections close now), then call back;
         what is still open after ``lifetime`` seconds is cut (None: no bound).
 
-        With ``hand_over(fd, requests, opened)`` (a reload), connections are not closed
-        but handed over, each when it is between requests (``ClientConnection``);
-        it returns False when the socket could not go, which then closes.
+        With ``hand_over(fds, state)`` (a reload), connections are not closed
+        but handed over, each when it is between requests (``ClientConnection``),
+        a CONNECT tunnel when no byte of it waits in our pipes (``Tunnel``);
+        it returns False when the sockets could not go, which then close.
         """
         self.stop_accepting()
         self._drain_cb = on_drained
         move = None
         if hand_over is not None:
-            def move(client: ClientConnection) -> bool:
-                fd = client.sock.detach()
-                if hand_over(fd, client.requests, client.opened):
+            def move(client: ClientConnection, extra_fds: tuple[int, ...] = (),
+                     tunnel: dict[str, Any] | None = None) -> bool:
+                fds = [client.sock.detach(), *extra_fds]
+                state: dict[str, Any] = {"requests": client.requests, "opened": client.opened}
+                if tunnel is not None:
+                    state["tunnel"] = tunnel
+                if hand_over(fds, state):
                     return True
-                os.close(fd)
+                for fd in fds:
+                    os.close(fd)
                 return False
         for client in list(self.connections):
             client.shutdown_when_idle(move)

@@ -8,6 +8,15 @@ direction stops reading while its pipe or buffer holds ``PIPE_LIMIT`` bytes
 the other side has not taken, so a slow reader costs a pipe, not memory.
 Half-closes are passed on (``shutdown(SHUT_WR)``); the tunnel ends when both
 directions have ended or either side errors.
+
+On a reload the tunnel moves to the new generation of pool children, as a
+keep-alive connection does, so that the old child does not stay for as long
+as the tunnel lasts.  It stops reading both sides (what they send next waits
+in the kernel, with the socket), lets its pipes empty into the other side,
+and then hands both sockets over with what its next holder needs to carry
+on and, at the end, to write the one access.log line: the CONNECT head, the
+origin, the start time and the bytes sent to the client so far.  A tunnel
+with a side already half-closed is ending: it ends where it is.
 """
 
 from __future__ import annotations
@@ -16,14 +25,16 @@ import errno
 import fcntl
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labsquid.eventloop import ERROR, READ, WRITE, EventLoop
+from labsquid.http import Headers, Request
 from labsquid.proxy.failures import connect_failed
+from labsquid.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
+    from labsquid.proxy.client import ClientConnection
     from labsquid.proxy.transaction import Transaction
-    from labsquid.proxy.upstream import Upstream
 
 PIPE_LIMIT = 256 * 1024
 PIPE_FDS = 4  # a pipe each way: what the idle-connection pool counts (upstream.py)
@@ -108,6 +119,34 @@ def start_tunnel(txn: Transaction, up: Upstream) -> None:
     txn.tunnel = tunnel
     tunnel.start(b"HTTP/1.1 200 Connection established\r\n\r\n",
                  txn.client.reader.take_trailing_data())
+    if txn.client._hand_over is not None:  # a reload came while it was connecting
+        tunnel.move_when_quiet()
+
+
+def resume_tunnel(client: ClientConnection, origin: socket.socket, state: dict[str, Any]) -> None:
+    """Carry on a tunnel handed over by an old child (``Tunnel.hand_over``):
+    the same transaction, logged here when it ends."""
+    client._disarm()  # no request is coming: the tunnel has the socket
+    target, version, fields = state["head"]
+    head = Request(b"CONNECT", target.encode("latin-1"), version.encode("latin-1"),
+                   Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields]))
+    txn = client._begin(head)
+    txn.url, txn.host, txn.port = state["url"], state["host"], state["port"]
+    txn.scheme, txn.peer, txn.hierarchy = "connect", state["peer"], state["hierarchy"]
+    txn.started, txn.status, txn.log_tag = state["started"], 200, "TCP_TUNNEL"
+    txn.wants_body = False
+    txn.body_done = True
+    up = Upstream(txn.ctx.loop, (txn.host, txn.port), txn.peer, sock=origin)
+    try:
+        tunnel = txn.ctx.upstreams.with_room(lambda: Tunnel(txn, up))
+    except OSError:  # no descriptors for its pipes: it ends here, logged
+        up.close()
+        txn.tunnel_closed(state["to_client"])
+        client.close()
+        return
+    txn.tunnel = tunnel
+    tunnel.to_client = state["to_client"]
+    tunnel.watch()
 
 
 def tunnel_closed(txn: Transaction, to_client: int) -> None:
@@ -137,6 +176,7 @@ class Tunnel:
         self.loop.remove(self.csock.fileno())
         self.loop.remove(self.usock.fileno())
         self.to_client = 0
+        self.moving = False  # a reload: reading stopped, hand over once the pipes empty
 
     def start(self, reply: bytes, early: bytes) -> None:
         self.client.sock.setblocking(True)
@@ -152,6 +192,9 @@ class Tunnel:
             if not self.closed:
                 self.csock.setblocking(False)
         self.to_client = len(reply)
+        self.watch()
+
+    def watch(self) -> None:
         self.loop.add(self.csock.fileno(), READ, self._on_client)
         self.loop.add(self.usock.fileno(), READ, self._on_upstream)
 
@@ -173,17 +216,65 @@ class Tunnel:
         if self.up.done and self.down.done:
             self.close()
             return
+        if self.moving:
+            self._settle()
+            return
         self._update()
 
     def _update(self) -> None:
-        # Read a side while its pipe has room; write a side while the other
-        # direction's pipe holds bytes for it.
-        cmask = (READ if not self.up.eof and self.up.in_pipe < PIPE_LIMIT else 0) | (
-            WRITE if self.down.in_pipe else 0)
-        umask = (READ if not self.down.eof and self.down.in_pipe < PIPE_LIMIT else 0) | (
-            WRITE if self.up.in_pipe else 0)
+        # Read a side while its pipe has room (and no reload is moving the
+        # tunnel); write a side while the other direction's pipe holds bytes
+        # for it.
+        reading = not self.moving
+        cmask = (READ if reading and not self.up.eof and self.up.in_pipe < PIPE_LIMIT
+                 else 0) | (WRITE if self.down.in_pipe else 0)
+        umask = (READ if reading and not self.down.eof and self.down.in_pipe < PIPE_LIMIT
+                 else 0) | (WRITE if self.up.in_pipe else 0)
         self.loop.modify(self.csock.fileno(), cmask)
         self.loop.modify(self.usock.fileno(), umask)
+
+    # -- moving on a reload -------------------------------------------------
+    def move_when_quiet(self) -> None:
+        """Stop reading; hand over once the pipes are empty (``_settle``)."""
+        if not self.closed:
+            self.moving = True
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.up.eof or self.down.eof:
+            self.moving = False  # half-closed: it is ending, and ends here
+        elif not (self.up.in_pipe or self.down.in_pipe):
+            self.hand_over()
+            return
+        self._update()
+
+    def hand_over(self) -> None:
+        """Both sockets and the transaction's state to the next generation."""
+        txn, client = self.txn, self.client
+        req = txn.req
+        state = {
+            "head": [req.target.decode("latin-1"), req.http_version.decode("latin-1"),
+                     [[n.decode("latin-1"), v.decode("latin-1")] for n, v in req.headers]],
+            "url": txn.url, "host": txn.host, "port": txn.port, "peer": txn.peer,
+            "hierarchy": txn.hierarchy, "started": txn.started,
+            "to_client": self.to_client + self.down.moved,
+        }
+        self.closed = True
+        self.loop.remove(self.csock.fileno())
+        self.loop.remove(self.usock.fileno())
+        self.up.close()
+        self.down.close()
+        self.pool.unwatched_fds -= PIPE_FDS
+        origin_fd = self.usock.detach()
+        self.upstream.close()  # its socket is detached: only our records of it go
+        txn.tunnel = None
+        client.txn = None
+        if client._hand_over(client, (origin_fd,), state):
+            txn.finished = True  # its next holder logs it
+        else:  # both sockets are closed: it ends here
+            txn.tunnel_closed(state["to_client"])
+        client._moving = False  # its socket has gone already, one way or the other
+        client.close()
 
     def close(self) -> None:
         if self.closed:

@@ -56,17 +56,22 @@ class UpstreamHandler(Protocol):
 
 
 class Upstream:
-    def __init__(self, loop: EventLoop, key: tuple[str, int], address: str) -> None:
+    def __init__(self, loop: EventLoop, key: tuple[str, int], address: str,
+                 sock: socket.socket | None = None) -> None:
+        """A new connection to ``address``, or ``sock``, one already connected
+        (a tunnel's, handed over on a reload)."""
         self.loop = loop
         self.key = key
         self.address = address
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.connected = sock is not None
+        if sock is None:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock = sock
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.fd = self.sock.fileno()
         self.handler: UpstreamHandler | None = None
-        self.connected = False
         self.closed = False
         self.reading = True
         self.out = bytearray()
