@@ -19,8 +19,9 @@ Moving on a reload: an old pool child told to stop with a successor waiting
 (``shutdown_when_idle`` with ``hand_over``) does not close its keep-alive
 connections.  Each one, once it is between requests with nothing unread in
 its reader, stops reading (what the client sends next stays in the kernel)
-and is handed over as a socket, with its request count, to be adopted by a
-child of the new generation.  Its client never sees a close.
+and is handed over as a socket, with its request count and accept time, to
+be adopted by a child of the new generation.  Its client never sees a close.
+A CONNECT tunnel goes the same way, with its origin socket (``Tunnel``).
 """
 
 from __future__ import annotations

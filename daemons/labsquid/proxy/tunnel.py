@@ -259,15 +259,7 @@ class Tunnel:
             "hierarchy": txn.hierarchy, "started": txn.started,
             "to_client": self.to_client + self.down.moved,
         }
-        self.closed = True
-        self.loop.remove(self.csock.fileno())
-        self.loop.remove(self.usock.fileno())
-        self.up.close()
-        self.down.close()
-        self.pool.unwatched_fds -= PIPE_FDS
-        origin_fd = self.usock.detach()
-        self.upstream.close()  # its socket is detached: only our records of it go
-        txn.tunnel = None
+        origin_fd = self._let_go(keep_origin=True)
         client.txn = None
         if client._hand_over(client, (origin_fd,), state):
             txn.finished = True  # its next holder logs it
@@ -276,16 +268,23 @@ class Tunnel:
         client._moving = False  # its socket has gone already, one way or the other
         client.close()
 
-    def close(self) -> None:
-        if self.closed:
-            return
+    def _let_go(self, keep_origin: bool = False) -> int:
+        """Unwatch both sockets, close the pipes and the origin connection; with
+        ``keep_origin``, its socket's descriptor is detached first and returned."""
         self.closed = True
         self.loop.remove(self.csock.fileno())
         self.loop.remove(self.usock.fileno())
         self.up.close()
         self.down.close()
         self.pool.unwatched_fds -= PIPE_FDS
-        self.upstream.close()
+        origin_fd = self.usock.detach() if keep_origin else -1
+        self.upstream.close()  # (a detached socket: only our records of it go)
         self.txn.tunnel = None
+        return origin_fd
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._let_go()
         self.txn.tunnel_closed(self.to_client + self.down.moved)
         self.client.close()
