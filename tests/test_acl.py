@@ -538,6 +538,14 @@ def test_http_status_codes_and_ranges(status: int, expected: bool) -> None:
     assert matches(["s http_status 400-404 500-"], status=status) is expected
 
 
+# -- maxconn ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("open_", "expected"), [(1, False), (3, False), (4, True)])
+def test_maxconn_matches_above_its_number(open_: int, expected: bool) -> None:
+    """squid: "more than <number> TCP connections", this one counted."""
+    assert matches(["m maxconn 3"], client_connections=open_) is expected
+
+
 # -- has ------------------------------------------------------------------------------
 
 # What squid 5.7 put where, here, with `has request` and `has response` acls on
@@ -605,6 +613,9 @@ def test_has_request_keeps_connections_without_a_request_out_of_a_file() -> None
     ("x has request response", "acl 'x' has: multiple components not supported; give each "
                                "its own line with the same acl name"),
     ("x has", "acl 'x' has: argument missing (one of request, response, ALE)"),
+    ("x maxconn 0", "acl 'x' maxconn: needs one number, 1 or more"),
+    ("x maxconn 5 6", "acl 'x' maxconn: needs one number, 1 or more"),
+    ("x maxconn five", "acl 'x' maxconn: needs one number, 1 or more"),
     ("x time MTWHX", "acl 'x' time: bad day 'X' in 'MTWHX' (S M T W H F A, or D for M-F)"),
     ("x time 17:00-08:00", "acl 'x' time: reversed time range '17:00-08:00'"),
     ("x time 08:00", "acl 'x' time: bad time range '08:00' (h1:m1-h2:m2, 00:00 to 24:00)"),

@@ -59,6 +59,8 @@ acl timetoday urlpath_regex ^/id/time-today
 acl timeother urlpath_regex ^/id/time-other
 acl today time {today_letter()} 00:00-24:00
 acl otherdays time {DAY_LETTERS.replace(today_letter(), "")}
+acl crowd src 127.0.0.4
+acl many maxconn 2
 http_access deny !Safe_ports
 http_access deny CONNECT !SSL_ports
 http_access allow localhost manager
@@ -75,6 +77,8 @@ http_access deny badagent
 http_access deny blockheader
 http_access deny timetoday today
 http_access deny timeother otherdays
+http_access deny crowd many
+http_access allow crowd
 http_access allow localhost
 http_access allow goodsrc
 http_access deny all
@@ -172,6 +176,29 @@ def test_time_on_the_local_clock(labsquid, origin):
         pytest.skip("midnight passed since the instance started")
     assert denied(on_today)
     assert on_other.status == 200
+
+
+def test_maxconn_counts_the_clients_open_connections(labsquid, origin):
+    """A third connection from 127.0.0.4 is one more than ``maxconn 2``;
+    once one of the first two closes, it is served again."""
+    url = origin.url("/id/maxconn")
+    held = []
+    for _ in range(2):
+        sock = socket.socket()
+        sock.settimeout(5)
+        sock.bind(("127.0.0.4", 0))
+        sock.connect(("127.0.0.1", labsquid.port))
+        client = RawClient.__new__(RawClient)
+        client.sock, client.buf = sock, b""
+        client.send(f"GET {url} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        assert client.read_response().status == 200  # two open: not more than 2
+        held.append(client)
+    assert denied(ask(labsquid.port, "GET", url, source="127.0.0.4"))
+    assert ask(labsquid.port, "GET", url, source="127.0.0.3").status == 200  # its own count
+    held.pop().close()
+    wait_for(lambda: ask(labsquid.port, "GET", url, source="127.0.0.4").status == 200,
+             timeout=5, what="a connection fewer")
+    held[0].close()
 
 
 def test_denied_requests_never_reach_the_origin(labsquid, origin):

@@ -55,6 +55,7 @@ _TYPES: dict[str, tuple[Compiler, frozenset[str]]] = {
     "browser": (_values.compile_browser, frozenset({"-i"})),
     "req_header": (_values.compile_req_header, frozenset()),
     "http_status": (_values.compile_http_status, frozenset()),
+    "maxconn": (_values.compile_maxconn, frozenset()),
 }
 _ALIASES = {"myport": "localport"}
 _NEEDS_DST = frozenset({"dst"})

@@ -25,6 +25,10 @@ and returns a matcher closing over a structure built once for speed:
 * ``browser``: a regex on User-Agent; ``req_header NAME [-i] REGEX ...``: on
   the named request header (its fields joined with ", ", as squid's
   ``getByName``).  A request without that header does not match.
+* ``maxconn N``: more than N connections from the client's address are open,
+  this one included; counted by each serving process for its own (a pool
+  child, or the kid in serial mode), as each squid worker counts its own.
+  One number, one line: squid takes a second number or line silently.
 * ``http_status``: reply status codes and ranges (``404``, ``400-403``,
   ``500-`` for 500 and above).  It sees a status only where there is one, on
   ``access_log`` lines; in ``http_access`` it never matches.  squid reads a
@@ -54,6 +58,7 @@ PROTOCOLS = frozenset({
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PORT = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
 _BACKREF = re.compile(r"\\[1-9]|\(\?P=")
+_NUMBER = re.compile(r"[0-9]+")
 
 
 # -- ports ----------------------------------------------------------------------
@@ -272,6 +277,21 @@ def compile_req_header(lines: list[Values], label: str, problems: Problems) -> M
         return False
 
     return match
+
+
+# -- connections per client ------------------------------------------------------------
+
+def compile_maxconn(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    limit = 0
+    for number, values in enumerate(lines):
+        if number:
+            problems.error(values.where, f"{label}: given twice; one maxconn acl, one number")
+        elif len(values.values) != 1 or not _NUMBER.fullmatch(values.values[0]) \
+                or int(values.values[0]) < 1:
+            problems.error(values.where, f"{label}: needs one number, 1 or more")
+        else:
+            limit = int(values.values[0])
+    return lambda ctx: ctx.client_connections > limit
 
 
 # -- reply status ---------------------------------------------------------------------

@@ -48,6 +48,9 @@ class ServeContext:
         self._writers: list[ClientConnection] = []
         self._turn_end_due = False
         self._log_blocked = False
+        # Open client connections per client address, in this process: what
+        # a maxconn acl counts (as each squid worker counts its own).
+        self.client_connections: dict[str, int] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:

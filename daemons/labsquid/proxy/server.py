@@ -258,6 +258,8 @@ class ProxyServer:
         if opened is not None:
             client.opened = opened
         self.connections.add(client)
+        counts = self.ctx.client_connections
+        counts[client.peer_ip] = counts.get(client.peer_ip, 0) + 1
         self.ctx.stats.add("active", 1)
         if len(self.connections) >= self.ctx.config.pool_max_connections:
             self._pause_for_capacity()  # (passfd: also marks us full, so we report room later)
@@ -322,6 +324,12 @@ class ProxyServer:
     def _closed(self, client: ClientConnection) -> None:
         if client in self.connections:
             self.connections.discard(client)
+            counts = self.ctx.client_connections
+            left = counts.get(client.peer_ip, 1) - 1
+            if left:
+                counts[client.peer_ip] = left
+            else:
+                counts.pop(client.peer_ip, None)
             self.ctx.stats.add("active", -1)
         if self.full and len(self.connections) < self.ctx.config.pool_max_connections:
             self.full = False

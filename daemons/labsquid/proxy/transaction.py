@@ -194,7 +194,8 @@ class Transaction:
         return AccessContext(client.peer_address, client.local_port, method,
                              "NONE" if method == "CONNECT" else "HTTP", self.host, self.port,
                              self.url, self.path.decode("latin-1"), dst,
-                             None if self.req is None else self.req.headers)
+                             None if self.req is None else self.req.headers,
+                             self.ctx.client_connections.get(client.peer_ip, 0))
 
     def authorize(self, dst: tuple | None) -> None:
         decision = self.ctx.access.check(self.access_context(dst))
