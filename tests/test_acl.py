@@ -546,6 +546,18 @@ def test_maxconn_matches_above_its_number(open_: int, expected: bool) -> None:
     assert matches(["m maxconn 3"], client_connections=open_) is expected
 
 
+def test_myportname_names_a_port_by_name_or_as_written() -> None:
+    from labsquid.config import parse_text
+    from labsquid.proxy.context import port_names
+
+    config = parse_text("http_port 3128\nhttp_port 127.0.0.1:3129 name=inside\n"
+                        "http_port [::1]:3130\n", "t.conf")
+    assert port_names(config) == {3128: [(None, "3128")], 3129: [("127.0.0.1", "inside")],
+                                  3130: [("::1", "[::1]:3130")]}
+    assert matches(["p myportname inside 3128"], port_name="3128") is True
+    assert matches(["p myportname inside"], port_name="3128") is False
+
+
 # -- has ------------------------------------------------------------------------------
 
 # What squid 5.7 put where, here, with `has request` and `has response` acls on

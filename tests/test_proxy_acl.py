@@ -22,7 +22,7 @@ def origin():
 
 @pytest.fixture(scope="module")
 def ports():
-    return {"second": free_port(), "blocked": free_port()}
+    return {"second": free_port(), "blocked": free_port(), "third": free_port()}
 
 
 # squid's day letters, by time.localtime's tm_wday (Monday 0)
@@ -60,6 +60,10 @@ acl timeother urlpath_regex ^/id/time-other
 acl today time {today_letter()} 00:00-24:00
 acl otherdays time {DAY_LETTERS.replace(today_letter(), "")}
 acl crowd src 127.0.0.4
+acl secondname myportname 127.0.0.1:{ports['second']}
+acl secondpath urlpath_regex ^/id/second-by-name
+acl thirdname myportname third
+acl thirdpath urlpath_regex ^/id/third-denied
 acl many maxconn 2
 http_access deny !Safe_ports
 http_access deny CONNECT !SSL_ports
@@ -70,6 +74,8 @@ http_access deny badmethod
 http_access deny baddomain
 http_access deny badregex
 http_access deny badport
+http_access deny thirdname thirdpath
+http_access allow secondname secondpath
 http_access deny second
 http_access deny isproto protopath
 http_access deny baddst
@@ -83,7 +89,8 @@ http_access allow localhost
 http_access allow goodsrc
 http_access deny all
 """
-    extra = f"http_port 127.0.0.1:{ports['second']}\nhosts_file {hosts}\n"
+    extra = (f"http_port 127.0.0.1:{ports['second']}\n"
+             f"http_port 127.0.0.1:{ports['third']} name=third\nhosts_file {hosts}\n")
     instance = Labsquid(folder, rules=rules, extra=extra).start()
     instance.config_day = today_letter()  # what its time acls were written for
     yield instance
@@ -139,6 +146,17 @@ def test_port(labsquid, ports):
 def test_localport(labsquid, origin, ports):
     assert denied(ask(ports["second"], "GET", origin.url("/id/lp")))
     assert ask(labsquid.port, "GET", origin.url("/id/lp")).status == 200
+
+
+def test_myportname(labsquid, origin, ports):
+    """A port's name is its ``name=``, or the port as written (squid 5.7's
+    default, checked here)."""
+    assert denied(ask(ports["third"], "GET", origin.url("/id/third-denied")))
+    assert ask(ports["third"], "GET", origin.url("/id/third-other")).status == 200
+    assert ask(labsquid.port, "GET", origin.url("/id/third-denied")).status == 200
+    # The second port denies everything (localport) but what its name allows first.
+    assert ask(ports["second"], "GET", origin.url("/id/second-by-name")).status == 200
+    assert denied(ask(ports["second"], "GET", origin.url("/id/second-other")))
 
 
 def test_proto(labsquid, origin):

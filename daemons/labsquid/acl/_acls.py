@@ -56,6 +56,7 @@ _TYPES: dict[str, tuple[Compiler, frozenset[str]]] = {
     "req_header": (_values.compile_req_header, frozenset()),
     "http_status": (_values.compile_http_status, frozenset()),
     "maxconn": (_values.compile_maxconn, frozenset()),
+    "myportname": (_values.compile_myportname, frozenset()),
 }
 _ALIASES = {"myport": "localport"}
 _NEEDS_DST = frozenset({"dst"})

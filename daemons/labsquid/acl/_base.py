@@ -33,7 +33,8 @@ class AccessContext:
     None while nobody has resolved it; an IP-literal host never needs it.
     ``headers`` are the request's (None: no request head was parsed).
     ``client_connections``: how many connections from ``src`` are open in
-    this serving process, this one included (``maxconn``).
+    this serving process, this one included (``maxconn``).  ``port_name``:
+    the name of the ``http_port`` the client reached (``myportname``).
     ``has_request``/``has_response`` are what squid's ``has`` acl asks: every
     transaction has a request but one logged for a connection that ended
     before a request head; a response, once one was made (never yet while
@@ -51,6 +52,7 @@ class AccessContext:
     dst: tuple[IPAddress, ...] | None = None
     headers: Headers | None = None
     client_connections: int = 0
+    port_name: str = ""
     has_request: bool = True
     has_response: bool = False
     status: int = 0

@@ -25,6 +25,9 @@ and returns a matcher closing over a structure built once for speed:
 * ``browser``: a regex on User-Agent; ``req_header NAME [-i] REGEX ...``: on
   the named request header (its fields joined with ", ", as squid's
   ``getByName``).  A request without that header does not match.
+* ``myportname``: the name of the ``http_port`` the client reached: its
+  ``name=`` option, or the port as written (``3128``, ``127.0.0.1:3128``),
+  as squid 5.7 names it.  Compared exactly.
 * ``maxconn N``: more than N connections from the client's address are open,
   this one included; counted by each serving process for its own (a pool
   child, or the kid in serial mode), as each squid worker counts its own.
@@ -279,7 +282,12 @@ def compile_req_header(lines: list[Values], label: str, problems: Problems) -> M
     return match
 
 
-# -- connections per client ------------------------------------------------------------
+# -- the port reached and connections per client ----------------------------------------
+
+def compile_myportname(lines: list[Values], label: str, problems: Problems) -> Matcher:
+    names = frozenset(token for values in lines for token in values.values)
+    return lambda ctx: ctx.port_name in names
+
 
 def compile_maxconn(lines: list[Values], label: str, problems: Problems) -> Matcher:
     limit = 0

@@ -15,6 +15,7 @@ cdef class ClientConnection:
     cdef public object peer_address
     cdef public object local_ip
     cdef public object local_port
+    cdef public object port_name
     cdef public RequestReader reader
     cdef public bytearray out
     cdef public bint reading

@@ -67,6 +67,7 @@ class ClientConnection:
         self.peer_address = ipaddress.ip_address(self.peer_ip)  # parsed once, for acls
         local = sock.getsockname()
         self.local_ip, self.local_port = local[0], local[1]
+        self.port_name = ctx.name_of_port(self.local_ip, self.local_port)  # for myportname
         cfg = ctx.config
         self.reader = RequestReader(max_header_size=cfg.request_header_max_size,
                                     max_body_size=cfg.request_body_max_size)

@@ -28,6 +28,7 @@ cdef class ServeContext:
     cdef public object log_targets
     cdef public bint log_headers
     cdef public dict client_connections
+    cdef public dict port_names
     cpdef write_at_turn_end(self, client)
     cpdef end_turn_soon(self)
     cpdef log(self, line, duration_ms, http_status, bint counted=*)

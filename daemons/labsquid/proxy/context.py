@@ -31,6 +31,19 @@ LogOut = Callable[[bytes], bool]
 LOG_BATCH = 64 * 1024  # a turn's lines past this many bytes are handed over at once
 
 
+def port_names(config: Config) -> dict[int, list[tuple[str | None, str]]]:
+    """Each ``http_port``'s name, by port number: its ``name=``, or as squid
+    names it by default, the port as written (``3128``, ``127.0.0.1:3128``),
+    with the address it listens on (None: every one)."""
+    names: dict[int, list[tuple[str | None, str]]] = {}
+    for spec in config.http_port:
+        host = spec.host
+        written = str(spec.port) if host is None else (
+            f"[{host}]:{spec.port}" if ":" in host else f"{host}:{spec.port}")
+        names.setdefault(spec.port, []).append((host, spec.options.get("name") or written))
+    return names
+
+
 class ServeContext:
     def __init__(self, loop: EventLoop, config: Config, log_out: LogOut, stats: Row,
                  all_stats: Stats | None = None) -> None:
@@ -55,6 +68,7 @@ class ServeContext:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+        self.port_names = port_names(config)
         acls = acl.compile_acls(list(config.acls))
         self.access = acl.compile_access(list(config.http_access), acls)
         self.purge_enabled = acls.purge_enabled
@@ -147,3 +161,15 @@ class ServeContext:
             lines.clear()
             self._lines_size = 0
         return self.log_out(chunk)
+
+    def name_of_port(self, local_ip: str, local_port: int) -> str:
+        """The ``http_port`` name of the socket a client reached (a
+        ``myportname`` acl's subject); "" for a socket the config does not name."""
+        entries = self.port_names.get(local_port, ())
+        for host, name in entries:
+            if host == local_ip:
+                return name
+        for host, name in entries:
+            if host is None:
+                return name
+        return entries[0][1] if len(entries) == 1 else ""

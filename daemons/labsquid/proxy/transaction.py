@@ -195,7 +195,8 @@ class Transaction:
                              "NONE" if method == "CONNECT" else "HTTP", self.host, self.port,
                              self.url, self.path.decode("latin-1"), dst,
                              None if self.req is None else self.req.headers,
-                             self.ctx.client_connections.get(client.peer_ip, 0))
+                             self.ctx.client_connections.get(client.peer_ip, 0),
+                             client.port_name)
 
     def authorize(self, dst: tuple | None) -> None:
         decision = self.ctx.access.check(self.access_context(dst))
