@@ -469,3 +469,48 @@ def test_a_tunnel_streaming_through_a_reload_loses_no_byte(make_labsquid, echo):
     lines = wait_for(lambda: _tunnel_lines(ls, echo), timeout=5, what="the tunnel's line")
     assert [x["size"] for x in lines] == [str(REPLY_200 + len(payload))]
     assert ls.stop() == 0
+
+
+def test_a_tunnel_that_cannot_go_quiet_stays_and_a_shutdown_still_ends_it(make_labsquid, echo):
+    """A client that stops reading keeps bytes in the tunnel's pipe, so it
+    cannot be handed over: the old child keeps it and serves on, and a
+    shutdown still ends it within shutdown_lifetime, logged."""
+    ls = make_labsquid(dispatch="notify", pool_size=2,
+                       extra=f"acl SSL_ports port {echo.port}\nshutdown_lifetime 2 seconds\n")
+    ls.start()
+    sock = _open_tunnel(ls, echo)
+    sent = [0]
+
+    def flood() -> None:  # never reads: the echoes fill the kernel, then the pipe
+        chunk = b"x" * 65536
+        try:
+            while sent[0] < 64 * 1024 * 1024:
+                sock.sendall(chunk)
+                sent[0] += len(chunk)
+        except OSError:
+            pass
+
+    sock.settimeout(None)
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+
+    def stalled() -> bool:
+        before = sent[0]
+        time.sleep(0.3)
+        return before == sent[0] > 0
+
+    wait_for(stalled, timeout=20, what="the flood to stall")
+    old = {w.pid for w in ls.workers()}
+    holder = holder_of(ls, sock.getsockname()[1])
+    assert holder is not None and holder.pid in old
+    ls.signal(signal.SIGHUP)
+    wait_for(lambda: len({w.pid for w in ls.workers()} - old) == ls.pool_size, timeout=10,
+             what="a new generation")
+    time.sleep(1)
+    assert holder_of(ls, sock.getsockname()[1]).pid == holder.pid  # it stayed
+    began = time.monotonic()
+    assert ls.stop() == 0
+    assert time.monotonic() - began < 6, "the shutdown waited for the tunnel"
+    sock.close()
+    lines = _tunnel_lines(ls, echo)
+    assert [x["tag"] for x in lines] == ["TCP_TUNNEL"], lines

@@ -383,7 +383,10 @@ class EchoServer(TcpServer):
                     except OSError:
                         pass
                     return
-                conn.sendall(data)
+                try:
+                    conn.sendall(data)
+                except OSError:  # the proxy cut the tunnel (a test's shutdown)
+                    return
 
 
 # squid's native format: %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt
