@@ -85,6 +85,12 @@ class Kind:
 STOP_MOVE = b"move"  # STOP's payload on a reload: hand client connections over, never close
 
 
+def close_fds(fds: list[int]) -> None:
+    """Close descriptors a message carried (or was to carry) that nobody takes."""
+    for fd in fds:
+        os.close(fd)
+
+
 def moved_payload(state: dict[str, Any]) -> bytes:
     """What a moved client connection carries (``MOVE``, then ``CONN``), as
     JSON: ``requests`` it served; ``opened``, when it was accepted, on
@@ -213,8 +219,7 @@ class Channel:
                 self._peer_gone()
                 return
             self._queue.popleft()
-            for fd in fds:  # the peer holds its own reference now
-                os.close(fd)
+            close_fds(fds)  # the peer holds its own reference now
         self.loop.modify(self.fd, self._mask())
         if self._stalled and not self._queue:
             self._stalled = False
@@ -230,8 +235,7 @@ class Channel:
         """
         self.broken = True
         for _data, fds in self._queue:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
         self._queue.clear()
         self.loop.call_soon(self.drain)
 
@@ -336,8 +340,7 @@ class Channel:
         self.closed = True
         self.loop.remove(self.fd)
         for _data, fds in self._queue:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
         self._queue.clear()
         self.sock.close()
         self._on_close()

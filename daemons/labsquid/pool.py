@@ -62,6 +62,7 @@ from labsquid.ipc import (
     Kind,
     LogStream,
     channel_pair,
+    close_fds,
     log_stream_pair,
 )
 from labsquid.listeners import PortSpec, address_of, stop_listening
@@ -324,8 +325,7 @@ class PoolEngine:
                 self._moved.append((fds, payload))
             self._place_moved()
             return
-        for fd in fds:
-            os.close(fd)  # only MOVE carries any; do not leak them
+        close_fds(fds)  # only MOVE carries any; do not leak them
         if kind == Kind.LOGS:
             if payload:  # urgent: its log stream is full and it holds clients back
                 self._read_logs([child])
@@ -466,14 +466,12 @@ class PoolEngine:
             fds, payload = self._moved.popleft()
             target = min(targets, key=self._load)
             if not target.channel.send(Kind.CONN, payload, fds, bounded=False):
-                for fd in fds:
-                    os.close(fd)  # its client sees the close it would have seen before
+                close_fds(fds)  # its client sees the close it would have seen before
                 log.warning("moved_connection_lost", worker=target.slot)
 
     def _close_moved(self) -> None:
         for fds, _payload in self._moved:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
         self._moved.clear()
 
     def shutdown(self, lifetime: float, on_drained: Callable[[], None]) -> None:

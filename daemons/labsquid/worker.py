@@ -34,6 +34,7 @@ from labsquid.ipc import (
     Channel,
     Kind,
     LogStream,
+    close_fds,
     moved_payload,
     parse_moved,
 )
@@ -155,11 +156,9 @@ class Worker:
             moved = parse_moved(payload)
             if self.moving:  # a reload came meanwhile: on to the newest children
                 if not self._move_out(fds, moved):
-                    for fd in fds:
-                        os.close(fd)
+                    close_fds(fds)
             elif self.stopping:
-                for fd in fds:
-                    os.close(fd)
+                close_fds(fds)
             elif "tunnel" in moved:
                 self._adopt_tunnel(fds, moved)
             else:
@@ -168,8 +167,7 @@ class Worker:
         elif kind == Kind.STOP:
             self._stop(move=payload == STOP_MOVE)
         else:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
 
     def _on_truncated(self, kind: bytes) -> None:
         """The kernel dropped descriptors attached to a message: only CONN carries any."""
@@ -222,8 +220,7 @@ class Worker:
 
     def _adopt_tunnel(self, fds: list[int], moved: dict) -> None:
         if len(fds) != 2:  # the kernel dropped one (MSG_CTRUNC): nothing to go on with
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             return
         client, origin = (socket.socket(fileno=fd) for fd in fds)
         try:

@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 
 from labsquid.eventloop import NO_DESCRIPTORS, EventLoop, Timer
+from labsquid.ipc import close_fds
 from labsquid.proxy.client import ClientConnection
 from labsquid.proxy.context import ServeContext
 from labsquid.proxy.tunnel import resume_tunnel
@@ -372,8 +373,7 @@ class ProxyServer:
                     state["tunnel"] = tunnel
                 if hand_over(fds, state):
                     return True
-                for fd in fds:
-                    os.close(fd)
+                close_fds(fds)
                 return False
         for client in list(self.connections):
             client.shutdown_when_idle(move)
