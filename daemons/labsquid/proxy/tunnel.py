@@ -135,7 +135,6 @@ def resume_tunnel(client: ClientConnection, origin: socket.socket, state: dict[s
     txn.scheme, txn.peer, txn.hierarchy = "connect", state["peer"], state["hierarchy"]
     txn.started, txn.status, txn.log_tag = state["started"], 200, "TCP_TUNNEL"
     txn.wants_body = False
-    txn.body_done = True
     up = Upstream(txn.ctx.loop, (txn.host, txn.port), txn.peer, sock=origin)
     try:
         tunnel = txn.ctx.upstreams.with_room(lambda: Tunnel(txn, up))
