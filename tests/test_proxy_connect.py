@@ -10,7 +10,14 @@ import threading
 import pytest
 
 from support import proof
-from support.origin import EchoServer, RawClient, module_origin, parse_squid_line
+from support.origin import (
+    EchoServer,
+    RawClient,
+    module_origin,
+    open_tunnel,
+    parse_squid_line,
+    recv_exactly,
+)
 from support.service import Labsquid, free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -43,35 +50,12 @@ def labsquid(tmp_path_factory, echo, refused_port):
         instance.kill_tree()
 
 
-def open_tunnel(port: int, target: str, early: bytes = b"") -> tuple[socket.socket, bytes]:
-    """CONNECT; returns the socket and whatever followed the 200 head."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode() + early)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        assert data, f"closed before the CONNECT reply: {buf!r}"
-        buf += data
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 200 "), head
-    return sock, rest
-
-
 def connect_line(ls: Labsquid, target: str, what: str) -> dict[str, str]:
     """The last access.log line of a CONNECT to ``target``, once it is written."""
     def find():
         found = [x for x in ls.access_lines() if f" CONNECT {target} " in x]
         return parse_squid_line(found[-1]) if found else None
     return wait_for(find, timeout=5, what=what)
-
-
-def recv_exactly(sock: socket.socket, n: int, already: bytes = b"") -> bytes:
-    buf = bytearray(already)
-    while len(buf) < n:
-        data = sock.recv(min(262144, n - len(buf)))
-        assert data, f"EOF after {len(buf)} of {n} bytes"
-        buf += data
-    return bytes(buf)
 
 
 def test_tunnel_carries_bytes_both_ways(labsquid, echo):

@@ -24,7 +24,7 @@ import pytest
 
 from support import proof
 from support.chaos import holder_of
-from support.origin import EchoServer, RawClient, parse_squid_line
+from support.origin import EchoServer, RawClient, open_tunnel, parse_squid_line, recv_exactly
 from support.service import wait_for
 
 pytestmark = pytest.mark.slow
@@ -368,27 +368,14 @@ def echo():
 
 
 def _open_tunnel(ls, echo) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", ls.port), timeout=10)
-    target = f"127.0.0.1:{echo.port}"
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: t/1\r\n\r\n"
-                 .encode())
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        data = sock.recv(1)
-        assert data, head
-        head += data
-    assert head.startswith(b"HTTP/1.1 200 "), head
+    sock, rest = open_tunnel(ls.port, f"127.0.0.1:{echo.port}", headers="User-Agent: t/1\r\n")
+    assert rest == b""  # the echo server speaks only when spoken to
     return sock
 
 
 def _echoed(sock: socket.socket, message: bytes) -> bytes:
     sock.sendall(message)
-    got = b""
-    while len(got) < len(message):
-        data = sock.recv(65536)
-        assert data, f"EOF after {len(got)} bytes"
-        got += data
-    return got
+    return recv_exactly(sock, len(message))
 
 
 def _tunnel_lines(ls, echo) -> list[dict[str, str]]:

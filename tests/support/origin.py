@@ -389,6 +389,32 @@ class EchoServer(TcpServer):
                     return
 
 
+def open_tunnel(port: int, target: str, early: bytes = b"",
+                headers: str = "") -> tuple[socket.socket, bytes]:
+    """CONNECT (with extra ``headers`` lines); returns the socket and whatever
+    followed the 200 head."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n".encode()
+                 + early)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        assert data, f"closed before the CONNECT reply: {buf!r}"
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return sock, rest
+
+
+def recv_exactly(sock: socket.socket, n: int, already: bytes = b"") -> bytes:
+    buf = bytearray(already)
+    while len(buf) < n:
+        data = sock.recv(min(262144, n - len(buf)))
+        assert data, f"EOF after {len(buf)} of {n} bytes"
+        buf += data
+    return bytes(buf)
+
+
 # squid's native format: %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt
 SQUID_LINE = re.compile(
     r"^(?P<ts>\d{10})\.(?P<ms>\d{3}) (?P<elapsed> *\d+) (?P<client>\S+) "
