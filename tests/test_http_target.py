@@ -51,6 +51,9 @@ def test_classify(method: bytes, target: bytes, form: str) -> None:
         (b"http://127.0.0.1/", ("http", "127.0.0.1", 80, b"/")),
         (b"http://example.com./", ("http", "example.com.", 80, b"/")),
         (b"http://my_host.local/", ("http", "my_host.local", 80, b"/")),
+        # squid's manager scheme, with the "_" RFC 3986 leaves out of schemes
+        (b"cache_object://127.0.0.1/info", ("cache_object", "127.0.0.1", 3128, b"/info")),
+        (b"CACHE_OBJECT://h:9/menu@pw", ("cache_object", "h", 9, b"/menu@pw")),
     ],
 )
 def test_parse_absolute_uri(uri: bytes, expected: tuple) -> None:
@@ -89,6 +92,9 @@ def test_parse_absolute_uri(uri: bytes, expected: tuple) -> None:
         b"http://1.2.3.4.5/",
         b"1http://a/",
         b"://a/",
+        b"cache_object:///info",
+        b"cache_objects://a/",
+        b"_http://a/",
         b"example.com/",
     ],
 )

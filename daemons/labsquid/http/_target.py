@@ -24,7 +24,10 @@ nothing downstream can read it differently:
   CONNECT's authority-form has no default (RFC 9110 §9.3.6 has clients send
   the port), but squid takes a CONNECT without one to mean 443, and so do we:
   a client that omits it wants TLS;
-* the fragment, which clients must not send, is dropped.
+* the fragment, which clients must not send, is dropped;
+* ``cache_object://host/action`` is squid's cache-manager scheme, what
+  ``squidclient mgr:info`` sends.  RFC 3986 allows no ``_`` in a scheme,
+  so this one is known by name; its default port is squid's, 3128.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ ABSOLUTE = "absolute"
 AUTHORITY = "authority"
 ASTERISK = "asterisk"
 
-DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21}
+DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "cache_object": 3128}
 
 _HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
 _SCHEME_CHARS = ALPHA + DIGITS + b"+-."
@@ -146,11 +149,10 @@ def parse_absolute_uri(uri: bytes) -> Target:
     else:
         sep = uri.find(b"://")
         scheme_b = uri[:sep]
-        if (
-            sep <= 0
-            or scheme_b[:1].translate(None, ALPHA)
+        if sep <= 0 or (
+            scheme_b[:1].translate(None, ALPHA)
             or scheme_b.translate(None, _SCHEME_CHARS)
-        ):
+        ) and scheme_b.lower() != b"cache_object":  # squid's, with RFC 3986's "_"
             raise _bad("not an absolute URI")
         scheme = scheme_b.decode("ascii").lower()
         rest = uri[sep + 3 :]

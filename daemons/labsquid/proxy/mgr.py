@@ -43,7 +43,8 @@ def _totals(ctx: ServeContext) -> dict[str, int]:
 
 
 def page_menu(ctx: ServeContext) -> str:
-    lines = [f" {name:<23}\t{desc:<32}\tpublic" for name, (desc, _fn) in ACTIONS.items()]
+    # squid's layout, " %-22s\t%-32s\t%s": squidclient and cachemgr.cgi split on tabs.
+    lines = [f" {name:<22}\t{desc:<32}\tpublic" for name, (desc, _fn) in ACTIONS.items()]
     return "\n".join(lines) + "\n"
 
 

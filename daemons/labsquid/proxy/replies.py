@@ -140,7 +140,8 @@ def reply_local(txn: Transaction, status: int, reason: bytes, body: bytes, ctype
     keep = _reusable(txn)
     headers.add(b"Connection", b"keep-alive" if keep else b"close")
     txn.status = status
-    txn.mime = ctype.decode() if ctype else None
+    # Logged without parameters, as squid logs its own pages' type.
+    txn.mime = ctype.decode().partition(";")[0] if ctype else None
     txn.log_tag = "TCP_MISS"
     txn._to_client(forward.serialize(b"HTTP/1.1 %d %s" % (status, reason), headers)
                    + _body_for(txn, body))
@@ -162,11 +163,26 @@ def reply_purge(txn: Transaction) -> None:
                 extra=cache_fields(txn.ctx.hostname, txn.ctx.policy.http_port, "NONE"))
 
 
+def manager_action(path: str, scheme: str) -> str:
+    """The action a manager URL asks for: ``/squid-internal-mgr/ACTION`` or
+    ``cache_object://host/ACTION``, either followed by squid's ``@password``
+    and a ``?query``, neither of which names the page; none means ``menu``."""
+    name = path[1:] if scheme == "cache_object" else path[len(MGR_PREFIX):]
+    return name.partition("?")[0].partition("@")[0] or "menu"
+
+
 def reply_manager(txn: Transaction) -> None:
-    action = txn.path.decode("latin-1")[len(MGR_PREFIX):].split("?")[0] or "menu"
+    action = manager_action(txn.path.decode("latin-1"), txn.scheme)
     page = mgr.render(action, txn.ctx)
     if page is None:
         reply_error(txn, "ERR_INVALID_URL", 404,
                     detail=f"unknown cache manager action {action}", keep=True)
         return
-    reply_local(txn, 200, b"OK", page.encode(), b"text/plain")
+    # The fields squid 5.7 sends with a manager page: a page of now, as
+    # fresh as its Date and already stale.
+    ctx, now = txn.ctx, forward.http_date()
+    fields = [(b"Server", (ctx.version or "labsquid").encode()), (b"Mime-Version", b"1.0"),
+              (b"Expires", now), (b"Last-Modified", now),
+              *cache_fields(ctx.hostname, ctx.policy.http_port, "MISS")]
+    reply_local(txn, 200, b"OK", page.encode(), b"text/plain;charset=utf-8", extra=fields,
+                via=True)

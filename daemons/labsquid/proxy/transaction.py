@@ -6,8 +6,8 @@ A ``Transaction`` is made by the client connection for each parsed request
 head and walks these steps, each driven by a callback from the loop:
 
 1. *classify* the request-target: absolute ``http://`` URI (forward),
-   authority-form (CONNECT), origin-form ``/squid-internal-mgr/…`` (the
-   cache manager); anything else is an error page;
+   authority-form (CONNECT), origin-form ``/squid-internal-mgr/…`` or
+   ``cache_object://`` (the cache manager); anything else is an error page;
 2. *authorize* with ``http_access``; a ``dst`` acl needs the origin's
    addresses, so the check may pause for the resolver and resume;
 3. *connect*: an idle persistent connection to the same origin is reused,
@@ -182,7 +182,7 @@ class Transaction:
             else:
                 self.reply_error("ERR_INVALID_URL", 400, detail="origin-form on a proxy port")
                 return
-        elif self.scheme not in ("http", "connect"):
+        elif self.scheme not in ("http", "connect", "cache_object"):
             self.reply_error("ERR_UNSUP_REQ", 501, detail=f"unsupported scheme {self.scheme}")
             return
         self.authorize(None)
@@ -190,10 +190,12 @@ class Transaction:
     # -- 2. authorize -------------------------------------------------------
     def access_context(self, dst: tuple | None) -> AccessContext:
         client, method = self.client, self.method
+        # The protocol by squid's names, for the ``proto`` acl.
+        proto = ("NONE" if method == "CONNECT"
+                 else "CACHE_OBJECT" if self.scheme == "cache_object" else "HTTP")
         # Positional: this runs per request, and keywords cost more.
-        return AccessContext(client.peer_address, client.local_port, method,
-                             "NONE" if method == "CONNECT" else "HTTP", self.host, self.port,
-                             self.url, self.path.decode("latin-1"), dst,
+        return AccessContext(client.peer_address, client.local_port, method, proto,
+                             self.host, self.port, self.url, self.path.decode("latin-1"), dst,
                              None if self.req is None else self.req.headers,
                              self.ctx.client_connections.get(client.peer_ip, 0),
                              client.port_name)
@@ -221,8 +223,12 @@ class Transaction:
         self.authorize(tuple(ipaddress.ip_address(a) for a in self.addresses))
 
     def is_manager(self) -> bool:
-        # Host *and* port must be ours (as squid checks): the same path on an
-        # origin, even a local one, is that origin's business.
+        # squid's own scheme names no origin: any host means this proxy, as
+        # in squid 5.7.  For the http path, host *and* port must be ours (as
+        # squid checks): the same path on an origin, even a local one, is
+        # that origin's business.
+        if self.scheme == "cache_object":
+            return True
         return (self.path.startswith(MGR_PREFIX_BYTES) and self.port == self.client.local_port
                 and self.host in mgr.own_names(self.ctx, self.client))
 

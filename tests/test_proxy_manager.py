@@ -1,0 +1,169 @@
+"""The cache manager as squid's own client reads it.
+
+``squidclient mgr:info`` asks for ``cache_object://HOST/info``, squid's
+manager scheme, not for the ``/squid-internal-mgr/`` path; these tests run
+the real squidclient (installed by packaging/setup.sh) and raw requests,
+and compare with what squid 5.7 answered the same requests here.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+
+import pytest
+
+from labsquid.proxy.replies import manager_action
+from support.origin import RawClient, module_origin, parse_squid_line
+from support.service import DEFAULT_RULES, Labsquid, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+PAGES = [("menu", " info "), ("info", "Number of HTTP requests received"),
+         ("counters", "client_http.requests ="), ("pool", "dispatch: serial")]
+
+
+@pytest.fixture(scope="module")
+def origin():
+    yield from module_origin()
+
+
+@pytest.fixture(scope="module")
+def labsquid(tmp_path_factory):
+    second = free_port()
+    # On the second port, squid's manager scheme is refused by the proto
+    # acl, while the http path to the same pages is not.
+    rules = (f"acl second localport {second}\nacl objectscheme proto cache_object\n"
+             f"http_access deny objectscheme second\n{DEFAULT_RULES}")
+    instance = Labsquid(tmp_path_factory.mktemp("ls"), rules=rules,
+                        extra=f"http_port 127.0.0.1:{second}\n").start()
+    instance.second = second
+    try:
+        yield instance
+    finally:
+        if instance.proc is not None and instance.proc.poll() is None:
+            instance.kill_tree()
+
+
+def squidclient(port: int, action: str) -> bytes:
+    done = subprocess.run(["squidclient", "-h", "127.0.0.1", "-p", str(port), f"mgr:{action}"],
+                          capture_output=True, timeout=10, check=True)
+    return done.stdout
+
+
+def ask(port: int, method: str, url: str, source: str = "127.0.0.1"):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5,
+                                    source_address=(source, 0))
+    c = RawClient.__new__(RawClient)
+    c.sock, c.buf = sock, b""
+    with c:
+        c.send(f"{method} {url} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+        return c.read_response(method)
+
+
+def line_for(ls: Labsquid, method: str, url: str, status: int) -> dict[str, str]:
+    needles = (f"/{status} ", f" {method} {url} ")
+    found = wait_for(lambda: [x for x in ls.access_lines() if all(n in x for n in needles)],
+                     timeout=5, what=f"the {status} line of {method} {url}")
+    assert len(found) == 1, found
+    return parse_squid_line(found[0])
+
+
+@pytest.mark.parametrize("action, expect", PAGES)
+def test_squidclient_reads_every_page(labsquid, action, expect):
+    reply = squidclient(labsquid.port, action)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert expect in body.decode()
+    fields = line_for(labsquid, "GET", f"cache_object://127.0.0.1/{action}", 200)
+    assert (fields["tag"], fields["size"], fields["hier"], fields["peer"], fields["mime"]) \
+        == ("TCP_MISS", str(len(reply)), "HIER_NONE", "-", "text/plain")
+
+
+def test_a_page_carries_squids_fields(labsquid):
+    resp = ask(labsquid.port, "GET", "cache_object://127.0.0.1/info")
+    assert resp.status == 200
+    assert resp.header("Content-Type") == "text/plain;charset=utf-8"
+    assert resp.header("Server").startswith("labsquid")
+    assert resp.header("Mime-Version") == "1.0"
+    assert resp.header("Expires") == resp.header("Last-Modified") == resp.header("Date")
+    assert resp.header("X-Cache").startswith("MISS from ")
+    assert resp.header("X-Cache-Lookup").startswith("MISS from ")
+    assert resp.header("Via").startswith("1.1 ")
+    assert int(resp.header("Content-Length")) == len(resp.body)
+
+
+def test_menu_lines_are_laid_out_as_squids(labsquid):
+    body = ask(labsquid.port, "GET", "cache_object://127.0.0.1/menu").body.decode()
+    lines = body.splitlines()
+    assert [line.split("\t")[0].strip() for line in lines] == \
+        ["index", "menu", "info", "counters", "pool"]
+    for line in lines:
+        # squid's " %-22s\t%-32s\t%s"
+        assert re.fullmatch(r" [a-z_]{1,22} *\t.{32,}\tpublic", line), line
+        assert line.index("\t") == 23, line
+
+
+@pytest.mark.parametrize("url, status, expect", [
+    # the host names no origin: squid 5.7 answers any (and any port)
+    ("cache_object://example.com/info", 200, "Number of HTTP requests received"),
+    # scheme in any case; squid's @password and a query name no page
+    ("CACHE_OBJECT://127.0.0.1:9999/counters@secret?x=1", 200, "client_http.requests ="),
+    ("cache_object://127.0.0.1/", 200, "\tCache Manager Menu"),
+    ("cache_object://127.0.0.1", 200, "\tCache Manager Menu"),
+    ("cache_object://127.0.0.1/nosuch", 404, "ERR_INVALID_URL"),
+    ("cache_object:///info", 400, "ERR_INVALID_URL"),
+])
+def test_cache_object_urls_read_as_squids(labsquid, url, status, expect):
+    resp = ask(labsquid.port, "GET", url)
+    assert resp.status == status
+    assert expect in resp.body.decode()
+
+
+def test_head_has_the_pages_length_and_no_body(labsquid):
+    full = ask(labsquid.port, "GET", "cache_object://127.0.0.1/menu")
+    head = ask(labsquid.port, "HEAD", "cache_object://127.0.0.1/menu")
+    assert head.status == 200 and head.body == b""
+    assert head.header("Content-Length") == full.header("Content-Length")
+
+
+def test_an_origins_host_and_port_never_reach_the_origin(labsquid, origin):
+    before = len(origin.heads)
+    resp = ask(labsquid.port, "GET", f"cache_object://127.0.0.1:{origin.port}/info")
+    assert resp.status == 200 and b"Number of HTTP requests received" in resp.body
+    assert len(origin.heads) == before
+
+
+def test_only_localhost_may_ask(labsquid):
+    url = "cache_object://127.0.0.1/info"
+    resp = ask(labsquid.port, "GET", url, source="127.0.0.3")
+    assert resp.status == 403 and resp.header("X-Squid-Error") == "ERR_ACCESS_DENIED 0"
+    assert b"Number of HTTP requests" not in resp.body
+    tags = wait_for(lambda: [f["tag"] for f in map(parse_squid_line, labsquid.access_lines())
+                             if f["client"] == "127.0.0.3" and f["url"] == url],
+                    timeout=5, what="the denial's line")
+    assert tags == ["TCP_DENIED"]
+
+
+def test_proto_cache_object_matches_the_scheme_not_the_path(labsquid):
+    reply = squidclient(labsquid.second, "info")
+    assert reply.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert b"X-Squid-Error: ERR_ACCESS_DENIED 0\r\n" in reply
+    path = ask(labsquid.second, "GET",
+               f"http://127.0.0.1:{labsquid.second}/squid-internal-mgr/info")
+    assert path.status == 200 and b"Number of HTTP requests received" in path.body
+
+
+@pytest.mark.parametrize("path, scheme, action", [
+    ("/squid-internal-mgr/info", "http", "info"),
+    ("/squid-internal-mgr/", "http", "menu"),
+    ("/squid-internal-mgr/pool?x=1", "http", "pool"),
+    ("/info", "cache_object", "info"),
+    ("/", "cache_object", "menu"),
+    ("/counters@secret", "cache_object", "counters"),
+    ("/info@pw?a=b", "cache_object", "info"),
+    ("/@pw", "cache_object", "menu"),
+])
+def test_manager_action(path, scheme, action):
+    assert manager_action(path, scheme) == action
