@@ -262,3 +262,51 @@ def test_curl_through_the_proxy(labsquid, origin):
                           "@-", origin.url("/echo")], input=b"q" * 100000,
                          capture_output=True, timeout=10)
     assert out.returncode == 0 and out.stdout == b"q" * 100000
+
+
+def test_a_client_waiting_for_100_continue_gets_it_then_sends_its_body(labsquid, origin):
+    """A client that sends 'Expect: 100-continue' holds its body until a 100
+    comes (or its own timeout): the origin's 100 has to come through."""
+    body = os.urandom(50_000)
+    before = sum("Expect: 100-continue" in h for h in origin.heads)
+    with RawClient(labsquid.port) as c:
+        c.send(b"POST %s HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n"
+               b"Expect: 100-continue\r\n\r\n" % (origin.url("/echo").encode(), len(body)))
+        interim = c.read_response("POST")  # the socket's 5 s timeout if it never comes
+        assert (interim.status, interim.reason) == (100, "Continue")
+        c.send(body)
+        final = c.read_response("POST")
+    assert final.status == 200 and final.body == body
+    assert sum("Expect: 100-continue" in h for h in origin.heads) == before + 1
+
+
+def test_curl_sending_expect_100_continue_gets_the_100(labsquid, origin):
+    out = subprocess.run(["curl", "-sS", "--noproxy", "", "-x", f"http://127.0.0.1:{labsquid.port}",
+                          "-D", "-", "-H", "Expect: 100-continue", "--expect100-timeout", "30",
+                          "--data-binary", "@-", origin.url("/echo")],
+                         input=b"e" * 200_000, capture_output=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(b"HTTP/1.1 100 Continue\r\n")
+    assert out.stdout.endswith(b"\r\n\r\n" + b"e" * 200_000)
+
+
+def test_interim_responses_reach_an_http11_client_in_order(labsquid, origin):
+    with RawClient(labsquid.port) as c:
+        c.send(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/hints").encode())
+        replies = [c.read_response() for _ in range(3)]
+        assert [r.status for r in replies] == [103, 102, 200]
+        assert replies[0].header("Link") == "</s.css>; rel=preload"
+        assert replies[2].body == b"final\n"
+        # and the connection goes on to its next request
+        c.send(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/id/after-hints").encode())
+        assert c.read_response().body == b"path /id/after-hints\n"
+
+
+def test_an_http10_client_gets_no_interim_response(labsquid, origin):
+    """RFC 9110 §15.2: no 1xx to an HTTP/1.0 client, which could not read it."""
+    with RawClient(labsquid.port) as c:
+        c.send(b"GET %s HTTP/1.0\r\n\r\n" % origin.url("/hints").encode())
+        data = c.read_until_close()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert data.count(b"HTTP/1.1 ") == 1
+    assert data.endswith(b"\r\n\r\nfinal\n")

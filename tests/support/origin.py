@@ -10,6 +10,7 @@ Paths:
     /slow/S         waits S seconds, then a short reply
     /hop            a reply with hop-by-hop fields (Connection: X-Secret, Keep-Alive…)
     /switch         a 101 Switching Protocols nobody asked for, then raw bytes
+    /hints          a 103 Early Hints (a Link field), a 102, then a short 200
     /id/ANY         a short reply naming the path (chaos tests count these)
 Every received head is kept in ``heads`` for assertions, and the client port
 it came from in ``peers`` (one upstream connection = one port).
@@ -95,6 +96,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"RAWDATA")
             self.close_connection = True
+        elif kind == "hints":  # interim responses before the final one
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                             b"HTTP/1.1 102 Processing\r\n\r\n")
+            self._send(200, b"final\n")
         elif kind == "echo":
             self._send(200, body, "application/octet-stream")
         elif kind == "headers":
