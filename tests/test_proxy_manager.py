@@ -8,6 +8,7 @@ and compare with what squid 5.7 answered the same requests here.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -15,13 +16,20 @@ import subprocess
 import pytest
 
 from labsquid.proxy.replies import manager_action
-from support.origin import RawClient, module_origin, parse_squid_line
+from support.origin import (
+    EchoServer,
+    RawClient,
+    module_origin,
+    open_tunnel,
+    parse_squid_line,
+    recv_exactly,
+)
 from support.service import DEFAULT_RULES, Labsquid, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
 PAGES = [("menu", " info "), ("info", "Number of HTTP requests received"),
-         ("counters", "client_http.requests ="), ("pool", "dispatch: serial")]
+         ("counters", "client_http.requests ="), ("pool", "dispatch: notify")]
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +38,22 @@ def origin():
 
 
 @pytest.fixture(scope="module")
-def labsquid(tmp_path_factory):
+def echo():
+    with EchoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def labsquid(tmp_path_factory, echo):
     second = free_port()
     # On the second port, squid's manager scheme is refused by the proto
-    # acl, while the http path to the same pages is not.
+    # acl, while the http path to the same pages is not.  Tunnels may go
+    # to the echo server.
     rules = (f"acl second localport {second}\nacl objectscheme proto cache_object\n"
-             f"http_access deny objectscheme second\n{DEFAULT_RULES}")
-    instance = Labsquid(tmp_path_factory.mktemp("ls"), rules=rules,
-                        extra=f"http_port 127.0.0.1:{second}\n").start()
+             f"http_access deny objectscheme second\nacl SSL_ports port {echo.port}\n"
+             f"{DEFAULT_RULES}")
+    instance = Labsquid(tmp_path_factory.mktemp("ls"), rules=rules, dispatch="notify",
+                        pool_size=2, extra=f"http_port 127.0.0.1:{second}\n").start()
     instance.second = second
     try:
         yield instance
@@ -153,6 +169,68 @@ def test_proto_cache_object_matches_the_scheme_not_the_path(labsquid):
     path = ask(labsquid.second, "GET",
                f"http://127.0.0.1:{labsquid.second}/squid-internal-mgr/info")
     assert path.status == 200 and b"Number of HTTP requests received" in path.body
+
+
+def counters(port: int) -> dict[str, float]:
+    body = ask(port, "GET", "cache_object://127.0.0.1/counters").body.decode()
+    return {name: float(value.split()[0])
+            for name, _, value in (line.partition(" = ") for line in body.splitlines())}
+
+
+def test_counters_carry_squids_keys(labsquid):
+    names = list(counters(labsquid.port))
+    # what netdata's and squid-exporter's squid collectors read, among others
+    for name in ("client_http.requests", "client_http.hits", "client_http.errors",
+                 "client_http.kbytes_in", "client_http.kbytes_out",
+                 "client_http.hit_kbytes_out", "server.all.requests", "server.all.errors",
+                 "server.all.kbytes_in", "server.all.kbytes_out", "server.http.requests",
+                 "server.ftp.requests", "server.other.kbytes_out", "icp.pkts_sent",
+                 "cd.kbytes_recv", "unlink.requests", "cpu_time", "wall_time",
+                 "swap.files_cleaned"):
+        assert name in names, name
+    assert names.index("server.http.requests") < names.index("server.other.requests") \
+        < names.index("icp.pkts_sent") < names.index("cpu_time") < names.index("swap.outs")
+
+
+def test_counters_add_up_relayed_http_and_tunnels(labsquid, origin, echo):
+    """Kilobytes on both sides, as squid counts them: relayed HTTP is
+    ``server.http``, a tunnel ``server.other`` (counted while it is open),
+    both ``server.all``; the client side has both.  The origin-side figures
+    see nothing else; the client side also sees the manager pages read."""
+    kib = 1024
+    before = counters(labsquid.port)
+    body = os.urandom(300 * kib)
+    with RawClient(labsquid.port) as c:
+        c.send(b"POST %s HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+               % (origin.url("/echo").encode(), len(body)) + body)
+        assert c.read_response("POST").body == body
+    sock, rest = open_tunnel(labsquid.port, f"127.0.0.1:{echo.port}")
+    with sock:
+        payload = os.urandom(200 * kib)
+        sock.sendall(payload)
+        assert recv_exactly(sock, len(payload), rest) == payload
+        reads = 0
+
+        def grown() -> dict[str, float] | None:
+            nonlocal reads
+            reads += 1
+            now = counters(labsquid.port)
+            return now if (now["server.other.kbytes_in"] - before["server.other.kbytes_in"]
+                           >= 200 and now["client_http.kbytes_out"]
+                           - before["client_http.kbytes_out"] >= 500) else None
+        now = wait_for(grown, timeout=5, what="the tunnel's bytes in the counters")
+    delta = {name: now[name] - before[name] for name in now}
+    assert delta["server.http.requests"] == 1 and delta["server.other.requests"] == 1
+    assert delta["server.all.requests"] == 2
+    assert 300 <= delta["server.http.kbytes_out"] <= 301  # the body and its head
+    assert 300 <= delta["server.http.kbytes_in"] <= 301
+    assert delta["server.other.kbytes_out"] == delta["server.other.kbytes_in"] == 200
+    assert 500 <= delta["server.all.kbytes_out"] <= 502
+    assert 500 <= delta["server.all.kbytes_in"] <= 502
+    # each manager page read is a small request and about 2.5 KiB out
+    assert 500 <= delta["client_http.kbytes_in"] <= 502 + reads
+    assert 500 <= delta["client_http.kbytes_out"] <= 502 + 3 * reads
+    assert delta["server.all.errors"] == delta["server.ftp.requests"] == 0
 
 
 @pytest.mark.parametrize("path, scheme, action", [

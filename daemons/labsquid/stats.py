@@ -14,12 +14,18 @@ import mmap
 import os
 import time
 
+# bytes_in/bytes_out are the client side's, tunnels included; server_* the
+# origin side of relayed HTTP, tunnel_* that of CONNECT tunnels.
 FIELDS = ("pid", "state", "requests", "errors", "bytes_in", "bytes_out", "active",
           "service_us", "started", "generation", "server_requests",
-          "reaped_cpu_us")  # the kid's row: CPU of its children that exited
+          "reaped_cpu_us",  # the kid's row: CPU of its children that exited
+          "server_bytes_in", "server_bytes_out", "tunnels", "tunnel_bytes_in",
+          "tunnel_bytes_out")
 # What a process has counted in total; the kid keeps those of its children
 # that exited (``retire``), so totals never go back (a reload, a restart).
-CUMULATIVE = ("requests", "errors", "bytes_in", "bytes_out", "service_us", "server_requests")
+CUMULATIVE = ("requests", "errors", "bytes_in", "bytes_out", "service_us", "server_requests",
+              "server_bytes_in", "server_bytes_out", "tunnels", "tunnel_bytes_in",
+              "tunnel_bytes_out")
 ROWS = 257  # the kid and up to 256 pool children
 ROW_SIZE = len(FIELDS) * 8
 SHM_DIR = "/dev/shm"

@@ -305,10 +305,13 @@ class Transaction:
         assert req is not None
         policy = self.ctx.policy
         framing = "chunked" if self.body_framing == "chunked" else self.body_framing
-        up.send(forward.request_head(req, self._authority(), self.path, self.client.peer_ip,
-                                     policy, framing))
+        head = forward.request_head(req, self._authority(), self.path, self.client.peer_ip,
+                                    policy, framing)
+        up.send(head)
         up.requests += 1
-        self.ctx.stats.add("server_requests")
+        stats = self.ctx.stats
+        stats.add("server_requests")
+        stats.add("server_bytes_out", len(head))
         # One reader per origin connection, like its socket: a reused one is
         # between messages (it was released only after a whole response).
         reader = up.reader
@@ -345,6 +348,7 @@ class Transaction:
         if self.body_framing == "chunked":
             data = b"%x\r\n%s\r\n" % (len(data), data)
         self.upstream.send(data)
+        self.ctx.stats.add("server_bytes_out", len(data))
         if self.upstream.buffered > HIGH_WATER:
             self.client.pause_reading(True)
 
@@ -357,6 +361,7 @@ class Transaction:
     def _end_body(self) -> None:
         if self.body_framing == "chunked" and self.upstream is not None:
             self.upstream.send(b"0\r\n\r\n")
+            self.ctx.stats.add("server_bytes_out", 5)
 
     def upstream_drained(self, up: Upstream) -> None:
         if self.wants_body:
@@ -370,6 +375,7 @@ class Transaction:
     def upstream_data(self, up: Upstream, data: bytes) -> None:
         if self.tunnel is not None or self.resp_reader is None:
             return
+        self.ctx.stats.add("server_bytes_in", len(data))
         self.resp_reader.feed(data)
         self._pump_response()
         if not self.finished:  # read_timeout runs from the latest read

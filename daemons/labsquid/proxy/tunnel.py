@@ -176,6 +176,8 @@ class Tunnel:
         self.loop.remove(self.usock.fileno())
         self.to_client = 0
         self.moving = False  # a reload: reading stopped, hand over once the pipes empty
+        self.stats = txn.ctx.stats
+        self.counted_up = self.counted_down = 0  # of the directions' ``moved``
 
     def start(self, reply: bytes, early: bytes) -> None:
         self.client.sock.setblocking(True)
@@ -191,6 +193,10 @@ class Tunnel:
             if not self.closed:
                 self.csock.setblocking(False)
         self.to_client = len(reply)
+        stats = self.stats
+        stats.add("tunnels")
+        stats.add("bytes_out", len(reply))
+        stats.add("tunnel_bytes_out", len(early))
         self.watch()
 
     def watch(self) -> None:
@@ -209,6 +215,7 @@ class Tunnel:
             ok = reading.pump_in() and reading.pump_out()
         if ok and mask & WRITE:
             ok = writing.pump_out()
+        self._count()
         if not ok:
             self.close()
             return
@@ -219,6 +226,19 @@ class Tunnel:
             self._settle()
             return
         self._update()
+
+    def _count(self) -> None:
+        """Add what moved since the last count to the counters, as it goes
+        (a tunnel can last for hours): client side and origin side."""
+        up, down, stats = self.up.moved, self.down.moved, self.stats
+        if up != self.counted_up:
+            stats.add("bytes_in", up - self.counted_up)
+            stats.add("tunnel_bytes_out", up - self.counted_up)
+            self.counted_up = up
+        if down != self.counted_down:
+            stats.add("bytes_out", down - self.counted_down)
+            stats.add("tunnel_bytes_in", down - self.counted_down)
+            self.counted_down = down
 
     def _update(self) -> None:
         # Read a side while its pipe has room (and no reload is moving the
