@@ -13,7 +13,7 @@ debs=(
     python3-setproctitle                               #  systemd tests install it offline
     gcc                                                 # compiles the hot modules (setup.py) and binary-less wheels
     lsof strace curl procps psmisc iproute2 util-linux  # what the tests (and users) inspect with
-    squidclient                                         # squid's cache-manager client, the tests' too
+    squidclient squid-cgi                               # squid's cache-manager clients, the tests' too
     systemd logrotate                                   # the real-systemd tests and log rotation
 )
 missing=()

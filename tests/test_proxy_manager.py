@@ -1,9 +1,11 @@
-"""The cache manager as squid's own client reads it.
+"""The cache manager as squid's own tools read it.
 
 ``squidclient mgr:info`` asks for ``cache_object://HOST/info``, squid's
-manager scheme, not for the ``/squid-internal-mgr/`` path; these tests run
-the real squidclient (installed by packaging/setup.sh) and raw requests,
-and compare with what squid 5.7 answered the same requests here.
+manager scheme, not for the ``/squid-internal-mgr/`` path, and so does
+``cachemgr.cgi``, which turns the pages into HTML.  These tests run both
+(Debian's squidclient and squid-cgi, installed by packaging/setup.sh) and
+raw requests, and compare with what squid 5.7 answered the same requests
+here.
 """
 
 from __future__ import annotations
@@ -95,6 +97,49 @@ def test_squidclient_reads_every_page(labsquid, action, expect):
     fields = line_for(labsquid, "GET", f"cache_object://127.0.0.1/{action}", 200)
     assert (fields["tag"], fields["size"], fields["hier"], fields["peer"], fields["mime"]) \
         == ("TCP_MISS", str(len(reply)), "HIER_NONE", "-", "text/plain")
+
+
+CACHEMGR_CGI = "/usr/lib/cgi-bin/cachemgr.cgi"
+
+
+def cachemgr_cgi(folder, port: int, operation: str) -> tuple[bytes, bytes]:
+    """Run the CGI as a web server would; it reads cachemgr.conf (the
+    targets it may ask) from its working folder first.  Returns its head
+    and its HTML."""
+    (folder / "cachemgr.conf").write_text(f"127.0.0.1:{port}\n")
+    env = {"PATH": os.environ["PATH"], "REQUEST_METHOD": "GET",
+           "SCRIPT_NAME": "/cgi-bin/cachemgr.cgi",
+           "QUERY_STRING": f"host=127.0.0.1&port={port}&user_name=&operation={operation}&auth="}
+    done = subprocess.run([CACHEMGR_CGI], cwd=folder, env=env, capture_output=True,
+                          timeout=10, check=True)
+    head, _, html = done.stdout.partition(b"\r\n\r\n")
+    return head, html
+
+
+@pytest.mark.parametrize("operation, expect", [
+    ("menu", b"operation=counters&auth=\">Traffic and Resource Counters</A>"),
+    ("info", b"Number of HTTP requests received"),
+    ("counters", b"server.all.kbytes_out = "),
+    ("pool", b"dispatch: notify"),
+])
+def test_cachemgr_cgi_shows_every_page_whole(labsquid, tmp_path, operation, expect):
+    head, html = cachemgr_cgi(tmp_path, labsquid.port, operation)
+    assert head.startswith(b"Status: 200 ")
+    # It passes our fields on over its own HTML: a length of the text page
+    # would cut the HTML short in the browser.
+    assert b"Content-Length" not in head
+    assert expect in html
+    assert html.rstrip().endswith(b"</HTML>")
+
+
+def test_a_page_to_http10_ends_with_the_connection_as_squids(labsquid):
+    with RawClient(labsquid.port) as c:
+        c.send(b"GET cache_object://127.0.0.1/menu HTTP/1.0\r\n\r\n")
+        data = c.read_until_close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nContent-Length:" not in head and b"\r\nConnection: close" in head
+    assert body.startswith(b" index ") and body.endswith(b"\tpublic\n")
 
 
 def test_a_page_carries_squids_fields(labsquid):

@@ -126,18 +126,21 @@ def reply_timeout(txn: Transaction) -> None:
 
 
 def reply_local(txn: Transaction, status: int, reason: bytes, body: bytes, ctype: bytes | None,
-                extra: list[tuple[bytes, bytes]] | None = None, via: bool = False) -> None:
+                extra: list[tuple[bytes, bytes]] | None = None, via: bool = False,
+                close_delimited: bool = False) -> None:
+    """``close_delimited``: no Content-Length, the close ends the body."""
     headers = Headers()
     if ctype:
         headers.add(b"Content-Type", ctype)
-    headers.add(b"Content-Length", str(len(body)).encode())
+    if not close_delimited:
+        headers.add(b"Content-Length", str(len(body)).encode())
     headers.add(b"Date", forward.http_date())
     for name, value in extra or ():
         headers.add(name, value)
     policy = txn.ctx.policy
     if via and policy.via:
         headers.add(b"Via", policy.via_for(b"1.1"))
-    keep = _reusable(txn)
+    keep = _reusable(txn) and not close_delimited
     headers.add(b"Connection", b"keep-alive" if keep else b"close")
     txn.status = status
     # Logged without parameters, as squid logs its own pages' type.
@@ -184,5 +187,9 @@ def reply_manager(txn: Transaction) -> None:
     fields = [(b"Server", (ctx.version or "labsquid").encode()), (b"Mime-Version", b"1.0"),
               (b"Expires", now), (b"Last-Modified", now),
               *cache_fields(ctx.hostname, ctx.policy.http_port, "MISS")]
+    # To HTTP/1.0, squid's own clients, the page ends with the connection and
+    # has no length, as squid sends it: cachemgr.cgi passes the fields of our
+    # head on with its own HTML body, and a length would cut that short.
+    old_client = txn.req is not None and txn.req.http_version == b"1.0"
     reply_local(txn, 200, b"OK", page.encode(), b"text/plain;charset=utf-8", extra=fields,
-                via=True)
+                via=True, close_delimited=old_client)
