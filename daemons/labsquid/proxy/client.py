@@ -136,7 +136,7 @@ class ClientConnection:
             if is_would_block(exc):
                 return
             if self._inside_a_head():
-                self._ended_inside_a_head()  # reset: gone all the same
+                self._ended_before_a_request()  # reset: gone all the same
             self.abort("client read error")
             return
         if not data:
@@ -148,7 +148,7 @@ class ClientConnection:
                     self.txn.client_aborted()
                     return
                 if self._inside_a_head():
-                    self._ended_inside_a_head()
+                    self._ended_before_a_request()
                     return
             self.reader.feed_eof()
         else:
@@ -167,9 +167,9 @@ class ClientConnection:
         close``) may hold bytes nobody will read: that is not a head."""
         return self.txn is None and not self.closing and self.reader.has_trailing_data()
 
-    def _ended_inside_a_head(self) -> None:
-        """Logged as squid does, not answered: also for a connection that
-        ended without sending a byte (see ``close``)."""
+    def _ended_before_a_request(self) -> None:
+        """The connection ended inside a head, or without sending a byte
+        (see ``close``): logged as squid does, not answered."""
         self._begin(None).ended_before_headers()
 
     def _begin(self, request: Request | None) -> Transaction:
@@ -395,5 +395,5 @@ class ClientConnection:
                 # logged for it: squid 5.7 logs it as ending before headers
                 # (a TCP health check, a client that gave up), whatever
                 # closed it.  (Moved, it is the next process's to log.)
-                self._ended_inside_a_head()
+                self._ended_before_a_request()
         self._on_closed(self)
