@@ -309,10 +309,12 @@ def test_no_daemon_mode_is_one_process(make_labsquid):
 
 def test_version_help_and_usage():
     run = [sys.executable, "-m", "labsquid"]
-    v = subprocess.run([*run, "-v"], capture_output=True, text=True)
-    assert v.returncode == 0 and v.stdout.startswith("labsquid version ")
-    h = subprocess.run([*run, "-h"], capture_output=True, text=True)
-    assert h.returncode == 0 and "-k reconfigure|rotate|shutdown" in h.stdout
+    for flag in ("-v", "--version"):  # squid's long forms too
+        v = subprocess.run([*run, flag], capture_output=True, text=True)
+        assert v.returncode == 0 and v.stdout.startswith("labsquid version ")
+    for flag in ("-h", "--help"):
+        h = subprocess.run([*run, flag], capture_output=True, text=True)
+        assert h.returncode == 0 and "-k reconfigure|rotate|shutdown" in h.stdout
     bad = subprocess.run([*run, "-k", "explode"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Usage:" in bad.stderr
 

@@ -32,8 +32,8 @@ STATUS = "status"
 
 USAGE = """\
 Usage: labsquid [-hvzCNsY] [-d level] [-f config-file] [-k signal] [--foreground]
-       -h          Print help message.
-       -v          Print version details.
+       -h | --help       Print help message.
+       -v | --version    Print version details.
        -f file     Use given config-file instead of /etc/labsquid/labsquid.conf
                    (without -f and without that file: the embedded default config).
        -k reconfigure|rotate|shutdown|interrupt|kill|check|parse|status
@@ -64,8 +64,8 @@ def print_native_report() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labsquid", add_help=False, usage=argparse.SUPPRESS)
-    p.add_argument("-h", action="store_true", dest="help")
-    p.add_argument("-v", action="store_true", dest="version")
+    p.add_argument("-h", "--help", action="store_true", dest="help")
+    p.add_argument("-v", "--version", action="store_true", dest="version")
     p.add_argument("-f", dest="config")
     p.add_argument("-k", dest="command", choices=[*SIGNALS, "parse", STATUS])
     p.add_argument("-z", action="store_true", dest="create_dirs")
