@@ -282,7 +282,8 @@ class Transaction:
         self.peer = address
         try:
             up = self.ctx.upstreams.with_room(
-                lambda: Upstream(self.ctx.loop, (self.host, self.port), address))
+                lambda: Upstream(self.ctx.loop, (self.host, self.port), address,
+                                 stats=self.ctx.stats))
         except OSError as exc:  # out of descriptors: a failed connect
             self.upstream_failed(None, exc.errno or 0)
             return
@@ -305,13 +306,10 @@ class Transaction:
         assert req is not None
         policy = self.ctx.policy
         framing = "chunked" if self.body_framing == "chunked" else self.body_framing
-        head = forward.request_head(req, self._authority(), self.path, self.client.peer_ip,
-                                    policy, framing)
-        up.send(head)
+        up.send(forward.request_head(req, self._authority(), self.path, self.client.peer_ip,
+                                     policy, framing))
         up.requests += 1
-        stats = self.ctx.stats
-        stats.add("server_requests")
-        stats.add("server_bytes_out", len(head))
+        self.ctx.stats.add("server_requests")
         # One reader per origin connection, like its socket: a reused one is
         # between messages (it was released only after a whole response).
         reader = up.reader
@@ -348,7 +346,6 @@ class Transaction:
         if self.body_framing == "chunked":
             data = b"%x\r\n%s\r\n" % (len(data), data)
         self.upstream.send(data)
-        self.ctx.stats.add("server_bytes_out", len(data))
         if self.upstream.buffered > HIGH_WATER:
             self.client.pause_reading(True)
 
@@ -361,7 +358,6 @@ class Transaction:
     def _end_body(self) -> None:
         if self.body_framing == "chunked" and self.upstream is not None:
             self.upstream.send(b"0\r\n\r\n")
-            self.ctx.stats.add("server_bytes_out", 5)
 
     def upstream_drained(self, up: Upstream) -> None:
         if self.wants_body:
@@ -375,7 +371,6 @@ class Transaction:
     def upstream_data(self, up: Upstream, data: bytes) -> None:
         if self.tunnel is not None or self.resp_reader is None:
             return
-        self.ctx.stats.add("server_bytes_in", len(data))
         self.resp_reader.feed(data)
         self._pump_response()
         if not self.finished:  # read_timeout runs from the latest read

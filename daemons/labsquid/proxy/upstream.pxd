@@ -6,6 +6,7 @@ from labsquid.eventloop cimport EventLoop, Deadline
 
 cdef class Upstream:
     cdef public EventLoop loop
+    cdef public object stats
     cdef public object key
     cdef public object address
     cdef public object sock

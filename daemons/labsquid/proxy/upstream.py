@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from typing import TypeVar
 
     from labsquid.http import ResponseReader
+    from labsquid.stats import Row
 
     _T = TypeVar("_T")
 
@@ -57,10 +58,13 @@ class UpstreamHandler(Protocol):
 
 class Upstream:
     def __init__(self, loop: EventLoop, key: tuple[str, int], address: str,
-                 sock: socket.socket | None = None) -> None:
+                 sock: socket.socket | None = None, stats: Row | None = None) -> None:
         """A new connection to ``address``, or ``sock``, one already connected
-        (a tunnel's, handed over on a reload)."""
+        (a tunnel's, handed over on a reload).  ``stats``: the serving
+        process's counters, for the bytes sent and read here (a tunnel counts
+        its own)."""
         self.loop = loop
+        self.stats = stats
         self.key = key
         self.address = address
         self.connected = sock is not None
@@ -129,6 +133,8 @@ class Upstream:
             self.close()  # idle in the pool: the origin closed or spoke out of turn
             return
         if data:
+            if self.stats is not None:
+                self.stats.add("server_bytes_in", len(data))
             self.handler.upstream_data(self, data)
         else:
             self.reading = False
@@ -139,6 +145,8 @@ class Upstream:
     def send(self, data: bytes) -> None:
         if self.closed:
             return
+        if self.stats is not None:
+            self.stats.add("server_bytes_out", len(data))
         if not self.out and self.connected:
             try:
                 sent = self.sock.send(data)
