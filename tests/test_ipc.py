@@ -214,7 +214,6 @@ def test_log_stream_drain_after_the_worker_died_drops_only_a_torn_line():
     assert kid.closed
 
 
-
 def test_a_moved_connection_payload_round_trips() -> None:
     from labsquid.ipc import moved_payload, parse_moved
 
