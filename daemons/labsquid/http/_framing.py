@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 
-from ._abnf import DIGITS, HEXDIGITS, OWS
+from ._abnf import HEXDIGITS_CLASS, OWS
 from ._events import (
     ERR_TOO_BIG,
     ERR_UNSUP_REQ,
@@ -79,7 +79,7 @@ def _content_length(values: list[bytes] | None) -> int | None:
     for value in values:
         for part in value.split(b","):
             part = part.strip(OWS)
-            if not part or part.translate(None, DIGITS) or len(part) > 19:
+            if not part.isdigit() or len(part) > 19:  # bytes: ASCII digits only
                 raise ProtocolError(f"invalid Content-Length {value[:40]!r}")
             if seen is None:
                 seen = part
@@ -306,7 +306,7 @@ class ChunkedDecoder:
 
     def _chunk_size(self, line: bytes) -> None:
         size, semi, ext = line.partition(b";")
-        if not size or len(size) > 16 or size.translate(None, HEXDIGITS):
+        if len(size) > 16 or not size.translate(HEXDIGITS_CLASS).isalpha():
             raise ProtocolError(f"invalid chunk size {line[:20]!r}")
         if semi and not _CHUNK_EXT.fullmatch(line, len(size)):
             raise ProtocolError("invalid chunk extension")

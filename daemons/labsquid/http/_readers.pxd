@@ -17,11 +17,19 @@ cdef class _Reader:
     cpdef next_event(self)
     cpdef _next_head(self)
     cpdef _extract_head(self)
+    cpdef _check_start_line(self, Py_ssize_t eol)
+    cpdef _check_prefix(self, prefix)
+    cpdef _parse_start_line(self, line)
+    cpdef _parse_head(self, head)
     cpdef _start_body(self, framing)
 
 cdef class RequestReader(_Reader):
     cpdef _next_head(self)
+    cpdef _check_prefix(self, prefix)
+    cpdef _parse_start_line(self, line)
 
 cdef class ResponseReader(_Reader):
     cdef public object request_method
     cpdef _next_head(self)
+    cpdef _check_prefix(self, prefix)
+    cpdef _parse_start_line(self, line)

@@ -216,6 +216,8 @@ class _Reader:
     def _head_too_big(self, eol: int) -> None:
         raise NotImplementedError
 
+    # Methods, not staticmethod attributes: the compiled build calls a
+    # method through its vtable, where a class attribute is a dict lookup.
     def _check_prefix(self, prefix: bytes) -> None:
         raise NotImplementedError
 
@@ -247,8 +249,11 @@ class _Reader:
 class RequestReader(_Reader):
     """Parses the requests a client sends: one per cycle, pipelining allowed."""
 
-    _check_prefix = staticmethod(check_request_prefix)
-    _parse_start_line = staticmethod(parse_request_line)
+    def _check_prefix(self, prefix: bytes) -> None:
+        check_request_prefix(prefix)
+
+    def _parse_start_line(self, line: bytes) -> tuple:
+        return parse_request_line(line)
 
     def _head_too_big(self, eol: int) -> None:
         if eol < 0 or eol > self.max_header_size:
@@ -325,8 +330,11 @@ class ResponseReader(_Reader):
         code = ERR_TOO_BIG if exc.error_code == ERR_TOO_BIG else ERR_INVALID_RESP
         return ProtocolError(exc.reason, 502, code)
 
-    _check_prefix = staticmethod(check_response_prefix)
-    _parse_start_line = staticmethod(parse_status_line)
+    def _check_prefix(self, prefix: bytes) -> None:
+        check_response_prefix(prefix)
+
+    def _parse_start_line(self, line: bytes) -> tuple:
+        return parse_status_line(line)
 
     def _head_too_big(self, eol: int) -> None:
         raise ProtocolError("response header section too large", 502, ERR_TOO_BIG)

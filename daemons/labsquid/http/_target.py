@@ -36,7 +36,7 @@ import functools
 import ipaddress
 from typing import NamedTuple
 
-from ._abnf import ALPHA, DIGITS
+from ._abnf import ALPHA, DIGITS, class_table
 from ._events import ERR_INVALID_URL, ERR_UNSUP_REQ, ProtocolError
 
 ORIGIN = "origin"
@@ -46,10 +46,11 @@ ASTERISK = "asterisk"
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "cache_object": 3128}
 
-_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
-_SCHEME_CHARS = ALPHA + DIGITS + b"+-."
+_HOST_CLASS = class_table(ALPHA + DIGITS + b".-_")
+_SCHEME_CLASS = class_table(ALPHA + DIGITS + b"+-.")
+_ALPHA_CLASS = class_table(ALPHA)
 # userinfo = *( unreserved / pct-encoded / sub-delims / ":" )
-_USERINFO_CHARS = ALPHA + DIGITS + b"-._~%!$&'()*+,;=:"
+_USERINFO_CLASS = class_table(ALPHA + DIGITS + b"-._~%!$&'()*+,;=:")
 
 
 class Target(NamedTuple):
@@ -80,7 +81,7 @@ def _bad(reason: str) -> ProtocolError:
 
 
 def _reg_name(raw: bytes) -> str:
-    if not raw or len(raw) > 254 or raw.translate(None, _HOST_CHARS):
+    if len(raw) > 254 or not raw.translate(_HOST_CLASS).isalpha():
         raise _bad(f"invalid host {raw[:60]!r}")
     name = raw.decode("ascii").lower()
     labels = (name[:-1] if name.endswith(".") else name).split(".")
@@ -137,7 +138,7 @@ def parse_authority(authority: bytes, default_port: int | None = None) -> tuple[
         if default_port is None:
             raise _bad("port required")
         return host, default_port or None
-    if len(port) > 5 or port.translate(None, DIGITS) or not 0 < int(port) < 65536:
+    if len(port) > 5 or not port.isdigit() or not 0 < int(port) < 65536:
         raise _bad(f"invalid port {port[:10]!r}")
     return host, int(port)
 
@@ -150,8 +151,8 @@ def parse_absolute_uri(uri: bytes) -> Target:
         sep = uri.find(b"://")
         scheme_b = uri[:sep]
         if sep <= 0 or (
-            scheme_b[:1].translate(None, ALPHA)
-            or scheme_b.translate(None, _SCHEME_CHARS)
+            not scheme_b[:1].translate(_ALPHA_CLASS).isalpha()
+            or not scheme_b.translate(_SCHEME_CLASS).isalpha()
         ) and scheme_b.lower() != b"cache_object":  # squid's, with RFC 3986's "_"
             raise _bad("not an absolute URI")
         scheme = scheme_b.decode("ascii").lower()
@@ -161,17 +162,19 @@ def parse_absolute_uri(uri: bytes) -> Target:
         raise ProtocolError(f"unsupported URI scheme {scheme[:20]!r}", 400, ERR_UNSUP_REQ)
     end = rest.find(b"/")
     authority, path = (rest, b"") if end < 0 else (rest[:end], rest[end:])
-    if b"?" in authority or b"#" in authority:  # "http://host?q": no slash before query
+    # find(), not ``in``: on bytes, ``in`` first tries the operand as an int,
+    # and the TypeError it raises and clears costs more than the search.
+    if authority.find(b"?") >= 0 or authority.find(b"#") >= 0:  # "http://host?q"
         for delimiter in (b"?", b"#"):
             i = authority.find(delimiter)
             if i >= 0:
                 authority, path = authority[:i], authority[i:] + path
-    if b"@" in authority:
+    if authority.find(b"@") >= 0:
         userinfo, _, authority = authority.rpartition(b"@")
-        if userinfo.translate(None, _USERINFO_CHARS):
+        if userinfo and not userinfo.translate(_USERINFO_CLASS).isalpha():
             raise _bad("invalid userinfo in URI")
     host, port = parse_authority(authority, default_port)
-    if b"#" in path:
+    if path.find(b"#") >= 0:
         path = path.partition(b"#")[0]
     if path[:1] != b"/":
         path = b"/" + path

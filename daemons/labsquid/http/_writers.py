@@ -19,7 +19,7 @@ RFC 9110 §6.5.1 permits.
 
 from __future__ import annotations
 
-from ._abnf import FIELD_VALUE, TCHAR, VCHAR
+from ._abnf import FIELD_VALUE_CLASS, TCHAR_CLASS, VCHAR_CLASS
 from ._events import LocalProtocolError, ProtocolError, Request, Response
 from ._framing import CHUNKED, TUNNEL, UNTIL_CLOSE, request_framing, response_framing
 from ._headers import Headers
@@ -29,9 +29,9 @@ _VERSIONS = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
 
 def _fields(headers: Headers, out: list[bytes]) -> None:
     for name, value in headers:
-        if not name or name.translate(None, TCHAR):
+        if not name.translate(TCHAR_CLASS).isalpha():
             raise LocalProtocolError(f"invalid field name {name[:40]!r}")
-        if value.translate(None, FIELD_VALUE):
+        if value and not value.translate(FIELD_VALUE_CLASS).isalpha():
             raise LocalProtocolError(f"invalid character in value of {name[:40]!r}")
         out.append(b"%s: %s\r\n" % (name, value))
 
@@ -43,9 +43,9 @@ def write_head(event: Request | Response) -> bytes:
         raise LocalProtocolError(f"cannot write HTTP version {event.http_version!r}")
     if type(event) is Request:
         method, target = event.method, event.target
-        if not method or method.translate(None, TCHAR):
+        if not method.translate(TCHAR_CLASS).isalpha():
             raise LocalProtocolError(f"invalid method {method[:32]!r}")
-        if not target or target.translate(None, VCHAR):
+        if not target.translate(VCHAR_CLASS).isalpha():
             raise LocalProtocolError("invalid request-target")
         # As the reader has it: one Host, or none when the target itself
         # names the origin (absolute-form, CONNECT's authority-form).
@@ -57,7 +57,7 @@ def write_head(event: Request | Response) -> bytes:
     else:
         if not 100 <= event.status <= 599:
             raise LocalProtocolError(f"invalid status {event.status}")
-        if event.reason.translate(None, FIELD_VALUE):
+        if event.reason and not event.reason.translate(FIELD_VALUE_CLASS).isalpha():
             raise LocalProtocolError("invalid reason phrase")
         out = [b"%s %d %s\r\n" % (version, event.status, event.reason)]
     _fields(event.headers, out)
