@@ -168,6 +168,7 @@ EXPECTED_DEFAULTS = {
     "buffered_logs": False,
     "logfile_queue_size": 8 << 20,
     "http_access": (),
+    "cachemgr_passwd": (),
     "workers": 1,
     "pool_size": None,
     "pool_dispatch": "notify",

@@ -297,7 +297,7 @@ def test_a_squid_directive_labsquid_does_not_implement_is_a_warning_not_a_typo()
 @pytest.mark.parametrize("line", [
     "http_reply_access deny all", "miss_access deny all", "adapted_http_access deny all",
     "cache_peer 10.9.9.9 parent 3128 0 default", "never_direct allow all",
-    "request_header_access Cookie deny all", "cachemgr_passwd secret all",
+    "request_header_access Cookie deny all",
 ])
 def test_a_squid_directive_that_could_restrict_the_proxy_is_an_error(line: str) -> None:
     """Ignored, any of these would leave the proxy serving what the
@@ -307,6 +307,46 @@ def test_a_squid_directive_that_could_restrict_the_proxy_is_an_error(line: str) 
         parse_text(f"http_port 3128\n{line}\n", "squid.conf")
     assert [str(p) for p in info.value.problems] == [
         f"squid.conf line 2: squid directive '{name}' is not implemented by labsquid"]
+
+
+def test_cachemgr_passwd_lines_are_kept_in_order() -> None:
+    config = parse_text("cachemgr_passwd secret info counters\n"
+                        "cachemgr_passwd disable all\n", "t.conf")
+    assert [(e.password, e.actions, e.where.line) for e in config.cachemgr_passwd] == [
+        ("secret", ("info", "counters"), 1), ("disable", ("all",), 2)]
+    assert config.warnings == ()
+    assert parse_text("http_port 3128\n", "t.conf").cachemgr_passwd == ()
+
+
+@pytest.mark.parametrize("line, message", [
+    ("cachemgr_passwd secret", "needs a password and at least one action"),
+    ("cachemgr_passwd", "needs a password and at least one action"),
+    # squid takes any word; a misspelt action would be left open
+    ("cachemgr_passwd secret info cuonters", "unknown cache manager action 'cuonters'"),
+])
+def test_a_cachemgr_passwd_line_that_protects_nothing_is_an_error(line, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_text(f"http_port 3128\n{line}\n", "squid.conf")
+    assert [str(p) for p in info.value.problems] == [
+        f"squid.conf line 2: cachemgr_passwd: {message}"]
+
+
+def test_a_squid_only_manager_action_is_named_in_a_warning() -> None:
+    """squid.conf files protect squid's shutdown and reconfigure pages,
+    which labsquid does not serve: the line loads and says so."""
+    config = parse_text("cachemgr_passwd secret shutdown info reconfigure\n", "squid.conf")
+    assert [str(w) for w in config.warnings] == [
+        "squid.conf line 1: cachemgr_passwd: labsquid has no cache manager action 'shutdown'",
+        "squid.conf line 1: cachemgr_passwd: labsquid has no cache manager action "
+        "'reconfigure'"]
+    assert config.cachemgr_passwd[0].actions == ("shutdown", "info", "reconfigure")
+
+
+def test_the_manager_actions_the_config_knows_are_the_pages_served() -> None:
+    from labsquid.config._directives import MANAGER_ACTIONS, SQUID_ONLY_MANAGER_ACTIONS
+    from labsquid.proxy.mgr import ACTIONS
+    assert tuple(ACTIONS) == MANAGER_ACTIONS
+    assert not SQUID_ONLY_MANAGER_ACTIONS & set(MANAGER_ACTIONS)
 
 
 def test_access_log_acls_and_further_files_are_taken_without_warnings() -> None:

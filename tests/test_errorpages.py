@@ -110,7 +110,8 @@ def test_default_statuses() -> None:
     assert DEFAULT_STATUS["ERR_READ_TIMEOUT"] == 504
     assert DEFAULT_STATUS["ERR_REQUEST_START_TIMEOUT"] == 408
     assert DEFAULT_STATUS["ERR_UNSUP_HTTPVERSION"] == 505
-    assert len(DEFAULT_STATUS) == 18
+    assert DEFAULT_STATUS["ERR_CACHE_MGR_ACCESS_DENIED"] == 401
+    assert len(DEFAULT_STATUS) == 19
 
 
 def test_hostile_url_stays_text() -> None:

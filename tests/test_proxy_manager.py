@@ -10,6 +10,7 @@ here.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
@@ -17,7 +18,10 @@ import subprocess
 
 import pytest
 
-from labsquid.proxy.replies import manager_action
+from labsquid.config import parse_text
+from labsquid.http import Headers
+from labsquid.proxy import mgr
+from labsquid.proxy.replies import manager_request
 from support.origin import (
     EchoServer,
     RawClient,
@@ -70,13 +74,14 @@ def squidclient(port: int, action: str) -> bytes:
     return done.stdout
 
 
-def ask(port: int, method: str, url: str, source: str = "127.0.0.1"):
+def ask(port: int, method: str, url: str, source: str = "127.0.0.1", fields: str = ""):
     sock = socket.create_connection(("127.0.0.1", port), timeout=5,
                                     source_address=(source, 0))
     c = RawClient.__new__(RawClient)
     c.sock, c.buf = sock, b""
     with c:
-        c.send(f"{method} {url} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+        c.send(f"{method} {url} HTTP/1.1\r\nHost: h\r\n{fields}Connection: close\r\n\r\n"
+               .encode())
         return c.read_response(method)
 
 
@@ -102,14 +107,15 @@ def test_squidclient_reads_every_page(labsquid, action, expect):
 CACHEMGR_CGI = "/usr/lib/cgi-bin/cachemgr.cgi"
 
 
-def cachemgr_cgi(folder, port: int, operation: str) -> tuple[bytes, bytes]:
+def cachemgr_cgi(folder, port: int, operation: str,
+                 login: str = "&user_name=&auth=") -> tuple[bytes, bytes]:
     """Run the CGI as a web server would; it reads cachemgr.conf (the
     targets it may ask) from its working folder first.  Returns its head
     and its HTML."""
     (folder / "cachemgr.conf").write_text(f"127.0.0.1:{port}\n")
     env = {"PATH": os.environ["PATH"], "REQUEST_METHOD": "GET",
            "SCRIPT_NAME": "/cgi-bin/cachemgr.cgi",
-           "QUERY_STRING": f"host=127.0.0.1&port={port}&user_name=&operation={operation}&auth="}
+           "QUERY_STRING": f"host=127.0.0.1&port={port}&operation={operation}{login}"}
     done = subprocess.run([CACHEMGR_CGI], cwd=folder, env=env, capture_output=True,
                           timeout=10, check=True)
     head, _, html = done.stdout.partition(b"\r\n\r\n")
@@ -278,15 +284,138 @@ def test_counters_add_up_relayed_http_and_tunnels(labsquid, origin, echo):
     assert delta["server.all.errors"] == delta["server.ftp.requests"] == 0
 
 
-@pytest.mark.parametrize("path, scheme, action", [
-    ("/squid-internal-mgr/info", "http", "info"),
-    ("/squid-internal-mgr/", "http", "menu"),
-    ("/squid-internal-mgr/pool?x=1", "http", "pool"),
-    ("/info", "cache_object", "info"),
-    ("/", "cache_object", "menu"),
-    ("/counters@secret", "cache_object", "counters"),
-    ("/info@pw?a=b", "cache_object", "info"),
-    ("/@pw", "cache_object", "menu"),
+@pytest.mark.parametrize("path, scheme, action, password", [
+    ("/squid-internal-mgr/info", "http", "info", None),
+    ("/squid-internal-mgr/", "http", "menu", None),
+    ("/squid-internal-mgr/pool?x=1", "http", "pool", None),
+    ("/info", "cache_object", "info", None),
+    ("/", "cache_object", "menu", None),
+    ("/counters@secret", "cache_object", "counters", "secret"),
+    ("/info@pw?a=b", "cache_object", "info", "pw"),
+    ("/@pw", "cache_object", "menu", "pw"),
+    ("/info@", "cache_object", "info", ""),
+    ("/squid-internal-mgr/info@pw", "http", "info", "pw"),
 ])
-def test_manager_action(path, scheme, action):
-    assert manager_action(path, scheme) == action
+def test_manager_request(path, scheme, action, password):
+    assert manager_request(path, scheme) == (action, password)
+
+
+# -- cachemgr_passwd, side by side with squid 5.7 and the same lines --------
+
+PASSWORDS = ("cachemgr_passwd secret info counters\n"
+             "cachemgr_passwd none menu\n"
+             "cachemgr_passwd disable pool\n"
+             "cachemgr_passwd other all\n")
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory):
+    instance = Labsquid(tmp_path_factory.mktemp("pw"), dispatch="notify", pool_size=1,
+                        extra=PASSWORDS).start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def test_protection_follows_squids_first_matching_line():
+    entries = parse_text(PASSWORDS, "t.conf").cachemgr_passwd
+    assert [mgr.password_for(a, entries) for a in ("info", "menu", "pool", "index")] \
+        == ["secret", "none", "disable", "other"]
+    assert [mgr.protection(a, entries) for a in ("info", "menu", "pool", "index")] \
+        == ["protected", "public", "disabled", "protected"]
+    assert mgr.password_for("info", ()) is None and mgr.protection("info", ()) == "public"
+
+
+def test_offered_password_prefers_a_basic_pair_to_the_url():
+    def headers(*lines: str) -> Headers:
+        return Headers([line.split(": ", 1) for line in lines])
+    assert mgr.offered_password(headers(basic("u:p:q").strip()), "url") == "p:q"
+    # the scheme in any case, an empty user
+    lowercase = "authorization: basic " + base64.b64encode(b":pw").decode()
+    assert mgr.offered_password(headers(lowercase), None) == "pw"
+    assert mgr.offered_password(headers(basic("nopair").strip()), "url") == "url"
+    assert mgr.offered_password(headers("Authorization: Digest x"), None) is None
+    assert mgr.offered_password(None, "url") == "url"
+
+
+def basic(user_password: str) -> str:
+    return f"Authorization: Basic {base64.b64encode(user_password.encode()).decode()}\r\n"
+
+
+def test_squidclient_needs_the_password_of_a_protected_page(protected):
+    for action, event in (("info", "cache_manager_password_needed"),
+                          ("info@wrong", "cache_manager_password_incorrect")):
+        reply = squidclient(protected.port, action)
+        head, _, page = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+        assert b"\r\nWWW-Authenticate: Basic realm=\"info\"\r\n" in head
+        assert b"\r\nX-Squid-Error: ERR_CACHE_MGR_ACCESS_DENIED 0\r\n" in head
+        assert b"\r\nX-Cache-Lookup: MISS from " in head
+        assert b"Cache Manager Access Denied" in page and b"Number of HTTP" not in page
+        fields = line_for(protected, "GET", f"cache_object://127.0.0.1/{action}", 401)
+        assert (fields["tag"], fields["size"], fields["mime"]) \
+            == ("TCP_MISS", str(len(reply)), "text/html")
+        # squid's cache.log line: who asked for what, without the password
+        wait_for(lambda event=event: event in protected.stderr_text(), timeout=5, what=event)
+    assert "wrong" not in protected.stderr_text()
+    reply = squidclient(protected.port, "info@secret")
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Number of HTTP requests received" in reply
+
+
+@pytest.mark.parametrize("action, status", [
+    ("info@other", 401),  # the first line naming info says "secret"
+    ("counters@secret", 200),
+    ("index@other", 200),  # "all" on the last line
+    ("index", 401),
+    ("menu", 200),  # "none"
+    ("menu@anything", 200),
+    ("pool", 404),  # "disable": no such page, whatever the password
+    ("pool@other", 404),
+    ("nosuch@other", 404),
+])
+def test_the_first_line_naming_an_action_decides(protected, action, status):
+    resp = ask(protected.port, "GET", f"cache_object://127.0.0.1/{action}")
+    assert resp.status == status
+    if status == 404:
+        assert resp.header("X-Squid-Error") == "ERR_INVALID_URL 0"
+        assert resp.header("WWW-Authenticate") is None
+
+
+def test_the_menu_says_what_each_action_needs(protected):
+    body = ask(protected.port, "GET", "cache_object://127.0.0.1/menu").body.decode()
+    assert {line.split("\t")[0].strip(): line.split("\t")[2] for line in body.splitlines()} \
+        == {"index": "protected", "menu": "public", "info": "protected",
+            "counters": "protected", "pool": "disabled"}
+
+
+@pytest.mark.parametrize("url, fields, status", [
+    # the http path takes the password from an Authorization field (curl -u)
+    ("http://127.0.0.1:{port}/squid-internal-mgr/info", basic("admin:secret"), 200),
+    ("http://127.0.0.1:{port}/squid-internal-mgr/info", basic("admin:wrong"), 401),
+    ("http://127.0.0.1:{port}/squid-internal-mgr/info", "", 401),
+    # a field with a user:password pair wins over the URL's @password
+    ("cache_object://127.0.0.1/info@wrong", basic("admin:secret"), 200),
+    ("cache_object://127.0.0.1/info@secret", basic("admin:wrong"), 401),
+    # one without a pair, or not Basic, is passed over
+    ("cache_object://127.0.0.1/info@secret", basic("nocolon"), 200),
+    ("cache_object://127.0.0.1/info@secret", "Authorization: Basic !!!\r\n", 200),
+    ("cache_object://127.0.0.1/info@secret", "Authorization: Bearer x:y\r\n", 200),
+    ("cache_object://127.0.0.1/info", basic("nocolon"), 401),
+])
+def test_an_authorization_field_carries_the_password(protected, url, fields, status):
+    resp = ask(protected.port, "GET", url.format(port=protected.port), fields=fields)
+    assert resp.status == status
+    assert (b"Number of HTTP requests received" in resp.body) == (status == 200)
+
+
+def test_cachemgr_cgi_logs_in_with_the_password(protected, tmp_path):
+    head, html = cachemgr_cgi(tmp_path, protected.port, "info",
+                              "&user_name=admin&passwd=secret")
+    assert head.startswith(b"Status: 200 ")
+    assert b"Number of HTTP requests received" in html
+    head, html = cachemgr_cgi(tmp_path, protected.port, "info",
+                              "&user_name=admin&passwd=wrong")
+    assert b" 401 Unauthorized" in head.partition(b"\r\n")[0]
+    assert b"Number of HTTP requests received" not in html

@@ -41,6 +41,7 @@ DEFAULT_STATUS: dict[str, int] = {
     "ERR_UNSUP_REQ": 501,
     "ERR_TOO_BIG": 413,
     "ERR_ACCESS_DENIED": 403,
+    "ERR_CACHE_MGR_ACCESS_DENIED": 401,
     "ERR_CONNECT_FAIL": 503,
     "ERR_DNS_FAIL": 503,
     "ERR_READ_TIMEOUT": 504,
@@ -142,6 +143,7 @@ def render_error(
     http_port: int | None = None,
     keep_alive: bool = False,
     looked_up: bool = False,
+    challenge: str | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Build squid's error reply for ``code`` (e.g. ``"ERR_INVALID_URL"``).
 
@@ -152,6 +154,7 @@ def render_error(
     when the request got as far as the way to the origin (``looked_up``),
     else ``NONE``.
     ``keep_alive``: the connection stays open after it (else ``close``).
+    ``challenge``: a ``WWW-Authenticate`` value, for a 401.
     """
     if not _CODE_RE.fullmatch(code):
         raise ValueError(f"not an error page name: {code!r}")
@@ -187,6 +190,8 @@ def render_error(
         (b"X-Squid-Error", f"{code} {errno}".encode()),
         (b"Vary", b"Accept-Language"),
         (b"Content-Language", b"en"),
+        *([(b"WWW-Authenticate", _header_safe("challenge", challenge).encode())]
+          if challenge else []),
         *cache_fields(hostname, http_port, "MISS" if looked_up else "NONE"),
         (b"Via", f"1.1 {hostname} ({app})".encode()),
         (b"Connection", b"keep-alive" if keep_alive else b"close"),

@@ -26,6 +26,7 @@ from ._model import (
     ConfigError,
     ConfigProblem,
     HttpPort,
+    ManagerPassword,
     Where,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "HttpPort",
+    "ManagerPassword",
     "Where",
     "directive_names",
     "load",

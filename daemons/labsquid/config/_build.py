@@ -28,10 +28,25 @@ from importlib import resources
 from typing import Any
 
 from ._access import expand_value_files
-from ._directives import BUILTIN_LOGFORMATS, DIRECTIVES, Directive, Kind
+from ._directives import (
+    BUILTIN_LOGFORMATS,
+    DIRECTIVES,
+    SQUID_ONLY_MANAGER_ACTIONS,
+    Directive,
+    Kind,
+)
 from ._files import FileSource
 from ._lexer import Line, split_lines
-from ._model import AccessLine, AccessLog, AclLine, Config, ConfigError, ConfigProblem, Where
+from ._model import (
+    AccessLine,
+    AccessLog,
+    AclLine,
+    Config,
+    ConfigError,
+    ConfigProblem,
+    ManagerPassword,
+    Where,
+)
 from ._units import BadValue
 
 # squid's predefined acls and their types (squid 5 cf.data.pre; labsquid.acl
@@ -156,6 +171,12 @@ class Builder:
             self._require_acls(value.acls)
         elif isinstance(value, AccessLog):
             value = self._resolve_access_log(value)
+        elif isinstance(value, ManagerPassword):
+            for action in value.actions:
+                if action in SQUID_ONLY_MANAGER_ACTIONS:
+                    self._warnings.append(ConfigProblem.at(
+                        value.where, f"cachemgr_passwd: labsquid has no cache manager "
+                                     f"action '{action}'"))
         return value
 
     def _define_acl(self, acl: AclLine) -> None:

@@ -25,7 +25,7 @@ from labsquid.logfile import MAX_ROTATE
 
 from ._access import parse_acl, parse_acl_list, parse_http_access
 from ._lexer import Line
-from ._model import AccessLog, HttpPort
+from ._model import AccessLog, HttpPort, ManagerPassword
 from ._units import (
     BadValue,
     parse_choice,
@@ -42,6 +42,19 @@ BUILTIN_LOGFORMATS = ("squid", "common", "combined", "referrer", "useragent")
 ACCESS_LOG_MODULES = ("daemon", "stdio")  # and `access_log none`
 POOL_DISPATCH_MODES = ("serial", "notify", "passfd", "shared", "reuseport")
 FORWARDED_FOR_MODES = ("on", "off", "transparent", "delete", "truncate")
+# The cache manager's actions (labsquid.proxy.mgr.ACTIONS, which a test keeps
+# equal), for `cachemgr_passwd`; "all" stands for every one.
+MANAGER_ACTIONS = ("index", "menu", "info", "counters", "pool")
+# The actions only squid 5.7 has: a squid.conf may protect them (shutdown,
+# reconfigure...), and labsquid says it serves no such page.
+SQUID_ONLY_MANAGER_ACTIONS = frozenset("""
+    offline_toggle shutdown reconfigure rotate pconn mem diskd squidaio_counts config
+    client_list comm_epoll_incoming ipcache fqdncache idns redirector store_id external_acl
+    http_headers service_times filedescriptors objects vm_objects io peer_select digest_stats
+    5min 60min utilization histograms active_requests username_cache openfd_objects
+    store_digest store_log_tags storedir store_io store_check_cachable_stats refresh delay
+    forward cbdata sbuf events netdb asndb carp userhash sourcehash server_list
+""".split())
 
 
 class Kind(enum.Enum):
@@ -236,6 +249,17 @@ def _split_log_place(place: str) -> tuple[str, str]:
     return module, path
 
 
+def _cachemgr_passwd(line: Line) -> ManagerPassword:
+    if len(line.args) < 2:
+        raise BadValue("needs a password and at least one action")
+    for action in line.args[1:]:
+        if action != "all" and action not in MANAGER_ACTIONS \
+                and action not in SQUID_ONLY_MANAGER_ACTIONS:
+            # squid takes any word; here a misspelt action would stay open.
+            raise BadValue(f"unknown cache manager action '{action}'")
+    return ManagerPassword(line.args[0], tuple(line.args[1:]), line.where)
+
+
 def _logformat(line: Line) -> tuple[str, str]:
     if not line.args:
         raise BadValue("missing format name")
@@ -276,6 +300,7 @@ DIRECTIVES: dict[str, Directive] = {
         # access control
         Directive("acl", parse_acl, _L, None, reads_value_files=True),
         Directive("http_access", parse_http_access, _L, None),
+        Directive("cachemgr_passwd", _cachemgr_passwd, _L, None),
         # the process pool
         Directive("workers", _workers, _S, "1"),
         Directive("pool_size", _pool_size, _S, "auto", labsquid_only=True),

@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "HttpPort",
+    "ManagerPassword",
     "Where",
 ]
 
@@ -109,6 +110,17 @@ class AccessLine:
 
 
 @dataclass(frozen=True)
+class ManagerPassword:
+    """`cachemgr_passwd PASSWORD ACTION...`: the password of these cache
+    manager actions; ``none`` opens them, ``disable`` closes them, and the
+    action ``all`` stands for every action."""
+
+    password: str
+    actions: tuple[str, ...]
+    where: Where
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole configuration: one attribute per directive, named after it.
 
@@ -142,6 +154,7 @@ class Config:
     # access control
     acls: tuple[AclLine, ...]
     http_access: tuple[AccessLine, ...]  # empty: every request is denied
+    cachemgr_passwd: tuple[ManagerPassword, ...]  # the first line naming an action decides
     # the process pool
     workers: int
     pool_size: int | None  # None (auto): one per usable CPU, counted at start (settings)

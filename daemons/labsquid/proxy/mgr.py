@@ -2,18 +2,23 @@
 
 Pages are plain text in squid's layout so squid's own tools (``squidclient
 mgr:info``) and eyes trained on them can read them: ``menu`` lists actions
-as ``\\t name\\tdescription\\tpublic``, the others print ``Label:\\tvalue``
-lines.  Access is decided before we get here by ``http_access`` and the
-built-in ``manager`` acl.  Figures come from the shared-memory segment, so
-any serving process answers for the whole pool without asking the others.
+as `` name\\tdescription\\tprotection``, the others print ``Label:\\tvalue``
+lines.  Access is decided first by ``http_access`` and the built-in
+``manager`` acl, then per action by ``cachemgr_passwd`` as squid 5.7 does
+it: the first line naming the action (or ``all``) gives its password,
+``none`` opens it, ``disable`` makes it a page that does not exist, and an
+action no line names is open.  Figures come from the shared-memory segment,
+so any serving process answers for the whole pool without asking the others.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import resource
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import psutil
@@ -22,6 +27,8 @@ from labsquid import __version__
 from labsquid.stats import STATE_NAMES, STATE_PARENT, STATE_SERVING
 
 if TYPE_CHECKING:
+    from labsquid.config import ManagerPassword
+    from labsquid.http import Headers
     from labsquid.proxy.client import ClientConnection
     from labsquid.proxy.context import ServeContext
 
@@ -42,9 +49,46 @@ def _totals(ctx: ServeContext) -> dict[str, int]:
     return stats.totals() if stats is not None else ctx.stats.as_dict()
 
 
+def password_for(action: str, entries: Sequence[ManagerPassword]) -> str | None:
+    """The password `cachemgr_passwd` gives `action`: the first line that
+    names it or ``all``; None when no line does."""
+    for entry in entries:
+        if action in entry.actions or "all" in entry.actions:
+            return entry.password
+    return None
+
+
+def protection(action: str, entries: Sequence[ManagerPassword]) -> str:
+    """``public``, ``protected`` or ``disabled``, as squid's menu says it."""
+    password = password_for(action, entries)
+    if password is None or password == "none":
+        return "public"
+    return "disabled" if password == "disable" else "protected"
+
+
+def offered_password(headers: Headers | None, url_password: str | None) -> str | None:
+    """The password a request offers: that of an ``Authorization: Basic``
+    field holding ``user:password``, else the URL's ``@password``.  A field
+    that does not decode to a pair is passed over, as squid passes it."""
+    value = headers.first(b"authorization") if headers is not None else None
+    if value is not None:
+        scheme, _, token = value.strip().partition(b" ")
+        if scheme.lower() == b"basic":
+            try:
+                pair = base64.b64decode(token.strip(), validate=True)
+            except binascii.Error:
+                pair = b""
+            _user, colon, password = pair.partition(b":")
+            if colon:
+                return password.decode("latin-1")
+    return url_password
+
+
 def page_menu(ctx: ServeContext) -> str:
     # squid's layout, " %-22s\t%-32s\t%s": squidclient and cachemgr.cgi split on tabs.
-    lines = [f" {name:<22}\t{desc:<32}\tpublic" for name, (desc, _fn) in ACTIONS.items()]
+    entries = ctx.config.cachemgr_passwd
+    lines = [f" {name:<22}\t{desc:<32}\t{protection(name, entries)}"
+             for name, (desc, _fn) in ACTIONS.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -18,12 +18,16 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+import structlog
+
 from labsquid.errorpages import cache_fields, render_error
 from labsquid.http import ERR_TOO_BIG, Headers, ProtocolError
 from labsquid.proxy import forward, mgr
 
 if TYPE_CHECKING:
     from labsquid.proxy.transaction import Transaction
+
+log = structlog.get_logger()
 
 MGR_PREFIX = "/squid-internal-mgr/"
 MGR_PREFIX_BYTES = MGR_PREFIX.encode()
@@ -70,10 +74,13 @@ UPSTREAM_ERRORS = frozenset({"ERR_DNS_FAIL", "ERR_CONNECT_FAIL", "ERR_READ_TIMEO
 
 
 def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
-                errno: int = 0, keep: bool = False) -> None:
+                errno: int = 0, keep: bool = False, challenge: str | None = None,
+                looked_up: bool = False) -> None:
     """``keep``: the request was understood and is refused as a whole (a
     denial, an unknown manager page), so the connection may be reused; so
-    it may after any of ``UPSTREAM_ERRORS``."""
+    it may after any of ``UPSTREAM_ERRORS``.  ``challenge``: the 401's
+    ``WWW-Authenticate``.  ``looked_up``: ``X-Cache-Lookup`` says MISS, as
+    after any of ``UPSTREAM_ERRORS`` and on the manager's own refusals."""
     if txn.finished:
         return
     keep = (keep or code in UPSTREAM_ERRORS) and _reusable(txn)
@@ -84,7 +91,7 @@ def reply_error(txn: Transaction, code: str, status: int, detail: str = "",
         client_addr=txn.client.peer_ip, hostname=txn.ctx.hostname, now=time.time(),
         error_detail=detail, errno=errno, cache_admin=txn.ctx.config.cache_mgr,
         version_string=txn.ctx.version, http_port=txn.ctx.policy.http_port, keep_alive=keep,
-        looked_up=code in UPSTREAM_ERRORS)
+        looked_up=looked_up or code in UPSTREAM_ERRORS, challenge=challenge)
     txn.status = status
     txn.mime = "text/html"
     # squid 5.7 logs NONE_NONE for a request that never had a host to go to,
@@ -166,21 +173,37 @@ def reply_purge(txn: Transaction) -> None:
                 extra=cache_fields(txn.ctx.hostname, txn.ctx.policy.http_port, "NONE"))
 
 
-def manager_action(path: str, scheme: str) -> str:
-    """The action a manager URL asks for: ``/squid-internal-mgr/ACTION`` or
-    ``cache_object://host/ACTION``, either followed by squid's ``@password``
-    and a ``?query``, neither of which names the page; none means ``menu``."""
+def manager_request(path: str, scheme: str) -> tuple[str, str | None]:
+    """The action a manager URL asks for and the password it carries:
+    ``/squid-internal-mgr/ACTION`` or ``cache_object://host/ACTION``, either
+    followed by squid's ``@password`` and a ``?query``, neither of which
+    names the page; no action means ``menu``.  The password is None when
+    the URL has no ``@``."""
     name = path[1:] if scheme == "cache_object" else path[len(MGR_PREFIX):]
-    return name.partition("?")[0].partition("@")[0] or "menu"
+    action, at, password = name.partition("?")[0].partition("@")
+    return action or "menu", password if at else None
 
 
 def reply_manager(txn: Transaction) -> None:
-    action = manager_action(txn.path.decode("latin-1"), txn.scheme)
-    page = mgr.render(action, txn.ctx)
-    if page is None:
+    action, url_password = manager_request(txn.path.decode("latin-1"), txn.scheme)
+    entries = txn.ctx.config.cachemgr_passwd
+    # A disabled action is no page at all, as in squid 5.7.
+    if action not in mgr.ACTIONS or mgr.protection(action, entries) == "disabled":
         reply_error(txn, "ERR_INVALID_URL", 404,
-                    detail=f"unknown cache manager action {action}", keep=True)
+                    detail=f"unknown cache manager action {action}", keep=True, looked_up=True)
         return
+    if mgr.protection(action, entries) == "protected":
+        offered = mgr.offered_password(txn.req.headers if txn.req else None, url_password)
+        if offered != mgr.password_for(action, entries):
+            # squid's cache.log line, and its answer: a 401 naming the action as the realm.
+            log.warning("cache_manager_password_needed" if offered is None
+                        else "cache_manager_password_incorrect",
+                        action=action, client=txn.client.peer_ip)
+            reply_error(txn, "ERR_CACHE_MGR_ACCESS_DENIED", 401, keep=True,
+                        challenge=f'Basic realm="{action}"', looked_up=True)
+            return
+    page = mgr.render(action, txn.ctx)
+    assert page is not None
     # The fields squid 5.7 sends with a manager page: a page of now, as
     # fresh as its Date and already stale.
     ctx, now = txn.ctx, forward.http_date()
