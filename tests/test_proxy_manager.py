@@ -15,6 +15,8 @@ import os
 import re
 import socket
 import subprocess
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,9 +24,11 @@ from labsquid.config import parse_text
 from labsquid.http import Headers
 from labsquid.proxy import mgr
 from labsquid.proxy.replies import manager_request
+from labsquid.stats import SERVICE_BINS, Stats, segment_path
 from support.origin import (
     EchoServer,
     RawClient,
+    fetch,
     module_origin,
     open_tunnel,
     parse_squid_line,
@@ -35,7 +39,9 @@ from support.service import DEFAULT_RULES, Labsquid, free_port, wait_for
 pytestmark = pytest.mark.slow
 
 PAGES = [("menu", " info "), ("info", "Number of HTTP requests received"),
-         ("counters", "client_http.requests ="), ("pool", "dispatch: notify")]
+         ("service_times", "\tHTTP Requests (All):  50%   "),
+         ("counters", "client_http.requests ="), ("5min", "client_http.requests = "),
+         ("60min", "client_http.all_median_svc_time = "), ("pool", "dispatch: notify")]
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +171,10 @@ def test_menu_lines_are_laid_out_as_squids(labsquid):
     body = ask(labsquid.port, "GET", "cache_object://127.0.0.1/menu").body.decode()
     lines = body.splitlines()
     assert [line.split("\t")[0].strip() for line in lines] == \
-        ["index", "menu", "info", "counters", "pool"]
+        ["index", "menu", "info", "service_times", "counters", "5min", "60min", "pool"]
     for line in lines:
         # squid's " %-22s\t%-32s\t%s"
-        assert re.fullmatch(r" [a-z_]{1,22} *\t.{32,}\tpublic", line), line
+        assert re.fullmatch(r" [a-z0-9_]{1,22} *\t.{32,}\tpublic", line), line
         assert line.index("\t") == 23, line
 
 
@@ -387,7 +393,8 @@ def test_the_menu_says_what_each_action_needs(protected):
     body = ask(protected.port, "GET", "cache_object://127.0.0.1/menu").body.decode()
     assert {line.split("\t")[0].strip(): line.split("\t")[2] for line in body.splitlines()} \
         == {"index": "protected", "menu": "public", "info": "protected",
-            "counters": "protected", "pool": "disabled"}
+            "service_times": "protected", "counters": "protected", "5min": "protected",
+            "60min": "protected", "pool": "disabled"}
 
 
 @pytest.mark.parametrize("url, fields, status", [
@@ -419,3 +426,95 @@ def test_cachemgr_cgi_logs_in_with_the_password(protected, tmp_path):
                               "&user_name=admin&passwd=wrong")
     assert b" 401 Unauthorized" in head.partition(b"\r\n")[0]
     assert b"Number of HTTP requests received" not in html
+
+
+# -- 5min, 60min and service_times -------------------------------------------
+
+def test_percentile_interpolates_within_a_bin():
+    bins = [0] * SERVICE_BINS
+    assert mgr.percentile(bins, 0.5) == 0.0
+    bins[11] = 4  # four requests of [1024, 2048) µs
+    assert mgr.percentile(bins, 0.5) == pytest.approx(1536e-6)
+    assert mgr.percentile(bins, 1.0) == pytest.approx(2048e-6)
+    bins[1] = 4  # and four of [1, 2)
+    assert mgr.percentile(bins, 0.25) == pytest.approx(1.5e-6)
+    assert mgr.percentile(bins, 0.75) == pytest.approx(1536e-6)
+
+
+def test_a_window_starts_at_the_newest_sample_old_enough(tmp_path):
+    stats = Stats("kid", path=str(tmp_path / "labsquid-test"))
+    ctx = SimpleNamespace(all_stats=stats, stats=stats.own, started=0)
+    now = time.time()
+    try:
+        for minutes_ago in (70, 61, 30, 4, 1):
+            stats.own.count_request(service_us=1000, error=False)
+            stats.take_sample(now - 60 * minutes_ago, cpu_us=0)
+        stats.own.count_request(service_us=1000, error=False)
+        for minutes, expected in ((5, 30), (60, 61), (2, 4)):
+            start, end = mgr._window(ctx, minutes)
+            assert start["time_us"] == int((now - 60 * expected) * 1e6), minutes
+            assert end["requests"] - start["requests"] == {30: 3, 61: 4, 4: 2}[expected]
+    finally:
+        stats.close()
+    # with no sample old enough, the oldest kept
+    stats = Stats("kid", path=str(tmp_path / "labsquid-test2"))
+    ctx = SimpleNamespace(all_stats=stats, stats=stats.own, started=0)
+    try:
+        stats.take_sample(now - 90, cpu_us=0)
+        stats.take_sample(now - 30, cpu_us=0)
+        assert mgr._window(ctx, 5)[0]["time_us"] == int((now - 90) * 1e6)
+    finally:
+        stats.close()
+
+
+def figures(port: int, action: str) -> dict[str, float]:
+    body = ask(port, "GET", f"cache_object://127.0.0.1/{action}").body.decode()
+    return {name: float(value.split()[0].removesuffix("/sec").removesuffix("%"))
+            for name, _, value in (line.partition(" = ") for line in body.splitlines())}
+
+
+def test_5min_counts_what_the_counters_count(labsquid, origin):
+    """Younger than five minutes, the instance's windows start at the kid's
+    first sample: rate times wall time is every request so far."""
+    reader = Stats("test", segment_path(labsquid.kid().pid), create=False)
+    try:  # the kid's sample of its start, before any request
+        first = reader.samples()[-1]
+        assert (first["requests"], first["bytes_out"]) == (0, 0)
+    finally:
+        reader.close()
+    for _ in range(5):
+        assert fetch(labsquid.port, "GET", origin.url("/five"))[0].status == 200
+    for action in ("5min", "60min"):
+        window = figures(labsquid.port, action)
+        total = figures(labsquid.port, "counters")["client_http.requests"]
+        # the counters page counts the 5min request, not itself
+        assert round(window["client_http.requests"] * window["wall_time"]) == total - 1
+        assert window["server.http.requests"] > 0 and window["client_http.kbytes_out"] > 0
+        assert 0 < window["client_http.all_median_svc_time"] < 5
+        assert window["cpu_time"] > 0 and window["icp.pkts_sent"] == 0
+
+
+def test_service_times_are_laid_out_as_squids(labsquid, origin):
+    for _ in range(5):
+        assert fetch(labsquid.port, "GET", origin.url("/times"))[0].status == 200
+    body = ask(labsquid.port, "GET", "cache_object://127.0.0.1/service_times").body.decode()
+    head, *lines = body.splitlines()
+    assert head == "Service Time Percentiles            5 min    60 min:"
+    assert len(lines) == 7 * 19
+    parsed = []
+    for line in lines:
+        m = re.fullmatch(r"\t(.{21})([ \d]{3})%   (\d\.\d{5})  (\d\.\d{5})", line)
+        assert m, line
+        parsed.append((m[1].strip(), int(m[2]), float(m[3]), float(m[4])))
+    assert [p for _, p, _, _ in parsed[:19]] == list(range(5, 100, 5))
+    http = [five for label, _, five, _ in parsed if label == "HTTP Requests (All):"]
+    assert http == sorted(http) and http[-1] > 0
+    assert http == [five for label, _, five, _ in parsed if label == "Cache Misses:"]
+    assert all(five == sixty == 0 for label, _, five, sixty in parsed
+               if label not in ("HTTP Requests (All):", "Cache Misses:"))
+    # info's medians are the 50% lines
+    info = ask(labsquid.port, "GET", "cache_object://127.0.0.1/info").body.decode()
+    medians = info.partition("Median Service Times (seconds)  5 min    60 min:\n")[2]
+    assert medians.startswith("\tHTTP Requests (All):   "), info
+    five = float(medians.split()[3])
+    assert five > 0 and "\tICP Queries:           0.00000  0.00000\n" in medians

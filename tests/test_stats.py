@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import os
 
-from labsquid.stats import ROWS, STATE_SERVING, Stats
+from labsquid.stats import (
+    ROWS,
+    SAMPLE_SLOTS,
+    SERVICE_BIN_FIELDS,
+    SERVICE_BINS,
+    STATE_SERVING,
+    Stats,
+)
 
 
 def test_rows_lists_only_rows_in_use_and_totals_sum_them(tmp_path):
@@ -46,5 +53,44 @@ def test_a_retired_row_leaves_its_counts_with_the_kid(tmp_path):
         assert after == {**before, "active": 0}
         assert [r["pid"] for r in stats.rows()] == [os.getpid()]
         assert child.as_dict()["state"] == 0 and child.get("requests") == 0
+    finally:
+        stats.close()
+
+
+def test_service_times_fall_in_power_of_two_bins(tmp_path):
+    """Bin b holds [2**(b-1), 2**b) microseconds; the last any longer; a
+    retired child's bins stay with the kid like its other counts."""
+    stats = Stats("kid", path=str(tmp_path / "labsquid-test"))
+    try:
+        child = stats.row(2)
+        child.set("pid", 12345)
+        child.set("state", STATE_SERVING)
+        for us in (0, 1, 2, 3, 4, 1000, 1023, 1024, 10**15):
+            child.count_request(service_us=us, error=False)
+        bins = [child.get(name) for name in SERVICE_BIN_FIELDS]
+        assert {b: n for b, n in enumerate(bins) if n} == {
+            0: 1, 1: 1, 2: 2, 3: 1, 10: 2, 11: 1, SERVICE_BINS - 1: 1}
+        stats.retire(2)
+        assert [stats.own.get(name) for name in SERVICE_BIN_FIELDS] == bins
+        assert sum(stats.totals()[name] for name in SERVICE_BIN_FIELDS) == 9
+    finally:
+        stats.close()
+
+
+def test_samples_are_read_newest_first_and_an_hour_back(tmp_path):
+    stats = Stats("kid", path=str(tmp_path / "labsquid-test"))
+    try:
+        assert stats.samples() == []
+        for minute in range(70):  # more than the slots: the oldest are overwritten
+            stats.own.count_request(service_us=10, error=minute % 2 == 0)
+            stats.take_sample(1000.0 + 60 * minute, cpu_us=minute * 7)
+        samples = stats.samples()
+        assert len(samples) == SAMPLE_SLOTS - 1
+        assert [s["time_us"] for s in samples] == [
+            int((1000.0 + 60 * m) * 1e6) for m in range(69, 69 - len(samples), -1)]
+        newest, oldest = samples[0], samples[-1]
+        assert (newest["requests"], newest["errors"], newest["cpu_us"]) == (70, 35, 69 * 7)
+        assert oldest["requests"] == 70 - len(samples) + 1
+        assert newest["service_bin_4"] == 70  # 10 µs: [8, 16)
     finally:
         stats.close()

@@ -277,6 +277,22 @@ def test_curl_through_the_proxy_logs_an_access_line(box):
     assert "/200 " in line
 
 
+def test_the_cache_manager_answers_inside_the_hardened_unit(box):
+    """ProcSubset=pid leaves the unit no /proc/stat: the CPU figures of the
+    pages and of the kid's minute samples come from /proc/PID/stat."""
+    ensure_active(box)
+    pages = {}
+    for action, expect in (("info", "\tCPU Time:\t"), ("counters", "cpu_time = "),
+                           ("5min", "cpu_usage = "), ("service_times", "HTTP Requests (All):")):
+        result = box.exec("curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}",
+                          f"http://127.0.0.1:3128/squid-internal-mgr/{action}")
+        pages[action], _, status = result.stdout.rpartition("\n")
+        assert status == "200", (action, result.stdout, result.stderr)
+        assert expect in pages[action], pages[action]
+    # a CPU time read as 0 would mean /proc/PID/stat could not be read either
+    assert float(pages["counters"].partition("cpu_time = ")[2].split()[0]) > 0
+
+
 def test_reload_under_load_fails_no_request(box):
     ensure_active(box)
     master = main_pid(box)

@@ -40,7 +40,7 @@ from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import Channel, Kind
 from labsquid.pool import make_engine
 from labsquid.settings import CPUS_ENV, adopt_usable_cpus, load_config
-from labsquid.stats import CARRY_ENV, Stats, carry_over
+from labsquid.stats import CARRY_ENV, SAMPLE_INTERVAL, Stats, carry_over, pool_cpu_seconds
 
 log = structlog.get_logger()
 
@@ -86,6 +86,7 @@ class Kid:
         self.logs.configure(self.config)
         self.engine = make_engine(self)
         self.engine.start()
+        self._take_sample()
         log.info("kid_started", kid=self.name, dispatch=self.config.pool_dispatch,
                  listening=[_sockname(s) for s in self.listeners])
         # As in a pool child: what start-up built lives as long as the process,
@@ -97,6 +98,12 @@ class Kid:
         self.stats.close()
         log.info("kid_exiting", code=self.exit_code)
         return self.exit_code
+
+    def _take_sample(self) -> None:
+        """This minute's totals, for the cache manager's 5min, 60min and
+        service_times pages (``Stats.take_sample``); the next in a minute."""
+        self.stats.take_sample(time.time(), int(pool_cpu_seconds(self.stats.rows()) * 1e6))
+        self.loop.call_later(SAMPLE_INTERVAL, self._take_sample)
 
     def engine_ready(self) -> None:
         """Called by the engine when every part serves: tell the master."""

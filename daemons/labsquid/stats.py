@@ -6,6 +6,13 @@ itself).  Each process writes only its own row, with plain aligned stores, so
 no lock is needed; any process — the kid for ``STATUS=``, the cache manager
 pages, ``labsquid -k status`` from outside — reads all rows without asking the
 children.  ``lsof -p`` shows the mapping as ``/dev/shm/labsquid-…``.
+
+After the rows the kid keeps a sample of the totals a minute
+(``take_sample``), as squid keeps its per-minute counters: the manager's
+``5min``, ``60min`` and ``service_times`` pages are the difference between
+now and the sample the window starts at.  A sample's slot is written before
+the sample count goes up, and no reader looks back as far as the slot being
+written, so readers need no lock either.
 """
 
 from __future__ import annotations
@@ -21,13 +28,25 @@ FIELDS = ("pid", "state", "requests", "errors", "bytes_in", "bytes_out", "active
           "reaped_cpu_us",  # the kid's row: CPU of its children that exited
           "server_bytes_in", "server_bytes_out", "tunnels", "tunnel_bytes_in",
           "tunnel_bytes_out")
+# Service times as a histogram: bin b counts the requests that took
+# [2**(b-1), 2**b) microseconds (bin 0 under one), the last bin any longer.
+# One bit_length() a request; percentiles interpolate within a bin.
+SERVICE_BINS = 40
+SERVICE_BIN_FIELDS = tuple(f"service_bin_{b}" for b in range(SERVICE_BINS))
+FIELDS += SERVICE_BIN_FIELDS
 # What a process has counted in total; the kid keeps those of its children
 # that exited (``retire``), so totals never go back (a reload, a restart).
 CUMULATIVE = ("requests", "errors", "bytes_in", "bytes_out", "service_us", "server_requests",
               "server_bytes_in", "server_bytes_out", "tunnels", "tunnel_bytes_in",
-              "tunnel_bytes_out")
+              "tunnel_bytes_out", *SERVICE_BIN_FIELDS)
 ROWS = 257  # the kid and up to 256 pool children
 ROW_SIZE = len(FIELDS) * 8
+# A sample: when (µs since the epoch), the pool's CPU time (µs), the totals.
+SAMPLE_FIELDS = ("time_us", "cpu_us", *CUMULATIVE)
+SAMPLE_INTERVAL = 60.0
+SAMPLE_SLOTS = 62  # an hour back and one more, plus the slot being written
+_SAMPLES_AT = ROWS * len(FIELDS)  # the sample count, then the slots
+SEGMENT_SIZE = (_SAMPLES_AT + 1 + SAMPLE_SLOTS * len(SAMPLE_FIELDS)) * 8
 SHM_DIR = "/dev/shm"
 
 STATE_FREE, STATE_STARTING, STATE_SERVING, STATE_STOPPING, STATE_PARENT = 0, 1, 2, 3, 4
@@ -37,6 +56,7 @@ STATE_NAMES = {STATE_FREE: "free", STATE_STARTING: "starting", STATE_SERVING: "s
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _REQUESTS, _ERRORS, _SERVICE_US = _INDEX["requests"], _INDEX["errors"], _INDEX["service_us"]
 _PID = _INDEX["pid"]
+_BIN_0, _LAST_BIN = _INDEX["service_bin_0"], SERVICE_BINS - 1
 
 
 class Row:
@@ -59,15 +79,41 @@ class Row:
         self._view[i] += value
 
     def count_request(self, service_us: int, error: bool) -> None:
-        """One finished request: ``requests``, ``service_us`` and maybe ``errors``."""
+        """One finished request: ``requests``, ``service_us``, its histogram
+        bin and maybe ``errors``."""
         view, base = self._view, self._base
         view[base + _REQUESTS] += 1
         view[base + _SERVICE_US] += service_us
+        view[base + _BIN_0 + min(service_us.bit_length(), _LAST_BIN)] += 1
         if error:
             view[base + _ERRORS] += 1
 
     def as_dict(self) -> dict[str, int]:
         return {name: self._view[self._base + i] for i, name in enumerate(FIELDS)}
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system time of a process; 0 when it is gone.  Read from
+    ``/proc/PID/stat`` alone: the unit's ``ProcSubset=pid`` hides
+    ``/proc/stat``, without which psutil cannot open a process at all."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # after "pid (comm)": state is field 3, utime 14, stime 15
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def pool_cpu_seconds(rows: list[dict[str, int]]) -> float:
+    """User and system time of the kid, its serving processes, and the
+    children it has reaped (so the figure never goes back)."""
+    kid = next((r for r in rows if r["state"] in (STATE_PARENT, STATE_SERVING)), None)
+    total = kid["reaped_cpu_us"] / 1e6 if kid else 0.0
+    return total + sum(process_cpu_seconds(r["pid"]) for r in rows)
 
 
 def segment_path(pid: int) -> str:
@@ -120,7 +166,7 @@ class Stats:
         """``fd``: read a segment already open (read-only; the fd is closed)."""
         self.name = name
         self.path = path or segment_path(os.getpid())
-        size = ROWS * ROW_SIZE
+        size = SEGMENT_SIZE
         if fd is not None:
             create = False
         elif create:
@@ -185,6 +231,26 @@ class Stats:
         for r in self.rows():
             for key in out:
                 out[key] += r[key]
+        return out
+
+    def take_sample(self, when: float, cpu_us: int) -> None:
+        """Keep the totals of now (the kid, once a minute)."""
+        totals = self.totals()
+        view, width = self._view, len(SAMPLE_FIELDS)
+        taken = view[_SAMPLES_AT]
+        base = _SAMPLES_AT + 1 + (taken % SAMPLE_SLOTS) * width
+        for i, value in enumerate((int(when * 1e6), cpu_us, *map(totals.get, CUMULATIVE))):
+            view[base + i] = value
+        view[_SAMPLES_AT] = taken + 1
+
+    def samples(self) -> list[dict[str, int]]:
+        """The samples kept, newest first: an hour back and one more."""
+        view, width = self._view, len(SAMPLE_FIELDS)
+        taken = view[_SAMPLES_AT]
+        out = []
+        for n in range(taken - 1, max(taken - SAMPLE_SLOTS + 1, 0) - 1, -1):
+            base = _SAMPLES_AT + 1 + (n % SAMPLE_SLOTS) * width
+            out.append(dict(zip(SAMPLE_FIELDS, view[base:base + width].tolist(), strict=True)))
         return out
 
     def summary(self) -> dict[str, object]:

@@ -44,14 +44,14 @@ POOL_DISPATCH_MODES = ("serial", "notify", "passfd", "shared", "reuseport")
 FORWARDED_FOR_MODES = ("on", "off", "transparent", "delete", "truncate")
 # The cache manager's actions (labsquid.proxy.mgr.ACTIONS, which a test keeps
 # equal), for `cachemgr_passwd`; "all" stands for every one.
-MANAGER_ACTIONS = ("index", "menu", "info", "counters", "pool")
+MANAGER_ACTIONS = ("index", "menu", "info", "service_times", "counters", "5min", "60min", "pool")
 # The actions only squid 5.7 has: a squid.conf may protect them (shutdown,
 # reconfigure...), and labsquid says it serves no such page.
 SQUID_ONLY_MANAGER_ACTIONS = frozenset("""
     offline_toggle shutdown reconfigure rotate pconn mem diskd squidaio_counts config
     client_list comm_epoll_incoming ipcache fqdncache idns redirector store_id external_acl
-    http_headers service_times filedescriptors objects vm_objects io peer_select digest_stats
-    5min 60min utilization histograms active_requests username_cache openfd_objects
+    http_headers filedescriptors objects vm_objects io peer_select digest_stats
+    utilization histograms active_requests username_cache openfd_objects
     store_digest store_log_tags storedir store_io store_check_cachable_stats refresh delay
     forward cbdata sbuf events netdb asndb carp userhash sourcehash server_list
 """.split())

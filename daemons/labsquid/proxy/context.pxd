@@ -31,6 +31,6 @@ cdef class ServeContext:
     cdef public dict port_names
     cpdef write_at_turn_end(self, client)
     cpdef end_turn_soon(self)
-    cpdef log(self, line, duration_ms, http_status, bint counted=*)
+    cpdef log(self, line, service_us, http_status, bint counted=*)
     cpdef log_line(self, line, index=*)
     cpdef bint hand_over_lines(self)

@@ -128,13 +128,14 @@ class ServeContext:
             self._log_blocked = False
             self.end_turn_soon()
 
-    def log(self, line: str | None, duration_ms: int, http_status: int,
+    def log(self, line: str | None, service_us: int, http_status: int,
             counted: bool = True) -> None:
-        """Count a finished transaction and send its line (rendered with
-        ``log_format``; None without one) to the logfile daemon's feeder.
-        Not ``counted``: a line without a request (as squid's counters)."""
+        """Count a finished transaction, which took `service_us`, and send its
+        line (rendered with ``log_format``; None without one) to the logfile
+        daemon's feeder.  Not ``counted``: a line without a request (as
+        squid's counters)."""
         if counted:
-            self.stats.count_request(duration_ms * 1000, http_status >= 400 or http_status == 0)
+            self.stats.count_request(service_us, http_status >= 400 or http_status == 0)
         if line is not None:
             self.log_line(line)
 

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from labsquid.proxy.transaction import Transaction
 
 
-def log_to_chosen(txn: Transaction, duration_ms: int, counted: bool) -> None:
+def log_to_chosen(txn: Transaction, service_us: int, counted: bool) -> None:
     """Count the transaction once (if ``counted``), and log it to each file
     its acls choose."""
     ctx = txn.ctx
-    ctx.log(None, duration_ms, txn.status, counted)
+    ctx.log(None, service_us, txn.status, counted)
+    duration_ms = service_us // 1000
     access = txn.access_context(_known_addresses(txn))
     access.has_request = txn.url != ENDED_BEFORE_HEADERS
     access.has_response = txn.status != 0

@@ -21,10 +21,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import psutil
-
 from labsquid import __version__
-from labsquid.stats import STATE_NAMES, STATE_PARENT, STATE_SERVING
+from labsquid.stats import (
+    SERVICE_BIN_FIELDS,
+    STATE_NAMES,
+    STATE_PARENT,
+    STATE_SERVING,
+    pool_cpu_seconds,
+)
 
 if TYPE_CHECKING:
     from labsquid.config import ManagerPassword
@@ -104,20 +108,6 @@ def _started(ctx: ServeContext, rows: list[dict[str, int]]) -> float:
     return kid["started"] if kid else ctx.started
 
 
-def _cpu_seconds(ctx: ServeContext, rows: list[dict[str, int]]) -> float:
-    """User and system time of the kid, its serving processes, and the
-    children it has reaped (so the figure never goes back)."""
-    kid = _kid_row(ctx, rows)
-    total = kid["reaped_cpu_us"] / 1e6 if kid else 0.0
-    for r in rows:
-        try:
-            times = psutil.Process(r["pid"]).cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
-
-
 def page_info(ctx: ServeContext) -> str:
     t = _totals(ctx)
     rows = _rows(ctx)
@@ -125,7 +115,7 @@ def page_info(ctx: ServeContext) -> str:
     started = _started(ctx, rows)
     uptime = now - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = _cpu_seconds(ctx, rows)
+    cpu = pool_cpu_seconds(rows)
     serving = sum(r["state"] == STATE_SERVING for r in rows)
     return "".join([
         f"labsquid Object Cache: Version {__version__}\n",
@@ -139,10 +129,7 @@ def page_info(ctx: ServeContext) -> str:
         f"\tNumber of HTTP errors:\t{t['errors']}\n",
         f"\tAverage HTTP requests per minute since start:\t"
         f"{t['requests'] / max(uptime / 60, 1e-9):.1f}\n",
-        # A mean since start, not squid's medians over 5 and 60 minutes: a
-        # sum and a count in shared memory, no histogram behind them.
-        "Mean Service Times (seconds)  since start:\n",
-        f"\tHTTP Requests (All):   {_mean_service(t):8.5f}\n",
+        *_median_lines(ctx),
         "Resource usage for labsquid:\n",
         f"\tUP Time:\t{uptime:.3f} seconds\n",
         f"\tCPU Time:\t{cpu:.3f} seconds\n",
@@ -207,10 +194,145 @@ def page_counters(ctx: ServeContext) -> str:
         *_server_lines("ftp", 0, 0, 0),  # no FTP
         *_server_lines("other", t["tunnels"], t["tunnel_bytes_in"], t["tunnel_bytes_out"]),
         *(f"{name} = 0\n" for name in _NO_ICP_NOR_DIGESTS),
-        f"cpu_time = {_cpu_seconds(ctx, rows):.6f}\n",
+        f"cpu_time = {pool_cpu_seconds(rows):.6f}\n",
         f"wall_time = {time.time() - _started(ctx, rows):.6f}\n",
         *(f"{name} = 0\n" for name in _NO_SWAP),
     ]
+    return "".join(lines)
+
+
+# -- averages over the last 5 and 60 minutes ------------------------------------
+
+def percentile(bins: Sequence[int], fraction: float) -> float:
+    """The service time (seconds) below which `fraction` of the requests
+    counted in `bins` (``stats.SERVICE_BIN_FIELDS``) fall, interpolated
+    within its bin; 0 when nothing was counted."""
+    target = fraction * sum(bins)
+    seen = 0
+    for b, count in enumerate(bins):
+        if count and seen + count >= target:
+            low, high = (0, 1) if b == 0 else (1 << (b - 1), 1 << b)
+            return (low + (high - low) * (target - seen) / count) / 1e6
+        seen += count
+    return 0.0
+
+
+def _window(ctx: ServeContext, minutes: int) -> tuple[dict[str, int], dict[str, int]]:
+    """The kid's sample the last `minutes` start at, and the totals of now,
+    each with its ``time_us`` and ``cpu_us``.  Unlike squid's pages, which
+    end at the last minute's sample, these end now; a window longer than
+    the samples kept starts at the oldest (the kid takes one at start)."""
+    rows = _rows(ctx)
+    now = {**_totals(ctx), "time_us": int(time.time() * 1e6),
+           "cpu_us": int(pool_cpu_seconds(rows) * 1e6)}
+    samples = ctx.all_stats.samples() if ctx.all_stats is not None else []
+    since = now["time_us"] - minutes * 60_000_000
+    start = next((s for s in samples if s["time_us"] <= since), None)
+    if start is None:
+        start = samples[-1] if samples else {
+            **dict.fromkeys(now, 0), "time_us": int(_started(ctx, rows) * 1e6)}
+    return start, now
+
+
+def _bins(start: dict[str, int], end: dict[str, int]) -> list[int]:
+    return [end[name] - start[name] for name in SERVICE_BIN_FIELDS]
+
+
+def _stamp(time_us: int) -> str:
+    seconds = time_us / 1e6
+    return f"{seconds:.6f} ({time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime(seconds))})"
+
+
+# squid 5.7's keys on its 5min and 60min pages that are always 0 here
+_NO_ICP = [f"icp.{n}" for n in (
+    "pkts_sent", "pkts_recv", "queries_sent", "replies_sent", "queries_recv", "replies_recv",
+    "replies_queued", "query_timeouts", "kbytes_sent", "kbytes_recv", "q_kbytes_sent",
+    "r_kbytes_sent", "q_kbytes_recv", "r_kbytes_recv")]
+
+
+# The kinds of service time squid's pages list; every request is a cache
+# miss here, so the first two (_MEASURED) read the same and the others 0.
+_SERVICE_LABELS = ("HTTP Requests (All):", "Cache Misses:", "Cache Hits:", "Near Hits:",
+                   "Not-Modified Replies:", "DNS Lookups:", "ICP Queries:")
+_MEASURED = _SERVICE_LABELS[:2]
+
+
+def _averages(ctx: ServeContext, minutes: int) -> str:
+    """squid's ``5min`` and ``60min``: rates over the window, in its order
+    and its keys (those labsquid has no figure for read 0)."""
+    start, end = _window(ctx, minutes)
+    seconds = max((end["time_us"] - start["time_us"]) / 1e6, 1e-6)
+
+    def rate(*names: str, kilo: bool = False) -> float:
+        delta = sum(end[n] - start[n] for n in names)
+        return delta / 1024 / seconds if kilo else delta / seconds
+
+    def server(kind: str, counts: tuple[str, ...]) -> list[str]:
+        requests, bytes_in, bytes_out = counts
+        return [f"server.{kind}.requests = {rate(*requests):.6f}/sec\n",
+                f"server.{kind}.errors = 0.000000/sec\n",
+                f"server.{kind}.kbytes_in = {rate(*bytes_in, kilo=True):.6f}/sec\n",
+                f"server.{kind}.kbytes_out = {rate(*bytes_out, kilo=True):.6f}/sec\n"]
+
+    median = percentile(_bins(start, end), 0.5)
+    http = (("server_requests",), ("server_bytes_in",), ("server_bytes_out",))
+    other = (("tunnels",), ("tunnel_bytes_in",), ("tunnel_bytes_out",))
+    every = tuple(h + o for h, o in zip(http, other, strict=True))
+    cpu = (end["cpu_us"] - start["cpu_us"]) / 1e6
+    return "".join([
+        f"sample_start_time = {_stamp(start['time_us'])}\n",
+        f"sample_end_time = {_stamp(end['time_us'])}\n",
+        f"client_http.requests = {rate('requests'):.6f}/sec\n",
+        "client_http.hits = 0.000000/sec\n",
+        f"client_http.errors = {rate('errors'):.6f}/sec\n",
+        f"client_http.kbytes_in = {rate('bytes_in', kilo=True):.6f}/sec\n",
+        f"client_http.kbytes_out = {rate('bytes_out', kilo=True):.6f}/sec\n",
+        f"client_http.all_median_svc_time = {median:.6f} seconds\n",
+        f"client_http.miss_median_svc_time = {median:.6f} seconds\n",  # no cache: all miss
+        *(f"client_http.{n}_median_svc_time = 0.000000 seconds\n" for n in ("nm", "nh", "hit")),
+        *server("all", every), *server("http", http),
+        *server("ftp", ((), (), ())), *server("other", other),
+        *(f"{name} = 0.000000/sec\n" for name in _NO_ICP),
+        "icp.query_median_svc_time = 0.000000 seconds\n",
+        "icp.reply_median_svc_time = 0.000000 seconds\n",
+        "dns.median_svc_time = 0.000000 seconds\n",
+        "unlink.requests = 0.000000/sec\n",
+        *(f"{name} = 0.000000/sec\n" for name in _NO_SWAP),
+        f"cpu_time = {cpu:.6f} seconds\n",
+        f"wall_time = {seconds:.6f} seconds\n",
+        f"cpu_usage = {100 * cpu / seconds:.6f}%\n",
+    ])
+
+
+def _median_lines(ctx: ServeContext) -> list[str]:
+    """``info``'s median service times over 5 and 60 minutes, as squid's."""
+    five, sixty = (percentile(_bins(*_window(ctx, minutes)), 0.5) for minutes in (5, 60))
+    lines = ["Median Service Times (seconds)  5 min    60 min:\n"]
+    for label in _SERVICE_LABELS:
+        a, b = (five, sixty) if label in _MEASURED else (0.0, 0.0)
+        lines.append(f"\t{label:<21}  {a:7.5f}  {b:7.5f}\n")
+    return lines
+
+
+def page_5min(ctx: ServeContext) -> str:
+    return _averages(ctx, 5)
+
+
+def page_60min(ctx: ServeContext) -> str:
+    return _averages(ctx, 60)
+
+
+def page_service_times(ctx: ServeContext) -> str:
+    """squid's ``service_times``: percentiles over the last 5 and 60
+    minutes, from the power-of-two histogram.  Every request is a cache
+    miss here, so both lines read the same; hits, DNS and ICP read 0."""
+    five, sixty = (_bins(*_window(ctx, minutes)) for minutes in (5, 60))
+    lines = ["Service Time Percentiles            5 min    60 min:\n"]
+    for label in _SERVICE_LABELS:
+        for p in range(5, 100, 5):
+            a, b = ((percentile(five, p / 100), percentile(sixty, p / 100))
+                    if label in _MEASURED else (0.0, 0.0))
+            lines.append(f"\t{label:<21}{p:3d}%   {a:7.5f}  {b:7.5f}\n")
     return "".join(lines)
 
 
@@ -237,7 +359,10 @@ ACTIONS: dict[str, tuple[str, Callable[[ServeContext], str]]] = {
     "index": ("Cache Manager Interface", page_index),
     "menu": ("Cache Manager Menu", page_menu),
     "info": ("General Runtime Information", page_info),
+    "service_times": ("Service Times (Percentiles)", page_service_times),
     "counters": ("Traffic and Resource Counters", page_counters),
+    "5min": ("5 Minute Average of Counters", page_5min),
+    "60min": ("60 Minute Average of Counters", page_60min),
     "pool": ("Process pool: one line per child", page_pool),
 }
 

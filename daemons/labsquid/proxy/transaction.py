@@ -492,15 +492,18 @@ class Transaction:
         self.client.transaction_done(self, keep_alive and not self.wants_body)
 
     def _log(self) -> None:
-        duration_ms = int((time.time() - self.started) * 1000)
+        # Counted to the microsecond (the manager's service times), logged to
+        # the millisecond (%tr), as squid logs it.
+        service_us = int((time.time() - self.started) * 1e6)
+        duration_ms = service_us // 1000
         ctx = self.ctx
         counted = self.req is not None or self.status != 0  # squid counts only requests
         if ctx.log_targets is not None:  # access_log acls, or several files
-            self._log_to_chosen(duration_ms, counted)
+            self._log_to_chosen(service_us, counted)
             return
         fmt = ctx.log_format
         line = None if fmt is None else self._line(fmt, duration_ms)
-        ctx.log(line, duration_ms, self.status, counted)
+        ctx.log(line, service_us, self.status, counted)
 
     def _line(self, fmt: LogFormat, duration_ms: int) -> str:
         if fmt.native:  # the usual format, straight from our fields
