@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -310,3 +311,25 @@ def test_an_http10_client_gets_no_interim_response(labsquid, origin):
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert data.count(b"HTTP/1.1 ") == 1
     assert data.endswith(b"\r\n\r\nfinal\n")
+
+
+def test_no_response_waits_for_the_delayed_ack_timer(labsquid, origin):
+    """The test origin (Python's http.server) writes a head, then its body,
+    with Nagle on: the body waits until the head is acknowledged.  On a
+    reused origin connection Linux delays that ACK by 40 ms (squid 5.7 took
+    about 44 ms for each such response here); the proxy acknowledges a
+    partial response at once.  A few slow answers are this machine's noise;
+    the stall hit every other response before."""
+    conn = proxy_conn(labsquid.port)
+    stalled = []
+    try:
+        for i in range(20):
+            began = time.monotonic()
+            conn.request("GET", origin.url(f"/nagle-{i}"))
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == f"path /nagle-{i}\n".encode()
+            if time.monotonic() - began >= 0.038:
+                stalled.append(i)
+    finally:
+        conn.close()
+    assert len(stalled) <= 2, stalled

@@ -30,6 +30,7 @@ cdef class Transaction:
     cdef public bint upstream_reusable
     cdef public bint finished
     cdef public bint retried
+    cdef public bint ack_pushed
     cdef public object tunnel
     cdef public object authority
     cdef public ClientConnection client

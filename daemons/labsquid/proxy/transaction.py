@@ -140,6 +140,7 @@ class Transaction:
         self.upstream_reusable = False
         self.finished = False
         self.retried = False
+        self.ack_pushed = False  # once per response (Upstream.push_ack)
         self.tunnel: Tunnel | None = None
 
     # -- 1. classify --------------------------------------------------------
@@ -375,6 +376,12 @@ class Transaction:
         self._pump_response()
         if not self.finished:  # read_timeout runs from the latest read
             self._arm(self.ctx.config.read_timeout, self._read_timeout)
+            if not self.ack_pushed:
+                # A read that left the response unfinished: the rest may be
+                # waiting on our ACK.  One syscall at most per response; the
+                # usual one arrives whole and finishes above.
+                self.ack_pushed = True
+                up.push_ack()
 
     def upstream_eof(self, up: Upstream) -> None:
         if self.resp_reader is None or self.finished:

@@ -25,6 +25,7 @@ cdef class Upstream:
     cpdef _read(self)
     cpdef _write(self)
     cpdef send(self, data)
+    cpdef push_ack(self)
     cpdef pause_reading(self, paused)
     cpdef close(self)
 
