@@ -265,6 +265,13 @@ def test_has_request_keeps_connections_that_sent_nothing_out_of_a_file(tmp_path,
              "HIER_NONE/-", "-"]] * 3
         # http_status sees the reply's status: only the 400 has one from 400 up.
         assert [x.split()[3] for x in lines_of(ls, "failed.log")] == ["NONE_NONE/400"]
+        # A request line whose target is that very URL is a request, refused
+        # as any bad URL, not a connection that sent none.
+        with RawClient(ls.port) as c:
+            c.send(b"GET error:transaction-end-before-headers HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.read_until_close().startswith(b"HTTP/1.1 400")
+        wait_lines(ls, "req.log", "GET error:transaction-end-before-headers")
+        assert len(lines_of(ls, "noreq.log")) == 3
     finally:
         assert ls.stop() == 0
 

@@ -27,7 +27,9 @@ def log_to_chosen(txn: Transaction, service_us: int, counted: bool) -> None:
     ctx.log(None, service_us, txn.status, counted)
     duration_ms = service_us // 1000
     access = txn.access_context(_known_addresses(txn))
-    access.has_request = txn.url != ENDED_BEFORE_HEADERS
+    # That URL with no status is a connection that sent no request; a
+    # request line naming it as its target was refused with a 400.
+    access.has_request = txn.status != 0 or txn.url != ENDED_BEFORE_HEADERS
     access.has_response = txn.status != 0
     access.status = txn.status
     for index in ctx.log_targets.choose(access):
