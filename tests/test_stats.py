@@ -4,6 +4,7 @@ manager read them: only rows in use, summed across processes."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 from labsquid.stats import (
     ROWS,
@@ -12,6 +13,8 @@ from labsquid.stats import (
     SERVICE_BINS,
     STATE_SERVING,
     Stats,
+    remove_stale_segments,
+    segment_path,
 )
 
 
@@ -94,3 +97,25 @@ def test_samples_are_read_newest_first_and_an_hour_back(tmp_path):
         assert newest["service_bin_4"] == 70  # 10 µs: [8, 16)
     finally:
         stats.close()
+
+
+def test_segments_of_gone_kids_are_removed_and_no_others():
+    """A kid killed with its master leaves its segment in /dev/shm, in
+    memory; the next kid removes it, and leaves a living process's alone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    paths = {pid: segment_path(pid) for pid in (gone.pid, alive.pid)}
+    try:
+        for path in paths.values():
+            with open(path, "wb") as f:
+                f.write(b"\0" * 64)
+        assert gone.pid in remove_stale_segments()
+        assert not os.path.exists(paths[gone.pid])
+        assert os.path.exists(paths[alive.pid])
+    finally:
+        alive.kill()
+        alive.wait()
+        for path in paths.values():
+            if os.path.exists(path):
+                os.unlink(path)

@@ -40,7 +40,14 @@ from labsquid.eventloop import EventLoop, bind_signal_handlers
 from labsquid.ipc import Channel, Kind
 from labsquid.pool import make_engine
 from labsquid.settings import CPUS_ENV, adopt_usable_cpus, load_config
-from labsquid.stats import CARRY_ENV, SAMPLE_INTERVAL, Stats, carry_over, pool_cpu_seconds
+from labsquid.stats import (
+    CARRY_ENV,
+    SAMPLE_INTERVAL,
+    Stats,
+    carry_over,
+    pool_cpu_seconds,
+    remove_stale_segments,
+)
 
 log = structlog.get_logger()
 
@@ -75,6 +82,9 @@ class Kid:
         drop_privileges(self.config)
         os.chdir("/")  # paths are absolute; the start folder may be closed to us now
         # Created as the user that will unlink it at exit (/dev/shm is sticky).
+        stale = remove_stale_segments()
+        if stale:
+            log.info("stale_stats_segments_removed", kid_pids=stale)
         self.stats = Stats(self.name)
         previous = os.environ.pop(CARRY_ENV, None)
         if previous and previous.isdecimal() and not carry_over(self.stats, int(previous)):

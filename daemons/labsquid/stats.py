@@ -158,6 +158,30 @@ def remove_segment(pid: int) -> None:
         pass
 
 
+def remove_stale_segments() -> list[int]:
+    """Remove the segments of kids that are gone, whose master could not
+    (it was killed too, as systemd's final SIGKILL or a test does): each is
+    held in memory until unlinked.  Only our own user's, so another user's
+    kid, whose pid a hardened unit cannot see, is never taken for dead.
+    Returns the pids removed."""
+    removed = []
+    uid = os.getuid()
+    for entry in os.scandir(SHM_DIR):
+        prefix, _, pid = entry.name.partition("-")
+        if prefix != "labsquid" or not pid.isdecimal():
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != uid:
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            remove_segment(int(pid))
+            removed.append(int(pid))
+        except OSError:  # alive (EPERM) or gone meanwhile
+            continue
+    return removed
+
+
 class Stats:
     """The whole segment, created by the kid (or opened read-only by an inspector)."""
 
