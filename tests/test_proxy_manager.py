@@ -451,7 +451,7 @@ def test_a_window_starts_at_the_newest_sample_old_enough(tmp_path):
             stats.take_sample(now - 60 * minutes_ago, cpu_us=0)
         stats.own.count_request(service_us=1000, error=False)
         for minutes, expected in ((5, 30), (60, 61), (2, 4)):
-            start, end = mgr._window(ctx, minutes)
+            end, (start,) = mgr._windows(ctx, minutes)
             assert start["time_us"] == int((now - 60 * expected) * 1e6), minutes
             assert end["requests"] - start["requests"] == {30: 3, 61: 4, 4: 2}[expected]
     finally:
@@ -462,7 +462,7 @@ def test_a_window_starts_at_the_newest_sample_old_enough(tmp_path):
     try:
         stats.take_sample(now - 90, cpu_us=0)
         stats.take_sample(now - 30, cpu_us=0)
-        assert mgr._window(ctx, 5)[0]["time_us"] == int((now - 90) * 1e6)
+        assert mgr._windows(ctx, 5)[1][0]["time_us"] == int((now - 90) * 1e6)
     finally:
         stats.close()
 

@@ -217,21 +217,23 @@ def percentile(bins: Sequence[int], fraction: float) -> float:
     return 0.0
 
 
-def _window(ctx: ServeContext, minutes: int) -> tuple[dict[str, int], dict[str, int]]:
-    """The kid's sample the last `minutes` start at, and the totals of now,
-    each with its ``time_us`` and ``cpu_us``.  Unlike squid's pages, which
-    end at the last minute's sample, these end now; a window longer than
-    the samples kept starts at the oldest (the kid takes one at start)."""
+def _windows(ctx: ServeContext, *minutes: int) -> tuple[dict[str, int], list[dict[str, int]]]:
+    """The totals of now, and for each length in `minutes` the kid's sample
+    that window starts at, each with its ``time_us`` and ``cpu_us``.  Unlike
+    squid's pages, which end at the last minute's sample, these end now; a
+    window longer than the samples kept starts at the oldest (the kid takes
+    one at start).  Now is read once, however many windows a page shows."""
     rows = _rows(ctx)
     now = {**_totals(ctx), "time_us": int(time.time() * 1e6),
            "cpu_us": int(pool_cpu_seconds(rows) * 1e6)}
     samples = ctx.all_stats.samples() if ctx.all_stats is not None else []
-    since = now["time_us"] - minutes * 60_000_000
-    start = next((s for s in samples if s["time_us"] <= since), None)
-    if start is None:
-        start = samples[-1] if samples else {
-            **dict.fromkeys(now, 0), "time_us": int(_started(ctx, rows) * 1e6)}
-    return start, now
+    oldest = samples[-1] if samples else {
+        **dict.fromkeys(now, 0), "time_us": int(_started(ctx, rows) * 1e6)}
+    starts = []
+    for length in minutes:
+        since = now["time_us"] - length * 60_000_000
+        starts.append(next((s for s in samples if s["time_us"] <= since), oldest))
+    return now, starts
 
 
 def _bins(start: dict[str, int], end: dict[str, int]) -> list[int]:
@@ -260,7 +262,7 @@ _MEASURED = _SERVICE_LABELS[:2]
 def _averages(ctx: ServeContext, minutes: int) -> str:
     """squid's ``5min`` and ``60min``: rates over the window, in its order
     and its keys (those labsquid has no figure for read 0)."""
-    start, end = _window(ctx, minutes)
+    end, (start,) = _windows(ctx, minutes)
     seconds = max((end["time_us"] - start["time_us"]) / 1e6, 1e-6)
 
     def rate(*names: str, kilo: bool = False) -> float:
@@ -306,7 +308,8 @@ def _averages(ctx: ServeContext, minutes: int) -> str:
 
 def _median_lines(ctx: ServeContext) -> list[str]:
     """``info``'s median service times over 5 and 60 minutes, as squid's."""
-    five, sixty = (percentile(_bins(*_window(ctx, minutes)), 0.5) for minutes in (5, 60))
+    now, starts = _windows(ctx, 5, 60)
+    five, sixty = (percentile(_bins(start, now), 0.5) for start in starts)
     lines = ["Median Service Times (seconds)  5 min    60 min:\n"]
     for label in _SERVICE_LABELS:
         a, b = (five, sixty) if label in _MEASURED else (0.0, 0.0)
@@ -326,7 +329,8 @@ def page_service_times(ctx: ServeContext) -> str:
     """squid's ``service_times``: percentiles over the last 5 and 60
     minutes, from the power-of-two histogram.  Every request is a cache
     miss here, so both lines read the same; hits, DNS and ICP read 0."""
-    five, sixty = (_bins(*_window(ctx, minutes)) for minutes in (5, 60))
+    now, starts = _windows(ctx, 5, 60)
+    five, sixty = (_bins(start, now) for start in starts)
     lines = ["Service Time Percentiles            5 min    60 min:\n"]
     for label in _SERVICE_LABELS:
         for p in range(5, 100, 5):
