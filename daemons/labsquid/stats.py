@@ -108,10 +108,15 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def kid_row(rows: list[dict[str, int]]) -> dict[str, int] | None:
+    """The kid's row among ``Stats.rows()``: row 0, the first in use."""
+    return next((r for r in rows if r["state"] in (STATE_PARENT, STATE_SERVING)), None)
+
+
 def pool_cpu_seconds(rows: list[dict[str, int]]) -> float:
     """User and system time of the kid, its serving processes, and the
     children it has reaped (so the figure never goes back)."""
-    kid = next((r for r in rows if r["state"] in (STATE_PARENT, STATE_SERVING)), None)
+    kid = kid_row(rows)
     total = kid["reaped_cpu_us"] / 1e6 if kid else 0.0
     return total + sum(process_cpu_seconds(r["pid"]) for r in rows)
 

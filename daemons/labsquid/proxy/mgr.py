@@ -25,8 +25,8 @@ from labsquid import __version__
 from labsquid.stats import (
     SERVICE_BIN_FIELDS,
     STATE_NAMES,
-    STATE_PARENT,
     STATE_SERVING,
+    kid_row,
     pool_cpu_seconds,
 )
 
@@ -97,10 +97,8 @@ def page_menu(ctx: ServeContext) -> str:
 
 
 def _kid_row(ctx: ServeContext, rows: list[dict[str, int]]) -> dict[str, int] | None:
-    """The kid's row (row 0, the first in use), whichever process answers."""
-    if ctx.all_stats is None:
-        return None
-    return next((r for r in rows if r["state"] in (STATE_PARENT, STATE_SERVING)), None)
+    """The kid's row, whichever process answers (none without the segment)."""
+    return kid_row(rows) if ctx.all_stats is not None else None
 
 
 def _started(ctx: ServeContext, rows: list[dict[str, int]]) -> float:

@@ -187,12 +187,13 @@ def manager_request(path: str, scheme: str) -> tuple[str, str | None]:
 def reply_manager(txn: Transaction) -> None:
     action, url_password = manager_request(txn.path.decode("latin-1"), txn.scheme)
     entries = txn.ctx.config.cachemgr_passwd
+    protection = mgr.protection(action, entries) if action in mgr.ACTIONS else None
     # A disabled action is no page at all, as in squid 5.7.
-    if action not in mgr.ACTIONS or mgr.protection(action, entries) == "disabled":
+    if protection is None or protection == "disabled":
         reply_error(txn, "ERR_INVALID_URL", 404,
                     detail=f"unknown cache manager action {action}", keep=True, looked_up=True)
         return
-    if mgr.protection(action, entries) == "protected":
+    if protection == "protected":
         offered = mgr.offered_password(txn.req.headers if txn.req else None, url_password)
         if offered != mgr.password_for(action, entries):
             # squid's cache.log line, and its answer: a 401 naming the action as the realm.
