@@ -243,7 +243,8 @@ def _stamp(time_us: int) -> str:
     return f"{seconds:.6f} ({time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime(seconds))})"
 
 
-# squid 5.7's keys on its 5min and 60min pages that are always 0 here
+# squid 5.7's ICP keys on its 5min and 60min pages, always 0 here: in that
+# page's order (replies_queued first, no times_used), not counters'.
 _NO_ICP = [f"icp.{n}" for n in (
     "pkts_sent", "pkts_recv", "queries_sent", "replies_sent", "queries_recv", "replies_recv",
     "replies_queued", "query_timeouts", "kbytes_sent", "kbytes_recv", "q_kbytes_sent",
